@@ -1,0 +1,56 @@
+"""Errors a user can act on. Each prints as one short message, never a traceback
+(set ``debug=true`` or ``ANYTUNE_DEBUG=1`` to see one)."""
+from __future__ import annotations
+
+import difflib
+
+
+class AnytuneError(Exception):
+    """Base of every error that is the user's to fix (bad config, bad data, missing engine)."""
+
+
+class ConfigError(AnytuneError):
+    """A config field has an unknown name or a value outside its allowed set."""
+
+    @classmethod
+    def unknown_key(cls, key: str, allowed: list[str]) -> "ConfigError":
+        return cls(f"unknown config field '{key}'{did_you_mean(key.rsplit('.', 1)[-1], allowed)}; "
+                   f"allowed fields: {', '.join(sorted(allowed))}")
+
+    @classmethod
+    def bad_value(cls, key: str, value: object, allowed: list[str]) -> "ConfigError":
+        return cls(f"{key}={value!r} is not allowed{did_you_mean(str(value), allowed)}; "
+                   f"allowed values: {', '.join(map(str, allowed))}")
+
+
+class UnsupportedFeature(ConfigError):
+    """The chosen backend cannot do what the job asks; names the backends that can."""
+
+    def __init__(self, backend: str, field: str, value: object, able: list[str], why: str = ""):
+        self.backend, self.field, self.value, self.able = backend, field, value, able
+        others = (f"backends that support it: {', '.join(able)}" if able
+                  else "no installed backend supports it")
+        super().__init__(f"backend '{backend}' does not support {field}={value}"
+                         f"{' (' + why + ')' if why else ''}; {others}")
+
+
+class DataError(AnytuneError):
+    """Rows of the user's data are malformed; ``problems`` lists (file, line, reason)."""
+
+    def __init__(self, problems: list[tuple[str, int, str]], limit: int = 20):
+        self.problems = problems
+        lines = [f"  {f}:{n}: {why}" for f, n, why in problems[:limit]]
+        more = len(problems) - limit
+        if more > 0:
+            lines.append(f"  ... and {more} more")
+        super().__init__(f"{len(problems)} bad row(s) in the data "
+                         "(set data.on_bad_rows=skip to drop them and go on):\n" + "\n".join(lines))
+
+
+class EngineMissing(AnytuneError):
+    """The backend's engine is not importable by the interpreter that should run it."""
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,0 +1,150 @@
+"""Engine-neutral helpers for workers. Standard library only.
+
+This file is copied into every plan directory next to the engine's worker, so
+an ejected plan runs where anytune is not installed. Keep it stdlib-only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Iterable
+
+#: The one metrics schema for all engines: one JSON object per line of metrics.jsonl.
+METRICS = {
+    "step": "optimiser step (1-based)",
+    "max_steps": "total optimiser steps planned",
+    "epoch": "fractional epoch",
+    "loss": "training loss: mean over loss tokens of the step's batches",
+    "learning_rate": "learning rate at this step",
+    "grad_norm": "gradient norm before clipping",
+    "tokens": "tokens processed so far (non-padding)",
+    "tokens_per_s": "tokens processed per second since the previous row",
+    "peak_memory_mb": "peak accelerator memory (CUDA) or peak process RSS (CPU), MiB",
+    "eval_loss": "loss on the eval set (rows written at evaluation)",
+    "elapsed_s": "seconds since training started",
+}
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    """Write JSON so readers see the old file or the new one, never half of one."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def peak_memory_mb() -> float:
+    """Peak CUDA memory if torch has CUDA in use, else the process's peak RSS."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+class MetricsWriter:
+    """Appends schema rows to metrics.jsonl, adding elapsed time, tokens/s and peak memory."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.start = time.time()
+        self._last_t = self.start
+        self._last_tokens = 0
+        open(path, "a").close()
+
+    def write(self, **row: Any) -> dict:
+        now = time.time()
+        row = {k: v for k, v in row.items() if k in METRICS and v is not None}
+        tokens = row.get("tokens")
+        if tokens is not None and "tokens_per_s" not in row and now > self._last_t:
+            row["tokens_per_s"] = round((tokens - self._last_tokens) / (now - self._last_t), 1)
+            self._last_tokens, self._last_t = tokens, now
+        row.setdefault("peak_memory_mb", peak_memory_mb())
+        row["elapsed_s"] = round(now - self.start, 3)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+        return row
+
+
+def versions(*dists: str) -> dict[str, str]:
+    """Installed versions of the named distributions (missing ones omitted)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for d in dists:
+        try:
+            out[d] = version(d)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def hardware() -> dict[str, Any]:
+    """CPU/GPU description of this machine."""
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                            "machine": platform.machine()}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def loss_spans(kind: str, record: dict, render: Callable[[list, bool], str],
+               completion_only: bool, eos: str = "") -> tuple[str, list[tuple[int, int]]]:
+    """Text of one canonical record and the character spans that carry loss.
+
+    :param kind: canonical record kind (messages, prompt_completion, text).
+    :param render: ``render(messages, add_generation_prompt) -> str`` with the template of record.
+    :param completion_only: if false the whole text carries loss.
+    :returns: (text, spans). Assistant turns (messages) or the completion carry loss.
+    """
+    if kind == "messages":
+        msgs = record["messages"]
+        text = render(msgs, False)
+        spans = []
+        for i, m in enumerate(msgs):
+            if m["role"] == "assistant":
+                start = len(render(msgs[:i], True))
+                end = len(render(msgs[: i + 1], False))
+                spans.append((start, end))
+    elif kind == "prompt_completion":
+        text = record["prompt"] + record["completion"] + eos
+        spans = [(len(record["prompt"]), len(text))]
+    elif kind == "text":
+        text = record["text"] + eos
+        spans = [(0, len(text))]
+    else:
+        raise ValueError(f"no loss spans for record kind {kind!r}")
+    return text, (spans if completion_only else [(0, len(text))])
+
+
+def mask_from_offsets(offsets: Iterable[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """1 for tokens whose first character lies in a loss span, else 0."""
+    out = []
+    for start, end in offsets:
+        out.append(int(any(a <= start < b for a, b in spans) and end > start))
+    return out

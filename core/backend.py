@@ -31,7 +31,7 @@ FEATURES: dict[str, list[Any]] = {
     "train.lr_scheduler": ["linear", "cosine", "constant", "constant_with_warmup"],
     "method.loss_type": ["sigmoid", "ipo", "hinge"],
     "method.packing": [False, True],
-    "method.completion_only_loss": [False, True],
+    "method.completion_only_loss": [True, False],
     "train.gradient_checkpointing": [False, True],
     "data.eval": [False, True],
 }
@@ -42,7 +42,7 @@ class Capabilities:
     """What a backend supports: the truth used by validation and the docs' matrix.
 
     ``supports`` maps each field of ``FEATURES`` to the values the backend
-    accepts; a field left out supports only its first (default/off) value.
+    accepts; a field left out supports only its first value (the schema's default).
     ``requires`` maps ``"field=value"`` to a device that value needs, e.g.
     ``{"peft.type=qlora": "cuda"}``.
     """

@@ -1,0 +1,201 @@
+"""The flow of one job: validate, prepare data, plan, run the engine in a child process, finish.
+
+``run(cfg, run_dir)`` is pure of Hydra: tests call it with a composed config.
+It never raises for a user error or an engine failure: it returns the result
+(also written to ``result.json``) so a sweep records the failure and goes on.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from core import data as datalib
+from core import workerlib
+from core.config import check_values, redacted
+from core.errors import AnytuneError, EngineMissing
+from core.plugins import Registry, registry
+from core.validate import validate
+
+#: Environment for every engine process: no telemetry ever; no hub when offline.
+QUIET_ENV = {"HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "WANDB_DISABLED": "true",
+             "WANDB_MODE": "disabled", "UNSLOTH_DISABLE_STATISTICS": "1", "TOKENIZERS_PARALLELISM": "false",
+             "PYTHONUNBUFFERED": "1", "DISABLE_MLFLOW_INTEGRATION": "TRUE"}
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+class EngineFailed(AnytuneError):
+    """The engine's process exited with an error; the message holds its log's tail."""
+
+
+def run(cfg: DictConfig, run_dir: Path, reg: Registry | None = None,
+        progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Run one job into ``run_dir`` and return its result (the content of ``result.json``)."""
+    reg = reg or registry()
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("result.json", "metrics.jsonl"):
+        (run_dir / stale).unlink(missing_ok=True)
+    started = time.time()
+    name = OmegaConf.select(cfg, "backend.name") or "?"
+    result: dict[str, Any] = {"status": "failed", "backend": name, "run_dir": str(run_dir)}
+    try:
+        backend = prepare(cfg, run_dir, reg, result)
+        plan = backend.plan(run_dir)
+        plan.write(run_dir / "plan")
+        result["plan"] = {"command": plan.command, "files": plan.files}
+        if cfg.plan_only:
+            result["status"] = "planned"
+        else:
+            reg.pm.hook.on_run_start(run_dir=str(run_dir), config=redacted(cfg))
+            execute(plan, cfg, run_dir, reg, result, progress)
+    except KeyboardInterrupt:
+        result["status"] = "interrupted"
+    except Exception as exc:
+        result["status"] = "failed"
+        result["error"] = str(exc)
+        result["error_type"] = type(exc).__name__
+        if not isinstance(exc, AnytuneError) or cfg.get("debug"):
+            import traceback
+
+            result["traceback"] = traceback.format_exc()
+        reg.pm.hook.on_run_error(run_dir=str(run_dir), error=exc)
+    result["wall_seconds"] = round(time.time() - started, 3)
+    workerlib.atomic_write_json(str(run_dir / "result.json"), result)
+    if result["status"] != "planned":
+        reg.pm.hook.on_run_end(run_dir=str(run_dir), result=result)
+    return result
+
+
+def prepare(cfg: DictConfig, run_dir: Path, reg: Registry, result: dict):
+    """Validate, save the redacted config and write the normalised data; return the backend."""
+    backend_cls = reg.backend(cfg.backend.name)
+    check_values(cfg)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(redacted(cfg))))
+    kind = datalib.detect_kind(cfg.data)
+    datalib.check_method(kind, cfg.method.name)
+    validate(cfg, backend_cls, reg.backends, kind)
+    backend = backend_cls(cfg)
+    backend.check()
+    version = backend.engine_version()
+    result["engine_version"] = version
+    if version is None and not cfg.plan_only:
+        raise EngineMissing(f"backend '{backend.name}' needs its engine ({backend.engine_distribution}) "
+                            f"in {backend.python()}; install it with: {backend.install_hint}")
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(redacted(cfg))))  # auto resolved
+    model = cfg.model.name_or_path
+    result["data"] = datalib.prepare(cfg.data, method=cfg.method.name,
+                                     model_path=model if Path(model).exists() else None,
+                                     out_dir=run_dir / "data", max_length=cfg.train.max_length,
+                                     seed=cfg.train.seed)
+    return backend
+
+
+def child_env(cfg: DictConfig, plan_env: dict[str, str]) -> dict[str, str]:
+    """The engine's environment: ours, the plan's, no telemetry, no hub when offline."""
+    env = {**os.environ, **QUIET_ENV, **plan_env}
+    if cfg.offline:
+        env.update(OFFLINE_ENV)
+    return env
+
+
+def execute(plan, cfg: DictConfig, run_dir: Path, reg: Registry, result: dict,
+            progress: Callable[[dict], None] | None) -> None:
+    """Start the engine process, follow metrics.jsonl, merge the worker's result.json."""
+    logs = run_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    metrics_path = run_dir / "metrics.jsonl"
+    with open(logs / "stdout.log", "w") as out, open(logs / "stderr.log", "w") as err:
+        try:
+            proc = subprocess.Popen(plan.command, cwd=run_dir, stdout=out, stderr=err,
+                                    env=child_env(cfg, plan.env))
+        except OSError as exc:
+            raise EngineMissing(f"cannot start {plan.command[0]}: {exc}") from exc
+        tail = MetricsTail(metrics_path)
+        try:
+            while proc.poll() is None:
+                for row in tail.read():
+                    reg.pm.hook.on_metrics(run_dir=str(run_dir), metrics=row)
+                    if progress:
+                        progress(row)
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            stop(proc)
+            result["status"] = "interrupted"
+        for row in tail.read():
+            reg.pm.hook.on_metrics(run_dir=str(run_dir), metrics=row)
+            if progress:
+                progress(row)
+    worker = run_dir / "result.json"
+    if worker.exists():
+        result.update({k: v for k, v in workerlib.read_json(str(worker)).items() if k != "status"})
+        status = workerlib.read_json(str(worker)).get("status")
+    else:
+        status = None
+    result["exit_code"] = proc.returncode
+    if result["status"] == "interrupted" or status == "interrupted":
+        result["status"] = "interrupted"
+    elif proc.returncode == 0 and status == "succeeded":
+        result["status"] = "succeeded"
+    else:
+        result["status"] = "failed"
+        raise EngineFailed(f"{result['backend']} engine exited with code {proc.returncode}"
+                           f"{': ' + result['error'] if result.get('error') else ''}\n"
+                           f"--- last lines of {logs / 'stderr.log'} ---\n{log_tail(logs / 'stderr.log')}")
+
+
+def stop(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """Interrupt the engine (it records ``interrupted``), then terminate, then kill."""
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 5.0)):
+        if proc.poll() is not None:
+            return
+        try:
+            proc.send_signal(sig)
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        except KeyboardInterrupt:
+            continue
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class MetricsTail:
+    """Reads rows appended to metrics.jsonl since the last call (complete lines only)."""
+
+    def __init__(self, path: Path):
+        self.path, self.pos, self.buf = path, 0, ""
+
+    def read(self) -> list[dict]:
+        import json
+
+        if not self.path.exists():
+            return []
+        with open(self.path) as f:
+            f.seek(self.pos)
+            chunk = f.read()
+            self.pos = f.tell()
+        self.buf += chunk
+        *lines, self.buf = self.buf.split("\n")
+        rows = []
+        for line in lines:
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    print(f"anytune: skipped a malformed metrics line: {line[:80]}", file=sys.stderr)
+        return rows

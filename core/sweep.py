@@ -1,0 +1,44 @@
+"""Hydra callback that records a multirun: ``summary.json`` and a table of every job, failed ones too."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from core import workerlib
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The result.json of every job under a sweep directory, in job order (rebuilt from disk alone)."""
+    rows = []
+    for path in sorted(sweep_dir.glob("*/result.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+        r = workerlib.read_json(str(path))
+        final = r.get("final") or {}
+        rows.append({"job": path.parent.name, "backend": r.get("backend"), "status": r.get("status"),
+                     "last_loss": final.get("last_loss"), "eval_loss": final.get("eval_loss"),
+                     "wall_seconds": r.get("wall_seconds"), "peak_memory_mb": r.get("peak_memory_mb"),
+                     "error": (r.get("error") or "").splitlines()[0][:120] if r.get("error") else None})
+    return rows
+
+
+class SweepReport(Callback):
+    """On multirun end: write ``<sweep dir>/summary.json`` and print one row per job."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from rich.table import Table
+
+        from core.progress import console
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = collect(sweep_dir)
+        workerlib.atomic_write_json(str(sweep_dir / "summary.json"), rows)
+        table = Table(title=f"sweep {sweep_dir}")
+        for col in ("job", "backend", "status", "last_loss", "eval_loss", "wall_seconds", "error"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(*[f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c] if r[c] is not None else "")
+                            for c in ("job", "backend", "status", "last_loss", "eval_loss", "wall_seconds",
+                                      "error")])
+        console.print(table)

@@ -1,0 +1,175 @@
+"""TRL worker: runs one planned job inside the engine's process.
+
+Usage (from the run directory): ``python plan/trl_worker.py plan/trl_args.json``.
+Imports only TRL, its dependencies and the standard library (plus ``workerlib``,
+copied beside this file), so an ejected plan runs where anytune is not installed.
+Writes ``metrics.jsonl`` while training, ``artifacts/`` and ``result.json`` at the end.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import workerlib  # noqa: E402
+
+
+def load_records(path):
+    """Canonical records of one split as a datasets.Dataset."""
+    from datasets import Dataset
+
+    return Dataset.from_list(workerlib.read_jsonl(path))
+
+
+def tokenize_sft(records, tokenizer, kind, completion_only, max_length):
+    """Tokenise SFT records with the template of record and mark loss tokens.
+
+    Returns a Dataset with ``input_ids`` and ``completion_mask`` (1 = token carries loss),
+    which TRL's SFTTrainer takes as already processed.
+    """
+    from datasets import Dataset
+
+    def render(messages, add_generation_prompt):
+        return tokenizer.apply_chat_template(messages, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+
+    rows = []
+    for rec in records:
+        text, spans = workerlib.loss_spans(kind, rec, render, completion_only, eos=tokenizer.eos_token or "")
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                        truncation=True, max_length=max_length)
+        mask = workerlib.mask_from_offsets(enc["offset_mapping"], spans)
+        rows.append({"input_ids": enc["input_ids"], "completion_mask": mask})
+    return Dataset.from_list(rows)
+
+
+def make_callback(writer):
+    from transformers import TrainerCallback
+
+    class MetricsCallback(TrainerCallback):
+        """Streams TRL's log rows into metrics.jsonl in anytune's schema."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            tokens = state.num_input_tokens_seen or logs.get("num_tokens")
+            if "loss" in logs:
+                writer.write(step=state.global_step, max_steps=state.max_steps, epoch=logs.get("epoch"),
+                             loss=logs["loss"], learning_rate=logs.get("learning_rate"),
+                             grad_norm=logs.get("grad_norm"), tokens=int(tokens) if tokens else None)
+            if "eval_loss" in logs:
+                writer.write(step=state.global_step, max_steps=state.max_steps, epoch=logs.get("epoch"),
+                             eval_loss=logs["eval_loss"])
+
+    return MetricsCallback()
+
+
+def build_trainer(spec, writer):
+    """Model, tokenizer, data and the TRL trainer for ``spec`` (plan/trl_args.json)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    mspec, method, kind, args = spec["model"], spec["method"], spec["kind"], dict(spec["args"])
+    tokenizer = AutoTokenizer.from_pretrained(mspec["name_or_path"], trust_remote_code=mspec["trust_remote_code"])
+    template_path = spec["data"]["chat_template"]
+    if template_path and os.path.exists(template_path):
+        with open(template_path) as f:
+            tokenizer.chat_template = f.read()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    load_kwargs = {"dtype": getattr(torch, mspec["dtype"]), "trust_remote_code": mspec["trust_remote_code"]}
+    if mspec["load_in_4bit"]:
+        from transformers import BitsAndBytesConfig
+
+        load_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if args.get("bf16") else torch.float16)
+    model = AutoModelForCausalLM.from_pretrained(mspec["name_or_path"], **load_kwargs)
+
+    peft_config = None
+    if spec["peft"]:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(**spec["peft"])
+
+    train = workerlib.read_jsonl(spec["data"]["train"])
+    evals = workerlib.read_jsonl(spec["data"]["eval"]) if spec["data"]["eval"] else None
+    common = {"model": model, "processing_class": tokenizer, "peft_config": peft_config,
+              "callbacks": [make_callback(writer)]}
+    if method == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        completion_only = args.get("completion_only_loss", True)
+        args.setdefault("include_num_input_tokens_seen", "non_padding")
+        data = {"train_dataset": tokenize_sft(train, tokenizer, kind, completion_only, args["max_length"])}
+        if evals:
+            data["eval_dataset"] = tokenize_sft(evals, tokenizer, kind, completion_only, args["max_length"])
+        return SFTTrainer(args=SFTConfig(**args), **data, **common), tokenizer
+    from datasets import Dataset
+
+    data = {"train_dataset": Dataset.from_list(train)}
+    if evals:
+        data["eval_dataset"] = Dataset.from_list(evals)
+    if method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        return DPOTrainer(args=DPOConfig(**args), **data, **common), tokenizer
+    if method == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        return ORPOTrainer(args=ORPOConfig(**args), **data, **common), tokenizer
+    raise ValueError(f"unknown method {method!r}")
+
+
+def save_artifacts(trainer, tokenizer, spec):
+    """Adapter (LoRA/DoRA/QLoRA) to artifacts/adapter, full model to artifacts/model; tokenizer beside it."""
+    model = trainer.model
+    kind = "adapter" if spec["peft"] else "model"
+    out = os.path.join("artifacts", kind)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return {kind: out}
+
+
+def main(argv):
+    spec = workerlib.read_json(argv[1])
+    writer = workerlib.MetricsWriter("metrics.jsonl")
+    started = time.time()
+    result = {"status": "failed", "engine": "trl",
+              "versions": workerlib.versions("trl", "transformers", "peft", "torch", "datasets", "accelerate")}
+    try:
+        trainer, tokenizer = build_trainer(spec, writer)
+        result["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        train_out = trainer.train()
+        result["final"] = {"train_loss": train_out.training_loss, "steps": trainer.state.global_step}
+        if trainer.eval_dataset is not None:
+            metrics = trainer.evaluate()
+            if "eval_loss" in metrics:
+                result["final"]["eval_loss"] = metrics["eval_loss"]
+        rows = workerlib.read_jsonl("metrics.jsonl")
+        losses = [r["loss"] for r in rows if "loss" in r]
+        if losses:
+            result["final"].update(first_loss=losses[0], last_loss=losses[-1])
+        result["artifacts"] = save_artifacts(trainer, tokenizer, spec) if spec.get("save", True) else {}
+        result["status"] = "succeeded"
+        return 0
+    except KeyboardInterrupt:
+        result["status"] = "interrupted"
+        return 130
+    except BaseException as exc:  # recorded, then the process fails
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        result["traceback"] = traceback.format_exc()[-4000:]
+        traceback.print_exc()
+        return 1
+    finally:
+        result["hardware"] = workerlib.hardware()
+        result["peak_memory_mb"] = workerlib.peak_memory_mb()
+        result["train_seconds"] = round(time.time() - started, 3)
+        workerlib.atomic_write_json("result.json", result)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -75,6 +75,10 @@ class MetricsWriter:
         self._last_tokens = 0
         open(path, "a").close()
 
+    def restart(self) -> None:
+        """Start the clock now (call when training, not loading, begins)."""
+        self.start = self._last_t = time.time()
+
     def write(self, **row: Any) -> dict:
         now = time.time()
         row = {k: v for k, v in row.items() if k in METRICS and v is not None}

@@ -52,6 +52,9 @@ def make_callback(writer):
     class MetricsCallback(TrainerCallback):
         """Streams TRL's log rows into metrics.jsonl in anytune's schema."""
 
+        def on_train_begin(self, args, state, control, **kwargs):
+            writer.restart()
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
             tokens = state.num_input_tokens_seen or logs.get("num_tokens")
@@ -131,6 +134,10 @@ def save_artifacts(trainer, tokenizer, spec):
     out = os.path.join("artifacts", kind)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    try:
+        os.rmdir(trainer.args.output_dir)  # only if the trainer left nothing there
+    except OSError:
+        pass
     return {kind: out}
 
 

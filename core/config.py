@@ -70,7 +70,7 @@ def check_overrides(overrides: list[str], backend_classes: dict[str, type]) -> N
             raise ConfigError(f"'{parts[0]}' has no fields: use {parts[0]}=<value>")
         allowed = fields_of(cls)
         if parts[1] not in allowed:
-            raise ConfigError.unknown_key(key, [f"{parts[0]}.{n}" for n in allowed])
+            raise ConfigError.unknown_key(key, list(allowed), prefix=f"{parts[0]}.")
 
 
 def check_values(cfg: DictConfig) -> None:

@@ -13,9 +13,11 @@ class ConfigError(AnytuneError):
     """A config field has an unknown name or a value outside its allowed set."""
 
     @classmethod
-    def unknown_key(cls, key: str, allowed: list[str]) -> "ConfigError":
-        return cls(f"unknown config field '{key}'{did_you_mean(key.rsplit('.', 1)[-1], allowed)}; "
-                   f"allowed fields: {', '.join(sorted(allowed))}")
+    def unknown_key(cls, key: str, allowed: list[str], prefix: str = "") -> "ConfigError":
+        """``key`` is not a field; ``allowed`` are the field names at its level, under ``prefix``."""
+        word = key[len(prefix):].split(".")[0]
+        return cls(f"unknown config field '{key}'{did_you_mean(word, allowed, prefix)}; "
+                   f"allowed fields: {', '.join(prefix + a for a in sorted(allowed))}")
 
     @classmethod
     def bad_value(cls, key: str, value: object, allowed: list[str]) -> "ConfigError":
@@ -51,6 +53,11 @@ class EngineMissing(AnytuneError):
     """The backend's engine is not importable by the interpreter that should run it."""
 
 
-def did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+def did_you_mean(word: str, choices: list, prefix: str = "") -> str:
+    """`` (did you mean 'x'?)`` for the closest choice, or an empty string."""
+    names = [str(c) for c in choices]
+    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
+    if not close:  # abbreviations: lr -> learning_rate
+        initials = {"".join(p[0] for p in n.split("_") if p): n for n in names}
+        close = [initials[word]] if word in initials else []
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""

@@ -18,7 +18,7 @@ hookspec = pluggy.HookspecMarker("anytune")
 # -- discovery -----------------------------------------------------------------
 
 
-@hookspec(historic=True)
+@hookspec
 def register_backends(register: Callable[[type["Backend"]], None]) -> None:
     """Register training backends.
 
@@ -29,7 +29,7 @@ def register_backends(register: Callable[[type["Backend"]], None]) -> None:
     """
 
 
-@hookspec(historic=True)
+@hookspec
 def register_exporters(register: Callable[[type], None]) -> None:
     """Register exporters (merged model, GGUF, ...) that work on any backend's artefacts.
 
@@ -37,7 +37,7 @@ def register_exporters(register: Callable[[type], None]) -> None:
     """
 
 
-@hookspec(historic=True)
+@hookspec
 def register_evaluators(register: Callable[[type], None]) -> None:
     """Register evaluators that score a finished run's artefacts.
 

@@ -87,14 +87,16 @@ def load(extra: list[object] = (), autoload: bool | None = None) -> Registry:
             reg.broken[name] = f"{type(exc).__name__}: {exc}"
             continue
     pm.check_pending()
-    for impl in pm.hook.register_backends.get_hookimpls():
-        source = next((s for n, s, o in plugins if o is impl.plugin), impl.plugin_name)
-        try:
-            impl.function(register=_register_into(reg.backends, "backend", source, reg.sources))
-        except Exception as exc:
-            reg.broken[impl.plugin_name] = f"{type(exc).__name__}: {exc}"
-    pm.hook.register_exporters(register=_register_into(reg.exporters, "exporter", "plugin"))
-    pm.hook.register_evaluators(register=_register_into(reg.evaluators, "evaluator", "plugin"))
+    for hook, table, kind in ((pm.hook.register_backends, reg.backends, "backend"),
+                              (pm.hook.register_exporters, reg.exporters, "exporter"),
+                              (pm.hook.register_evaluators, reg.evaluators, "evaluator")):
+        for impl in hook.get_hookimpls():
+            source = next((s for n, s, o in plugins if o is impl.plugin), impl.plugin_name)
+            try:
+                impl.function(register=_register_into(table, kind, source,
+                                                      reg.sources if kind == "backend" else None))
+            except Exception as exc:  # one plugin's failure leaves the others registered
+                reg.broken[impl.plugin_name] = f"{type(exc).__name__}: {exc}"
     _store_configs(reg)
     return reg
 

@@ -19,7 +19,9 @@ def test_typo_names_field_and_close_match():
     with pytest.raises(ConfigError) as err:
         check_overrides(["train.lr=1e-4"], backends())
     msg = str(err.value)
-    assert "train.lr" in msg and "train.learning_rate" in msg
+    assert "train.lr" in msg and "did you mean 'train.learning_rate'" in msg
+    with pytest.raises(ConfigError, match="did you mean 'train.batch_size'"):
+        check_overrides(["train.batchsize=2"], backends())
 
 
 def test_unknown_section_and_backend_field():

@@ -1,0 +1,281 @@
+"""The data step of a job: detect the kind, check it fits the method, and prepare the run's ``data/``."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from core import template
+from core.data import formats, stats as tokstats
+from core.data.readers import BadRow, check_exists, first_row, iter_rows
+from core.errors import ConfigError, DataError
+from core.workerlib import atomic_write_json
+
+#: method -> canonical record kinds it trains on.
+METHOD_KINDS = {"sft": ("messages", "prompt_completion", "text"), "dpo": ("preference",),
+                "orpo": ("preference",)}
+KIND_DESCRIPTION = {"messages": "messages (chat turns)", "prompt_completion": "prompt_completion (prompt/completion)",
+                    "preference": "preference (prompt/chosen/rejected)", "text": "text (plain text)"}
+#: kinds rendered with the chat template of record.
+TEMPLATED = ("messages", "preference")
+#: bad-row reasons kept in stats.json.
+REASONS_KEPT = 20
+
+
+@dataclass
+class _Options:
+    train: str
+    eval: str | None = None
+    format: str = "auto"
+    columns: dict[str, str] = field(default_factory=dict)
+    eval_fraction: float = 0.0
+    max_rows: int | None = None
+    on_bad_rows: str = "error"
+    chat_template: str | None = None
+    system_prompt: str | None = None
+
+
+@dataclass
+class _Row:
+    where: Any
+    record: dict
+    texts: list[str] | None  # rendered training text(s), when already known
+
+
+def detect_kind(data_cfg) -> str:
+    """Canonical kind of ``data.train`` (messages, prompt_completion, preference, text).
+
+    Cheap: uses ``data.format`` when set, else reads only the first readable row.
+    :raises ConfigError: missing file, unknown type, or a first row no format fits.
+    """
+    opts = _options(data_cfg)
+    return formats.KIND[_format_of(opts.train, "data.train", opts)]
+
+
+def check_method(kind: str, method_name: str, train: str | None = None) -> None:
+    """:raises ConfigError: ``method_name`` cannot train on data of ``kind`` (``train``: the file, for the message)."""
+    if method_name not in METHOD_KINDS:
+        raise ConfigError.bad_value("method.name", method_name, list(METHOD_KINDS))
+    needed = METHOD_KINDS[method_name]
+    if kind in needed:
+        return
+    source = f"data.train={train}" if train else "the data"
+    if needed == ("preference",):
+        want, hint = "preference data (prompt/chosen/rejected)", "use method.name=sft, or preference data (e.g. data=demo_pref)"
+    else:
+        want, hint = "messages, prompt_completion or text data", "use method.name=dpo or method.name=orpo"
+    raise ConfigError(f"method.name={method_name} needs {want}; {source} is "
+                      f"{KIND_DESCRIPTION.get(kind, kind)}; {hint}")
+
+
+def prepare(data_cfg, *, method: str, model_path: str | None, out_dir: Path, max_length: int,
+            seed: int) -> dict[str, Any]:
+    """Load, validate, normalise and split the data; write ``out_dir``; return the content of ``stats.json``.
+
+    Writes ``train.jsonl``, ``eval.jsonl`` (when there is eval data), ``chat_template.jinja`` (messages and
+    preference kinds) and ``stats.json``, each atomically.
+    :param model_path: local model directory (its chat template and tokenizer), or None.
+    :raises DataError: bad rows and ``data.on_bad_rows=error``; lists every one with file and line.
+    :raises ConfigError: the config cannot work (missing file, method/kind mismatch, no template, no rows).
+    """
+    started = time.perf_counter()
+    opts = _options(data_cfg)
+    out_dir = Path(out_dir)
+    train_fmt = _format_of(opts.train, "data.train", opts)
+    kind = formats.KIND[train_fmt]
+    check_method(kind, method, opts.train)
+    eval_fmt = None
+    if opts.eval:
+        eval_fmt = _format_of(opts.eval, "data.eval", opts)
+        if formats.KIND[eval_fmt] != kind:
+            raise ConfigError(f"data.eval={opts.eval} is {formats.KIND[eval_fmt]} data but "
+                              f"data.train={opts.train} is {kind}; both must be the same kind")
+
+    tmpl, tmpl_source, render = None, None, None
+    specials = template.special_tokens(model_path)
+    if kind in TEMPLATED:
+        tmpl, tmpl_source = template.resolve_with_source(opts.chat_template, model_path)
+        if tmpl is None:
+            where = (f"the model at {model_path} has no chat template" if model_path else
+                     "the model is not a local directory, so its chat template cannot be read")
+            raise ConfigError(f"{kind} data needs a chat template and {where}; set data.chat_template=chatml "
+                              f"(or another built-in: {', '.join(template.BUILTIN)}; or a .jinja path)")
+        template.compile_template(tmpl)
+
+        def render(messages, add_generation_prompt):
+            return template.render(tmpl, messages, add_generation_prompt, specials)
+
+    problems: list[tuple[str, Any, str]] = []
+    train = _load(opts.train, train_fmt, opts, kind, render, problems)
+    evals = _load(opts.eval, eval_fmt, opts, kind, render, problems) if opts.eval else []
+    if problems and opts.on_bad_rows == "error":
+        raise DataError(problems)
+    for name, path, rows in (("data.train", opts.train, train), ("data.eval", opts.eval, evals)):
+        if path and not rows:
+            first = f"; first: {problems[0][0]}:{problems[0][1]}: {problems[0][2]}" if problems else ""
+            raise ConfigError(f"{name}={path} has no valid rows ({len(problems)} bad row(s) skipped{first})")
+
+    eval_from = "data.eval" if opts.eval else None
+    if not opts.eval and opts.eval_fraction > 0:
+        train, evals = split(train, opts.eval_fraction, seed)
+        eval_from = "eval_fraction" if evals else None
+    if opts.max_rows is not None:
+        train = train[:opts.max_rows]
+
+    result: dict[str, Any] = {
+        "kind": kind,
+        "method": method,
+        "format": {"train": train_fmt, "eval": eval_fmt or (train_fmt if evals else None)},
+        "sources": {"train": str(Path(opts.train).resolve()),
+                    "eval": str(Path(opts.eval).resolve()) if opts.eval else None},
+        "columns": dict(opts.columns),
+        "rows": {"train": len(train), "eval": len(evals)},
+        "eval_from": eval_from,
+        "skipped": {"count": len(problems),
+                    "reasons": [{"file": f, "line": n, "reason": why} for f, n, why in problems[:REASONS_KEPT]]},
+        "chat_template": {"source": tmpl_source, "file": "chat_template.jinja"} if tmpl else None,
+        "system_prompt": opts.system_prompt,
+        "max_length": max_length,
+        **_token_stats(kind, {"train": train, "eval": evals}, model_path, render, specials, max_length),
+    }
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result["sha256"] = {"train": _write_jsonl(out_dir / "train.jsonl", train),
+                        "eval": _write_jsonl(out_dir / "eval.jsonl", evals) if evals else None}
+    if not evals:
+        (out_dir / "eval.jsonl").unlink(missing_ok=True)
+    if tmpl:
+        _write_text(out_dir / "chat_template.jinja", tmpl)
+    else:
+        (out_dir / "chat_template.jinja").unlink(missing_ok=True)
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    atomic_write_json(str(out_dir / "stats.json"), result)
+    return result
+
+
+def split(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out ``round(len * fraction)`` rows (at least 1, leaving at least 1) chosen by a seeded shuffle.
+
+    Both parts keep file order; the same rows, fraction and seed always give the same split.
+    """
+    n = len(rows)
+    if n < 2:
+        return rows, []
+    k = min(max(1, round(n * fraction)), n - 1)
+    held = set(random.Random(seed).sample(range(n), k))
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def _options(data_cfg) -> _Options:
+    def get(key, default=None):
+        try:
+            value = data_cfg.get(key, default) if hasattr(data_cfg, "get") else getattr(data_cfg, key, default)
+        except Exception:  # omegaconf: a mandatory value that is missing
+            return default
+        return default if value == "???" else value
+
+    train = get("train")
+    if not train:
+        raise ConfigError("data.train is not set: give a file, e.g. data.train=/path/to/train.jsonl")
+    opts = _Options(train=str(train), eval=str(get("eval")) if get("eval") else None,
+                    format=get("format") or "auto", columns=dict(get("columns") or {}),
+                    eval_fraction=float(get("eval_fraction") or 0.0), max_rows=get("max_rows"),
+                    on_bad_rows=get("on_bad_rows") or "error", chat_template=get("chat_template"),
+                    system_prompt=get("system_prompt"))
+    if opts.format != "auto" and opts.format not in formats.FIELDS:
+        raise ConfigError.bad_value("data.format", opts.format, ["auto", *formats.FIELDS])
+    if opts.on_bad_rows not in ("error", "skip"):
+        raise ConfigError.bad_value("data.on_bad_rows", opts.on_bad_rows, ["error", "skip"])
+    if not 0.0 <= opts.eval_fraction < 1.0:
+        raise ConfigError(f"data.eval_fraction={opts.eval_fraction} must be at least 0 and below 1")
+    if opts.max_rows is not None and int(opts.max_rows) < 1:
+        raise ConfigError(f"data.max_rows={opts.max_rows} must be at least 1 (or null for all rows)")
+    formats.check_columns(opts.columns, None if opts.format == "auto" else opts.format)
+    return opts
+
+
+def _format_of(path: str, field_name: str, opts: _Options) -> str:
+    """The format of ``path``: ``data.format`` if set, else detected from its first readable row."""
+    check_exists(path, field_name)
+    if opts.format != "auto":
+        return opts.format
+    first = first_row(path)
+    if first is None:
+        raise ConfigError(f"{field_name}={path} has no rows")
+    where, row = first
+    fmt = formats.detect(row, opts.columns)
+    if fmt is None:
+        loc = f"line {where}" if isinstance(where, int) else where
+        raise ConfigError(f"cannot tell the format of {field_name}={path}: its first row ({loc}) has fields "
+                          f"{', '.join(map(str, row)) or 'none'}; formats and the fields that identify them: "
+                          f"{formats.describe_formats()}; set data.format and map your columns with "
+                          "data.columns, e.g. data.columns={prompt: question, completion: answer}")
+    formats.check_columns(opts.columns, fmt)
+    return fmt
+
+
+def _load(path: str, fmt: str, opts: _Options, kind: str, render: Callable | None,
+          problems: list) -> list[_Row]:
+    """Valid canonical rows of one file; bad rows are appended to ``problems`` as (file, line, reason)."""
+    import jinja2
+
+    normalise = formats.normaliser(fmt, opts.columns, opts.system_prompt)
+    rows = []
+    for where, raw in iter_rows(path):
+        try:
+            if isinstance(raw, BadRow):
+                raise raw
+            record = normalise(raw)
+            texts = None
+            if render is not None:
+                try:
+                    texts = tokstats.texts(kind, record, render, "")
+                except jinja2.TemplateError as exc:
+                    raise BadRow(f"the chat template refused it: {exc}") from exc
+                except Exception as exc:  # a template may fail on data in other ways
+                    raise BadRow(f"the chat template failed on it: {type(exc).__name__}: {exc}") from exc
+        except BadRow as bad:
+            problems.append((path, where, str(bad)))
+            continue
+        rows.append(_Row(where, record, texts))
+    return rows
+
+
+def _token_stats(kind: str, splits: dict[str, list[_Row]], model_path: str | None, render,
+                 specials: dict[str, str], max_length: int) -> dict[str, Any]:
+    tokenizer = tokstats.load_tokenizer(model_path)
+    if tokenizer is None:
+        return {"tokenizer": None, "tokens": None, "truncated": None}
+    eos = specials.get("eos_token", "")
+    tokens, truncated = {}, {}
+    for name, rows in splits.items():
+        texts = [r.texts if r.texts is not None else tokstats.texts(kind, r.record, render, eos) for r in rows]
+        summary = tokstats.summary(tokstats.token_lengths(tokenizer, texts), max_length) if rows else None
+        truncated[name] = summary.pop("truncated") if summary else None
+        tokens[name] = summary
+    return {"tokenizer": str(Path(model_path) / "tokenizer.json"), "tokens": tokens, "truncated": truncated}
+
+
+def _write_jsonl(path: Path, rows: list[_Row]) -> str:
+    text = "".join(json.dumps(r.record, ensure_ascii=False) + "\n" for r in rows)
+    _write_text(path, text)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write so readers see the old file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

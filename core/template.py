@@ -46,8 +46,8 @@ def resolve_with_source(chat_template: str | None, model_path: str | None) -> tu
     path = Path(value).expanduser()
     if path.is_file():
         return path.read_text(encoding="utf-8"), str(path)
-    raise ConfigError(f"data.chat_template={value!r} is neither a built-in template "
-                      f"({', '.join(BUILTIN)}){did_you_mean(value, list(BUILTIN))} nor an existing .jinja file")
+    raise ConfigError(f"data.chat_template={value!r} is neither a built-in template nor an existing .jinja file"
+                      f"{did_you_mean(value, list(BUILTIN))}; built-in templates: {', '.join(BUILTIN)}")
 
 
 def model_template(model_path: str | None) -> tuple[str | None, str | None]:

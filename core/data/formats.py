@@ -156,6 +156,7 @@ def _preference(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
         if isinstance(prompt_v, str):
             prompt = [{"role": "user", "content": validate.text_field(prompt_v, "prompt")}]
         else:
+            _string_or_turns(prompt_v, "prompt")
             prompt = validate.turns(prompt_v, "prompt")
         validate.order(prompt, "prompt", ends_with="user")
         chosen, rejected = _answer(chosen_v, "chosen"), _answer(rejected_v, "rejected")
@@ -169,11 +170,18 @@ def _preference(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
 def _answer(value: Any, name: str) -> list[dict]:
     if isinstance(value, str):
         return [{"role": "assistant", "content": validate.text_field(value, name)}]
+    _string_or_turns(value, name)
     return validate.turns(value, name)
+
+
+def _string_or_turns(value: Any, name: str) -> None:
+    if not isinstance(value, (str, list)):
+        raise BadRow(f"wrong type: {name} must be a string or a list of turns, got {_json_type(value)}")
 
 
 def _dialogue(value: Any, name: str) -> list[dict]:
     """A whole dialogue: a message list, or ``\\n\\nHuman: ... \\n\\nAssistant: ...`` text."""
+    _string_or_turns(value, name)
     if not isinstance(value, str):
         return validate.turns(value, name)
     parts = _DIALOGUE.split(value)
@@ -196,7 +204,8 @@ def _split_shared(chosen: list[dict], rejected: list[dict]) -> tuple[list[dict],
     """Split two whole dialogues into the shared prompt turns and their differing last assistant turns."""
     for name, d in (("chosen", chosen), ("rejected", rejected)):
         if d[-1]["role"] != "assistant":
-            raise BadRow(f"{name} ends with a {d[-1]['role']} turn; its last turn must be assistant")
+            raise BadRow(f"{name} ends with {validate.article(d[-1]['role'])} {d[-1]['role']} turn; "
+                         "its last turn must be assistant")
     shared = 0
     while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
         shared += 1

@@ -262,8 +262,15 @@ def _token_stats(kind: str, splits: dict[str, list[_Row]], model_path: str | Non
     return {"tokenizer": str(Path(model_path) / "tokenizer.json"), "tokens": tokens, "truncated": truncated}
 
 
+#: Characters some readers take for line breaks (str.splitlines); escaped so a record is always one line.
+_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
 def _write_jsonl(path: Path, rows: list[_Row]) -> str:
     text = "".join(json.dumps(r.record, ensure_ascii=False) + "\n" for r in rows)
+    for char, escaped in _LINE_BREAKS.items():
+        if char in text:
+            text = text.replace(char, escaped)
     _write_text(path, text)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

@@ -76,7 +76,12 @@ def order(msgs: list[dict[str, str]], name: str, ends_with: str = "assistant") -
     if ends_with == "assistant" and "assistant" not in body:
         raise BadRow(f"no assistant turn in {name}")
     if body[-1] != ends_with:
-        raise BadRow(f"{name} ends with a {body[-1]} turn; its last turn must be {ends_with}")
+        raise BadRow(f"{name} ends with {article(body[-1])} {body[-1]} turn; its last turn must be {ends_with}")
+
+
+def article(word: str) -> str:
+    """``a`` or ``an`` for ``word``."""
+    return "an" if word == "assistant" else "a"
 
 
 def _content(value: Any, name: str) -> str:

@@ -46,7 +46,8 @@ def check_exists(path: str, field: str) -> None:
     """:raises ConfigError: ``path`` (the value of config ``field``) is not a readable file."""
     p = Path(path)
     if not p.exists():
-        raise ConfigError(f"{field}={path}: no such file")
+        raise ConfigError(f"{field}={path}: no such file (anytune reads local files: "
+                          f"{', '.join(EXTENSIONS)}, each optionally .gz)")
     if not p.is_file():
         raise ConfigError(f"{field}={path}: not a file")
     file_type(path)
@@ -95,6 +96,8 @@ def _parse_object(raw: bytes | str) -> Union[dict, BadRow]:
         obj = json.loads(raw)
     except UnicodeDecodeError:
         return BadRow("not UTF-8 text")
+    except json.JSONDecodeError as exc:
+        return BadRow(f"malformed JSON: {exc.msg} (column {exc.colno})")
     except ValueError as exc:
         return BadRow(f"malformed JSON: {exc}")
     if not isinstance(obj, dict):

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompletedColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=True)
 
@@ -14,18 +14,21 @@ console = Console(stderr=True)
 @contextlib.contextmanager
 def live(label: str) -> Iterator[Any]:
     """Yield a callback that advances a progress bar with each metrics row."""
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompletedColumn(),
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console)
     task = bar.add_task(label, total=None, stats="starting engine…")
 
+    last: dict = {}
+
     def update(row: dict) -> None:
+        last.update(row)
         fields = []
-        if "loss" in row:
-            fields.append(f"loss {row['loss']:.4f}")
-        if "eval_loss" in row:
-            fields.append(f"eval {row['eval_loss']:.4f}")
-        if row.get("tokens_per_s"):
-            fields.append(f"{row['tokens_per_s']:.0f} tok/s")
+        if "loss" in last:
+            fields.append(f"loss {last['loss']:.4f}")
+        if "eval_loss" in last:
+            fields.append(f"eval {last['eval_loss']:.4f}")
+        if last.get("tokens_per_s"):
+            fields.append(f"{last['tokens_per_s']:.0f} tok/s")
         bar.update(task, completed=row.get("step", 0), total=row.get("max_steps") or None,
                    stats="  ".join(fields) or "running")
 
@@ -58,8 +61,9 @@ def summary(result: dict, run_dir: Path) -> None:
         if (run_dir / name.rstrip("/")).exists():
             console.print(f"  {name:<14} {what}")
     if status in ("succeeded", "planned"):
-        console.print("\nNext:\n"
-                      "  python -m core -m train.learning_rate=1e-4,3e-4   # a sweep, each job isolated\n"
-                      "  python -m core method=dpo data=demo_pref          # preference tuning\n"
-                      "  python -m core data.train=/path/my.jsonl model.name_or_path=/path/model  # your own\n"
-                      "  python -m core.backends                           # engines and what they support")
+        console.print("\nNext:", highlight=False)
+        for cmd, what in (("python -m core -m train.learning_rate=1e-3,5e-3", "a sweep, each job isolated"),
+                          ("python -m core method=dpo data=demo_pref", "preference tuning"),
+                          ("python -m core data.train=my.jsonl model.name_or_path=/my/model", "your own"),
+                          ("python -m core.backends", "engines and what they support")):
+            console.print(f"  {cmd}\n      [dim]# {what}[/]", highlight=False, soft_wrap=True)

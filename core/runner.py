@@ -76,8 +76,8 @@ def run(cfg: DictConfig, run_dir: Path, reg: Registry | None = None,
 def prepare(cfg: DictConfig, run_dir: Path, reg: Registry, result: dict):
     """Validate, save the redacted config and write the normalised data; return the backend."""
     backend_cls = reg.backend(cfg.backend.name)
-    check_values(cfg)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(redacted(cfg))))
+    check_values(cfg)
     kind = datalib.detect_kind(cfg.data)
     datalib.check_method(kind, cfg.method.name)
     validate(cfg, backend_cls, reg.backends, kind)

@@ -14,7 +14,7 @@ import fake_backend
 from core import plugins, runner, workerlib
 from core.conformance import compose
 
-BASE = ["backend=fake", "train.device=cpu", "train.precision=fp32", "data.max_rows=8"]
+BASE = ["backend=fake", "train.device=cpu", "train.precision=fp32", "data.max_rows=8", "data.eval_fraction=0"]
 
 
 @pytest.fixture

@@ -1,0 +1,494 @@
+"""anytune's components for torchtune recipes, named by ``_component_`` in ``plan/torchtune.yaml``.
+
+Copied into ``plan/anytune_torchtune.py`` beside ``workerlib.py``. ``tune run`` puts the
+run directory on ``sys.path``, so the recipe config names them ``plan.anytune_torchtune.X``.
+Imports only torch, torchtune's own dependencies (tokenizers, jinja2, safetensors) and
+the standard library, never anytune: an ejected plan runs where anytune is not installed.
+
+- ``ChatTemplateTokenizer``: the model's ``tokenizer.json`` plus the chat template of record.
+- ``sft_dataset`` / ``preference_dataset``: the run's normalised records, tokenised with the
+  loss mask every anytune engine uses (``workerlib.loss_spans`` + ``mask_from_offsets``).
+- ``AdamW`` / ``SGD``: torch's optimisers that record the trainable-parameter count and
+  can clip gradients (for recipes that do not).
+- ``lr_schedule``: Hugging Face's schedules (linear, cosine, constant, constant_with_warmup).
+- ``MetricLogger``: writes ``metrics.jsonl`` rows; when the recipe closes it, moves the
+  checkpoint into ``artifacts/`` in Hugging Face / PEFT layout and writes ``result.json``.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+import traceback
+from datetime import datetime
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import workerlib  # noqa: E402
+
+import torch  # noqa: E402
+
+IGNORE = -100
+#: State shared by the components of one run (one process, one module object).
+STATE: dict[str, Any] = {"tokens": 0, "trainable": None, "grad_norm": None, "logger": None}
+#: Tokenizer files copied next to a saved adapter or model.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json")
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+#: torchtune module name -> Hugging Face module name (PEFT target_modules).
+HF_MODULES = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "output_proj": "o_proj",
+              "w1": "gate_proj", "w2": "down_proj", "w3": "up_proj", "output": "lm_head"}
+
+
+# -- tokenizer ----------------------------------------------------------------------------------------
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def special_tokens(model_dir: str) -> dict[str, str]:
+    """Named special tokens of a Hugging Face tokenizer directory, as chat templates see them."""
+    out: dict[str, str] = {}
+    for source in (_read_json(os.path.join(model_dir, "special_tokens_map.json")),
+                   _read_json(os.path.join(model_dir, "tokenizer_config.json"))):
+        for name in SPECIAL_TOKENS:
+            value = source.get(name)
+            if isinstance(value, dict):
+                value = value.get("content")
+            if isinstance(value, str):
+                out[name] = value
+    return out
+
+
+def _jinja_environment():
+    """A Jinja sandbox configured as transformers configures it for ``apply_chat_template``."""
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Generation(jinja2.ext.Extension):
+        """``{% generation %}`` markers: render their body."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[Generation, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
+    return env
+
+
+class ChatTemplateTokenizer:
+    """The model's fast tokenizer (``tokenizer.json``) with the chat template of record.
+
+    :param path: Hugging Face model/tokenizer directory.
+    :param chat_template: file holding the template of record (``data/chat_template.jinja``); None for text data.
+    :param max_seq_len: examples are cut to this many tokens (the first ones, no EOS put in).
+    """
+
+    def __init__(self, path: str, chat_template: str | None = None, max_seq_len: int | None = None):
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.special = special_tokens(path)
+        self.template = None
+        if chat_template and os.path.exists(chat_template):
+            with open(chat_template, encoding="utf-8") as f:
+                self.template = _jinja_environment().from_string(f.read())
+        self.max_seq_len = max_seq_len
+        self.eos = self.special.get("eos_token", "")
+        self.eos_id = self.tokenizer.token_to_id(self.eos) if self.eos else None
+        pad = self.special.get("pad_token")
+        pad_id = self.tokenizer.token_to_id(pad) if pad else None
+        self.pad_id = pad_id if pad_id is not None else (self.eos_id if self.eos_id is not None else 0)
+        bos = self.special.get("bos_token")
+        self.bos_id = self.tokenizer.token_to_id(bos) if bos else None
+
+    def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        """The conversation as text, exactly as ``apply_chat_template(..., tokenize=False)`` renders it."""
+        if self.template is None:
+            raise ValueError("this data needs a chat template and none was given (tokenizer.chat_template)")
+        chat = [{k: v for k, v in m.items() if v is not None} for m in messages]
+        return self.template.render(messages=chat, tools=None, documents=None,
+                                    add_generation_prompt=add_generation_prompt, **self.special)
+
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        """Token ids of ``text`` (torchtune's BaseTokenizer protocol)."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        return ([self.bos_id] if add_bos and self.bos_id is not None else []) + ids + \
+            ([self.eos_id] if add_eos and self.eos_id is not None else [])
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        """Text of ``ids``."""
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def masked(self, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+        """Token ids of ``text`` and their loss mask (1 = the token's first character is in a span), truncated."""
+        enc = self.tokenizer.encode(text, add_special_tokens=False)
+        mask = workerlib.mask_from_offsets(enc.offsets, spans)
+        ids = list(enc.ids)
+        if self.max_seq_len:
+            ids, mask = ids[:self.max_seq_len], mask[:self.max_seq_len]
+        return ids, mask
+
+    def example(self, kind: str, record: dict, completion_only: bool = True) -> tuple[list[int], list[int]]:
+        """Tokens and loss mask of one SFT record (messages, prompt_completion or text)."""
+        text, spans = workerlib.loss_spans(kind, record, self.render, completion_only, eos=self.eos)
+        return self.masked(text, spans)
+
+    def preference(self, record: dict) -> dict[str, list[int]]:
+        """Chosen and rejected tokens and labels of one preference record (loss on the answer turns only)."""
+        out = {}
+        start = len(self.render(record["prompt"], True))
+        for side in ("chosen", "rejected"):
+            text = self.render(record["prompt"] + record[side], False)
+            ids, mask = self.masked(text, [(start, len(text))])
+            out[f"{side}_input_ids"] = ids
+            out[f"{side}_labels"] = [t if m else IGNORE for t, m in zip(ids, mask)]
+        return out
+
+
+# -- datasets ----------------------------------------------------------------------------------------
+
+
+def _passes(n: int, passes: int, seed: int) -> list[int]:
+    """Indices of ``passes`` shuffled passes over ``n`` records, each pass a fresh permutation."""
+    order = []
+    for p in range(passes):
+        idx = list(range(n))
+        random.Random(seed + p).shuffle(idx)
+        order += idx
+    return order
+
+
+class _Records(torch.utils.data.Dataset):
+    """Pre-tokenised examples served in the order of ``passes`` seeded shuffles."""
+
+    def __init__(self, examples: list[dict], passes: int, seed: int):
+        self.examples = examples
+        self.order = _passes(len(examples), max(1, int(passes)), seed)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int) -> dict:
+        if STATE["logger"] is not None and not STATE.get("started"):
+            STATE["started"] = True
+            STATE["logger"].writer.restart()  # training begins with the first batch
+        item = self.examples[self.order[i]]
+        STATE["tokens"] += sum(len(v) for k, v in item.items() if k in ("tokens", "chosen_input_ids",
+                                                                           "rejected_input_ids"))
+        return item
+
+
+def sft_dataset(tokenizer: ChatTemplateTokenizer, source: str, kind: str, completion_only_loss: bool = True,
+                passes: int = 1, seed: int = 0) -> torch.utils.data.Dataset:
+    """SFT examples (``tokens``, ``labels``) from a normalised jsonl file of the run directory.
+
+    :param kind: canonical record kind: messages, prompt_completion or text.
+    :param completion_only_loss: loss on assistant turns / completions only (else on every token).
+    :param passes: shuffled passes over the records, concatenated (the recipe runs one epoch of them).
+    :param seed: seed of the shuffles.
+    """
+    examples = []
+    for rec in workerlib.read_jsonl(source):
+        ids, mask = tokenizer.example(kind, rec, completion_only_loss)
+        examples.append({"tokens": ids, "labels": [t if m else IGNORE for t, m in zip(ids, mask)]})
+    return _Records(examples, passes, seed)
+
+
+def preference_dataset(tokenizer: ChatTemplateTokenizer, source: str, passes: int = 1,
+                       seed: int = 0) -> torch.utils.data.Dataset:
+    """DPO examples (``chosen_input_ids``, ``chosen_labels``, ``rejected_*``) from normalised preference records."""
+    return _Records([tokenizer.preference(rec) for rec in workerlib.read_jsonl(source)], passes, seed)
+
+
+# -- optimisers and schedules ------------------------------------------------------------------------
+
+
+def _count_trainable(params) -> list:
+    params = list(params)
+    flat = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    STATE["trainable"] = sum(p.numel() for p in flat if p.requires_grad)
+    return params
+
+
+class _Clipping:
+    """Mixin: record the trainable-parameter count; clip the gradient norm before each step if asked."""
+
+    def _clip(self):
+        if self.max_grad_norm is None:
+            return
+        grads = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        STATE["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(grads, float(self.max_grad_norm)))
+
+
+class AdamW(_Clipping, torch.optim.AdamW):
+    """``torch.optim.AdamW``; ``max_grad_norm`` clips gradients first (for recipes without ``clip_grad_norm``)."""
+
+    def __init__(self, params, max_grad_norm: float | None = None, **kwargs):
+        super().__init__(_count_trainable(params), **kwargs)
+        self.max_grad_norm = max_grad_norm
+
+    def step(self, closure=None):
+        self._clip()
+        return super().step(closure)
+
+
+class SGD(_Clipping, torch.optim.SGD):
+    """``torch.optim.SGD``; ``max_grad_norm`` clips gradients first (for recipes without ``clip_grad_norm``)."""
+
+    def __init__(self, params, max_grad_norm: float | None = None, **kwargs):
+        super().__init__(_count_trainable(params), **kwargs)
+        self.max_grad_norm = max_grad_norm
+
+    def step(self, closure=None):
+        self._clip()
+        return super().step(closure)
+
+
+def lr_schedule(optimizer, name: str, num_training_steps: int, warmup_ratio: float = 0.0, last_epoch: int = -1):
+    """Hugging Face's learning-rate schedules (``transformers.get_scheduler``) as a LambdaLR.
+
+    :param name: linear, cosine, constant or constant_with_warmup.
+    :param warmup_ratio: warm-up steps = ceil(ratio * num_training_steps), rising linearly from 0.
+    """
+    warmup = math.ceil(num_training_steps * warmup_ratio) if warmup_ratio else 0
+    total = num_training_steps
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        if name in ("constant", "constant_with_warmup"):
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if name == "linear":
+            return max(0.0, (total - step) / max(1, total - warmup))
+        if name == "cosine":
+            return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+        raise ValueError(f"unknown schedule {name!r}")
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch)
+
+
+# -- metrics, artefacts, result ----------------------------------------------------------------------
+
+
+def _scalar(value):
+    if value is None:
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    return float(value)
+
+
+class MetricLogger:
+    """torchtune metric logger writing anytune's ``metrics.jsonl``; on close, artefacts and ``result.json``.
+
+    :param filename: metrics file, relative to the run directory.
+    :param max_steps: optimiser steps planned.
+    :param train_rows: training records (for the ``epoch`` column).
+    :param examples_per_step: batch_size * gradient_accumulation_steps.
+    :param artifacts: ``adapter`` (PEFT layout into artifacts/adapter), ``model`` (artifacts/model) or ``none``.
+    :param result: result file written at the end.
+    """
+
+    def __init__(self, filename: str = "metrics.jsonl", max_steps: int | None = None, train_rows: int | None = None,
+                 examples_per_step: int = 1, artifacts: str = "adapter", result: str = "result.json", **_):
+        self.writer = workerlib.MetricsWriter(filename)
+        self.max_steps, self.train_rows, self.examples_per_step = max_steps, train_rows, examples_per_step
+        self.artifacts, self.result_path = artifacts, result
+        self.config = None
+        self.rows: list[dict] = []
+        self.started = time.time()
+        self.closed = False
+        STATE["logger"] = self
+        previous = sys.excepthook
+
+        def on_crash(kind, exc, tb):  # the recipe raised: record it, then let Python report it
+            self._write_result("interrupted" if issubclass(kind, KeyboardInterrupt) else "failed",
+                               error=f"{kind.__name__}: {exc}",
+                               traceback="".join(traceback.format_exception(kind, exc, tb))[-4000:])
+            previous(kind, exc, tb)
+
+        sys.excepthook = on_crash
+
+    def log_config(self, config) -> None:
+        """Keep the resolved recipe config (the artefact step reads the checkpointer and model from it)."""
+        self.config = config
+
+    def log(self, name: str, data, step: int) -> None:
+        """One scalar."""
+        self.log_dict({name: data}, step)
+
+    def log_dict(self, payload: dict, step: int) -> None:
+        """One recipe log row -> one metrics.jsonl row in anytune's schema."""
+        loss = _scalar(payload.get("loss"))
+        epoch = None
+        if self.train_rows:
+            epoch = round(step * self.examples_per_step / self.train_rows, 4)
+        grad_norm = _scalar(payload.get("grad_norm", STATE["grad_norm"]))
+        row = self.writer.write(step=step, max_steps=self.max_steps, epoch=epoch, loss=loss,
+                                learning_rate=_scalar(payload.get("lr")), grad_norm=grad_norm,
+                                tokens=STATE["tokens"])
+        self.rows.append(row)
+
+    def close(self) -> None:
+        """The recipe finished: move its checkpoint into artifacts/ and write result.json."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            artifacts = finish(self.config, self.artifacts)
+        except BaseException as exc:
+            self._write_result("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+            raise
+        self._write_result("succeeded", artifacts=artifacts)
+
+    def _write_result(self, status: str, **extra) -> None:
+        losses = [r["loss"] for r in self.rows if "loss" in r]
+        final: dict[str, Any] = {"steps": self.rows[-1]["step"] if self.rows else 0}
+        if self.rows:
+            final.update({k: v for k, v in self.rows[-1].items() if k in workerlib.METRICS})
+        if losses:
+            final.update(first_loss=losses[0], last_loss=losses[-1],
+                         train_loss=sum(losses) / len(losses))
+        result = {"status": status, "engine": "torchtune", "final": final, "artifacts": {},
+                  "trainable_parameters": STATE["trainable"],
+                  "versions": workerlib.versions("torchtune", "torch", "torchao", "torchdata", "tokenizers"),
+                  "hardware": workerlib.hardware(), "peak_memory_mb": workerlib.peak_memory_mb(),
+                  "train_seconds": round(time.time() - self.started, 3), **extra}
+        workerlib.atomic_write_json(self.result_path, result)
+
+
+def _last_epoch_dir(output_dir: str) -> str:
+    dirs = [d for d in glob.glob(os.path.join(output_dir, "epoch_*")) if os.path.isdir(d)]
+    if not dirs:
+        raise FileNotFoundError(f"torchtune wrote no checkpoint under {output_dir}")
+    return max(dirs, key=lambda d: int(d.rsplit("_", 1)[1]))
+
+
+def _copy_tokenizer(model_dir: str, out: str, chat_template: str | None) -> None:
+    """The model's tokenizer files, with the chat template of record as ``chat_template.jinja``."""
+    for name in TOKENIZER_FILES:
+        src = os.path.join(model_dir, name)
+        if os.path.isfile(src):
+            shutil.copy(src, os.path.join(out, name))
+    if chat_template and os.path.isfile(chat_template):
+        shutil.copy(chat_template, os.path.join(out, "chat_template.jinja"))
+        config_path = os.path.join(out, "tokenizer_config.json")
+        config = _read_json(config_path)
+        if "chat_template" in config:  # the template of record wins
+            del config["chat_template"]
+            with open(config_path, "w") as f:
+                json.dump(config, f, indent=2)
+
+
+def peft_adapter(tune_state: dict, hf_config: dict) -> dict:
+    """torchtune LoRA/DoRA weights -> PEFT's key names and Hugging Face's q/k row order.
+
+    torchtune's own conversion leaves DoRA magnitudes of q_proj/k_proj in torchtune's
+    rotary row order; they are permuted here like lora_B.
+    """
+    from torchtune.models.convert_weights import tune_to_peft_adapter_weights
+
+    heads, kv_heads, dim = hf_config["num_attention_heads"], hf_config["num_key_value_heads"], hf_config["hidden_size"]
+    head_dim = hf_config.get("head_dim") or dim // heads
+    state = dict(tune_state)
+    for key, value in state.items():
+        if key.endswith("magnitude") and (".q_proj." in key or ".k_proj." in key):
+            n = heads if ".q_proj." in key else kv_heads
+            state[key] = value.view(n, head_dim // 2, 2).transpose(1, 2).reshape(-1)
+    return tune_to_peft_adapter_weights(state, num_heads=heads, num_kv_heads=kv_heads, dim=dim, head_dim=head_dim)
+
+
+def finish(cfg, artifacts: str) -> dict[str, str]:
+    """Move torchtune's last checkpoint into anytune's artefact layout; remove torchtune's folder.
+
+    ``adapter``: artifacts/adapter with adapter_model.safetensors (PEFT keys),
+    adapter_config.json (base_model_name_or_path = the base model's directory) and the
+    tokenizer; never merged weights beside it. ``model``: artifacts/model with the
+    Hugging Face config, safetensors shards and the tokenizer.
+    """
+    from safetensors.torch import save_file
+
+    ckpt = cfg.checkpointer
+    tune_dir, model_dir = ckpt.output_dir, os.path.abspath(ckpt.checkpoint_dir)
+    chat_template = cfg.tokenizer.get("chat_template")
+    out: dict[str, str] = {}
+    if artifacts == "adapter":
+        last = _last_epoch_dir(tune_dir)
+        hf_config = _read_json(os.path.join(model_dir, "config.json"))
+        tune_state = torch.load(os.path.join(last, "adapter_model.pt"), map_location="cpu", weights_only=True)
+        dest = os.path.join("artifacts", "adapter")
+        os.makedirs(dest, exist_ok=True)
+        tensors = {k: v.contiguous() for k, v in peft_adapter(tune_state, hf_config).items()}
+        save_file(tensors, os.path.join(dest, "adapter_model.safetensors"), metadata={"format": "pt"})
+        m = cfg.model
+        targets = list(m.lora_attn_modules) + (["w1", "w2", "w3"] if m.get("apply_lora_to_mlp") else []) + \
+            (["output"] if m.get("apply_lora_to_output") else [])
+        adapter_config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": model_dir,
+                          "r": int(m.lora_rank), "lora_alpha": float(m.lora_alpha),
+                          "lora_dropout": float(m.get("lora_dropout", 0.0)),
+                          "target_modules": sorted(HF_MODULES[t] for t in targets),
+                          "use_dora": bool(m.get("use_dora", False)), "bias": "none", "fan_in_fan_out": False,
+                          "inference_mode": True, "modules_to_save": None}
+        with open(os.path.join(dest, "adapter_config.json"), "w") as f:
+            json.dump(adapter_config, f, indent=2)
+        _copy_tokenizer(model_dir, dest, chat_template)
+        out["adapter"] = dest
+    elif artifacts == "model":
+        last = _last_epoch_dir(tune_dir)
+        dest = os.path.join("artifacts", "model")
+        os.makedirs(dest, exist_ok=True)
+        dtype = None
+        for path in glob.glob(os.path.join(last, "*.safetensors")) + glob.glob(os.path.join(last, "*.index.json")):
+            shutil.move(path, os.path.join(dest, os.path.basename(path)))
+        for name in ("config.json", "generation_config.json"):
+            if os.path.isfile(os.path.join(model_dir, name)):
+                shutil.copy(os.path.join(model_dir, name), os.path.join(dest, name))
+        shards = sorted(glob.glob(os.path.join(dest, "*.safetensors")))
+        if shards:
+            from safetensors import safe_open
+
+            with safe_open(shards[0], "pt") as f:
+                dtype = str(f.get_slice(next(iter(f.keys()))).get_dtype()).lower()
+        config_path = os.path.join(dest, "config.json")
+        config = _read_json(config_path)
+        if dtype and config:  # the weights' dtype, as transformers names it
+            name = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}.get(dtype, config.get("dtype"))
+            config["dtype"] = name
+            config.pop("torch_dtype", None)
+            with open(config_path, "w") as f:
+                json.dump(config, f, indent=2)
+        _copy_tokenizer(model_dir, dest, chat_template)
+        out["model"] = dest
+    shutil.rmtree(tune_dir, ignore_errors=True)
+    return out

@@ -1,0 +1,353 @@
+"""Translation of the canonical job into a torchtune 0.6.1 recipe config (``plan/torchtune.yaml``).
+
+The model's family comes from its Hugging Face ``config.json`` (``architectures``);
+its dimensions become the arguments of torchtune's model builder, and torchtune's
+HF checkpointer reads its safetensors. Tokenizer, data, optimiser, schedule and
+metrics are anytune components shipped in ``plan/anytune_torchtune.py``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from omegaconf import OmegaConf
+
+import core
+from core import envs, workerlib
+from core.errors import ConfigError
+
+HERE = Path(__file__).parent
+PLAN_FILE = "plan/torchtune.yaml"
+COMPONENTS = "plan.anytune_torchtune"
+
+#: canonical name -> torchtune recipe, per (method, full fine-tune?)
+RECIPES = {("sft", False): "lora_finetune_single_device", ("sft", True): "full_finetune_single_device",
+           ("dpo", False): "lora_dpo_single_device"}
+#: Hugging Face module names -> torchtune's, for peft.target_modules
+ATTN = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "output_proj"}
+MLP = ("gate_proj", "up_proj", "down_proj")
+DPO_LOSSES = {"sigmoid": ("torchtune.rlhf.loss.DPOLoss", "beta"), "hinge": ("torchtune.rlhf.loss.RSOLoss", "gamma")}
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family torchtune has builders for."""
+
+    architectures: tuple[str, ...]
+    """Hugging Face ``architectures`` values that map here."""
+    builder: str
+    """torchtune builder of the full model."""
+    lora_builder: str
+    """torchtune builder of the LoRA/DoRA model."""
+    model_type: str
+    """``model_type`` of torchtune's HF checkpointer (selects the weight conversion)."""
+    description: str
+    """Shown in errors and docs."""
+
+
+FAMILIES = (
+    Family(("LlamaForCausalLM",), "torchtune.models.llama3_2.llama3_2", "torchtune.models.llama3_2.lora_llama3_2",
+           "LLAMA3_2", "Llama (Llama 2, 3, 3.1, 3.2 and other Llama-architecture models: LlamaForCausalLM)"),
+)
+
+
+def family_of(hf_config: dict, where: str) -> Family:
+    """The family of a model's ``config.json``.
+
+    :raises ConfigError: an architecture no family covers; names the supported ones.
+    """
+    archs = hf_config.get("architectures") or []
+    for fam in FAMILIES:
+        if any(a in fam.architectures for a in archs):
+            return fam
+    supported = "; ".join(f.description for f in FAMILIES)
+    raise ConfigError(f"model.name_or_path={where} is {', '.join(archs) or 'an unknown architecture'}; "
+                      f"the torchtune backend has builders for: {supported}. Use another backend "
+                      "(e.g. backend=trl) for this model.")
+
+
+def rope(hf_config: dict) -> tuple[float, float]:
+    """(rope_base, scale_factor) of a Llama config; scale 1 is plain RoPE.
+
+    Reads transformers 5's ``rope_parameters`` and older ``rope_theta``/``rope_scaling``.
+    :raises ConfigError: a RoPE scaling torchtune's Llama 3 RoPE cannot reproduce.
+    """
+    params = dict(hf_config.get("rope_parameters") or {})
+    scaling = dict(hf_config.get("rope_scaling") or {})
+    theta = params.get("rope_theta", hf_config.get("rope_theta", 10000.0))
+    kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    if kind == "default":
+        return float(theta), 1.0
+    if kind == "llama3":
+        p = {**scaling, **params}
+        expected = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+        odd = {k: p.get(k) for k, v in expected.items() if float(p.get(k, v)) != v}
+        if not odd:
+            return float(theta), float(p.get("factor", 8.0))
+        raise ConfigError(f"the model's llama3 RoPE scaling has {odd}; torchtune's Llama3ScaledRoPE fixes "
+                          f"{expected}")
+    raise ConfigError(f"the model uses RoPE type '{kind}', which torchtune's Llama builders do not implement "
+                      "(supported: default, llama3)")
+
+
+def model_args(hf_config: dict, max_seq_len: int) -> dict[str, Any]:
+    """Builder arguments for a Llama-architecture ``config.json``.
+
+    :raises ConfigError: a feature torchtune's Llama builder lacks (biases, another activation, head_dim).
+    """
+    heads, dim = hf_config["num_attention_heads"], hf_config["hidden_size"]
+    problems = []
+    if hf_config.get("attention_bias"):
+        problems.append("attention_bias=true")
+    if hf_config.get("mlp_bias"):
+        problems.append("mlp_bias=true")
+    if hf_config.get("hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act={hf_config['hidden_act']}")
+    if hf_config.get("head_dim") not in (None, dim // heads):
+        problems.append(f"head_dim={hf_config['head_dim']} (torchtune's Llama uses hidden_size/heads={dim // heads})")
+    if problems:
+        raise ConfigError(f"torchtune's Llama builder cannot reproduce this model: {', '.join(problems)}")
+    base, scale = rope(hf_config)
+    return {"vocab_size": hf_config["vocab_size"], "num_layers": hf_config["num_hidden_layers"],
+            "num_heads": heads, "num_kv_heads": hf_config.get("num_key_value_heads") or heads,
+            "embed_dim": dim, "intermediate_dim": hf_config["intermediate_size"], "max_seq_len": max_seq_len,
+            "norm_eps": hf_config.get("rms_norm_eps", 1e-5), "rope_base": base, "scale_factor": scale,
+            "attn_dropout": float(hf_config.get("attention_dropout", 0.0)),
+            "tie_word_embeddings": bool(hf_config.get("tie_word_embeddings", False))}
+
+
+def model_dir(name_or_path: str) -> Path:
+    """Local directory of the model: the path itself, or its snapshot in the Hugging Face cache.
+
+    :raises ConfigError: neither exists (torchtune's checkpointer reads local files).
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    hub = Path(os.environ.get("HF_HUB_CACHE")
+               or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub").expanduser()
+    repo = hub / f"models--{name_or_path.replace('/', '--')}"
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        snap = repo / "snapshots" / ref.read_text().strip()
+        if (snap / "config.json").is_file():
+            return snap
+    raise ConfigError(f"model.name_or_path={name_or_path}: the torchtune backend reads a local model directory "
+                      f"and this is neither a directory nor in the Hugging Face cache ({hub}); download it "
+                      f"first: hf download {name_or_path}")
+
+
+def lora_targets(targets: list[str], tied: bool) -> dict[str, Any]:
+    """peft.target_modules (Hugging Face names) -> torchtune's lora_attn_modules / apply_lora_to_* flags.
+
+    :raises ConfigError: a module torchtune cannot adapt alone (part of the MLP) or at all.
+    """
+    if targets == ["all-linear"]:
+        return {"lora_attn_modules": list(ATTN.values()), "apply_lora_to_mlp": True, "apply_lora_to_output": False}
+    unknown = [t for t in targets if t not in ATTN and t not in MLP and t != "lm_head"]
+    if unknown:
+        raise ConfigError(f"peft.target_modules has {unknown}; the torchtune backend adapts "
+                          f"{', '.join([*ATTN, *MLP, 'lm_head'])} or all-linear")
+    mlp = [t for t in MLP if t in targets]
+    if mlp and len(mlp) != len(MLP):
+        raise ConfigError(f"peft.target_modules has {mlp} of the MLP; torchtune adapts all of "
+                          f"{', '.join(MLP)} or none (apply_lora_to_mlp)")
+    if "lm_head" in targets and tied:
+        raise ConfigError("peft.target_modules has lm_head, but this model ties it to the embeddings; "
+                          "torchtune cannot put LoRA on a tied output layer")
+    return {"lora_attn_modules": [ATTN[t] for t in ATTN if t in targets], "apply_lora_to_mlp": bool(mlp),
+            "apply_lora_to_output": "lm_head" in targets}
+
+
+def total_steps(rows: int, batch: int, accum: int, max_steps: int, epochs: float) -> tuple[int, int]:
+    """(optimiser steps, passes over the data) for torchtune's drop-last data loader.
+
+    Steps: ``max_steps``, else ``ceil(epochs * ceil(ceil(rows / batch) / accum))`` as Hugging Face
+    counts them. Passes: shuffled copies of the data the dataset concatenates so one torchtune
+    epoch holds that many full steps.
+    :raises ConfigError: fewer rows than one batch.
+    """
+    if rows < batch:
+        raise ConfigError(f"the training data has {rows} rows, fewer than train.batch_size={batch}; torchtune "
+                          "drops an incomplete batch, so nothing would train: lower train.batch_size")
+    if max_steps > 0:
+        steps = max_steps
+    else:
+        steps = max(1, math.ceil(epochs * math.ceil(math.ceil(rows / batch) / accum)))
+    passes = 1
+    while (passes * rows) // batch // accum < steps:
+        passes += 1
+    return steps, passes
+
+
+class TorchtuneBackend(core.Backend):
+    """torchtune 0.6.1: native PyTorch recipes configured by YAML, run by ``tune run``."""
+
+    name: ClassVar[str] = "torchtune"
+    engine_distribution: ClassVar[str] = "torchtune"
+    install_hint: ClassVar[str] = "python -m core.envs create torchtune"
+    description: ClassVar[str] = "torchtune 0.6.1 recipes (tune run), in an environment of its own"
+    environment: ClassVar[list[str]] = [
+        "torch==2.13.0", "torchtune==0.6.1", "torchao==0.15.0", "torchdata==0.11.0",
+        "tokenizers==0.23.3", "safetensors==0.8.0", "jinja2==3.1.6",
+    ]
+    """The engine's environment, as tested: torchao must stay below 0.17 for torchtune 0.6.1."""
+    capabilities: ClassVar[core.Capabilities] = core.Capabilities(
+        supports={
+            "method.name": frozenset({"sft", "dpo"}),
+            "peft.type": frozenset({"none", "lora", "dora"}),
+            "data.kind": frozenset({"messages", "prompt_completion", "preference", "text"}),
+            "train.device": frozenset({"cpu"}),
+            "train.precision": frozenset({"fp32"}),
+            "train.optimizer": frozenset({"adamw", "sgd"}),
+            "train.lr_scheduler": frozenset({"linear", "cosine", "constant", "constant_with_warmup"}),
+            "method.loss_type": frozenset({"sigmoid", "hinge"}),
+            "method.packing": frozenset({False}),
+            "method.completion_only_loss": frozenset({True, False}),
+            "train.gradient_checkpointing": frozenset({False, True}),
+            "data.eval": frozenset({False}),
+        },
+    )
+
+    def python(self) -> str:
+        """backend.python; else this interpreter if it has torchtune; else the managed environment's."""
+        return envs.interpreter(self, strict=False)
+
+    def engine_version(self) -> str | None:
+        """torchtune's version for ``python()`` (links not resolved: venvs share one base interpreter)."""
+        return envs.distribution_version(self.python(), self.engine_distribution)
+
+    def hf_config(self) -> tuple[Path, dict]:
+        """The model's directory and its ``config.json``."""
+        path = model_dir(str(self.job.model.name_or_path))
+        try:
+            return path, json.loads((path / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read {path / 'config.json'}: {exc}") from exc
+
+    def check(self) -> None:
+        """Model family, LoRA targets, method/PEFT combinations and dtype, before any data is read."""
+        j = self.job
+        path, hf = self.hf_config()
+        family_of(hf, str(j.model.name_or_path))
+        model_args(hf, j.train.max_length)
+        if j.method.name == "dpo" and j.peft.type == "none":
+            raise ConfigError("method.name=dpo with peft.type=none: torchtune's full-weight DPO recipe is "
+                              "distributed-only; use peft.type=lora")
+        if j.method.name == "dpo" and j.peft.type == "dora":
+            raise ConfigError("method.name=dpo with peft.type=dora: torchtune's lora_dpo_single_device "
+                              "does not initialise DoRA magnitudes; use peft.type=lora")
+        if j.peft.type != "none":
+            lora_targets(list(j.peft.target_modules), bool(hf.get("tie_word_embeddings", False)))
+        precision = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[j.train.precision]
+        if j.model.dtype not in ("auto", precision):
+            raise ConfigError(f"model.dtype={j.model.dtype} with train.precision={j.train.precision}: torchtune "
+                              "trains in one dtype (its `dtype`); set model.dtype=auto")
+        if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):
+            raise ConfigError(f"{path} has no *.safetensors or *.bin weights for torchtune's HF checkpointer")
+
+    def plan(self, run_dir: Path) -> core.Plan:
+        """Write ``plan/torchtune.yaml`` and copy the components beside it."""
+        plan_dir = run_dir / "plan"
+        plan_dir.mkdir(parents=True, exist_ok=True)
+        stats = workerlib.read_json(str(run_dir / "data" / "stats.json"))
+        recipe, config = self.native_config(stats)
+        header = (f"# torchtune {self.environment_version()} recipe config written by anytune.\n"
+                  f"# Run it from the run directory (the folder holding plan/ and data/):\n"
+                  f"#   tune run {recipe} --config {PLAN_FILE}\n"
+                  f"# Components named plan.anytune_torchtune.* are in plan/anytune_torchtune.py (tokenizer with\n"
+                  f"# the chat template of record, datasets over data/*.jsonl, optimiser, schedule, metric logger\n"
+                  f"# that writes metrics.jsonl, artifacts/ and result.json).\n")
+        (run_dir / PLAN_FILE).write_text(header + OmegaConf.to_yaml(OmegaConf.create(config)))
+        shutil.copy(HERE / "components.py", plan_dir / "anytune_torchtune.py")
+        shutil.copy(workerlib.__file__, plan_dir / "workerlib.py")
+        return core.Plan(command=[self.python(), "-m", "torchtune._cli.tune", "run", recipe, "--config", PLAN_FILE],
+                         files=[PLAN_FILE, "plan/anytune_torchtune.py", "plan/workerlib.py"])
+
+    def environment_version(self) -> str:
+        """The pinned torchtune version."""
+        return next((envs.pinned_version(r) for r in self.environment if envs.project(r) == "torchtune"), "")
+
+    def native_config(self, stats: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """(recipe name, recipe config) for the job, from ``data/stats.json``'s kind and row count."""
+        j = self.job
+        t, m, p = j.train, j.method, j.peft
+        path, hf = self.hf_config()
+        fam = family_of(hf, str(j.model.name_or_path))
+        full = p.type == "none"
+        recipe = RECIPES[(m.name, full)]
+        rows = int(stats["rows"]["train"])
+        steps, passes = total_steps(rows, t.batch_size, t.grad_accum, t.max_steps, t.epochs)
+        tune_dir = "artifacts/torchtune"
+        args = model_args(hf, t.max_length)
+        if full:
+            model = {"_component_": fam.builder, **args}
+        else:
+            model = {"_component_": fam.lora_builder,
+                     **lora_targets(list(p.target_modules), args["tie_word_embeddings"]),
+                     **args, "lora_rank": p.r, "lora_alpha": float(p.alpha), "lora_dropout": p.dropout,
+                     "use_dora": p.type == "dora"}
+        weights = sorted(f.name for f in path.glob("*.safetensors")) or sorted(f.name for f in path.glob("*.bin"))
+        tokenizer = {"_component_": f"{COMPONENTS}.ChatTemplateTokenizer", "path": str(path),
+                     "chat_template": "data/chat_template.jinja", "max_seq_len": t.max_length}
+        if m.name == "dpo":
+            dataset = {"_component_": f"{COMPONENTS}.preference_dataset", "source": "data/train.jsonl",
+                       "passes": passes, "seed": t.seed}
+        else:
+            dataset = {"_component_": f"{COMPONENTS}.sft_dataset", "source": "data/train.jsonl",
+                       "kind": stats["kind"], "completion_only_loss": bool(m.completion_only_loss),
+                       "passes": passes, "seed": t.seed}
+        optimizer = {"_component_": f"{COMPONENTS}.{'AdamW' if t.optimizer == 'adamw' else 'SGD'}",
+                     "lr": t.learning_rate, "weight_decay": t.weight_decay}
+        clip = t.max_grad_norm if t.max_grad_norm and t.max_grad_norm > 0 else None
+        config: dict[str, Any] = {
+            "output_dir": tune_dir,
+            "model": model,
+            "tokenizer": tokenizer,
+            "checkpointer": {"_component_": "torchtune.training.FullModelHFCheckpointer",
+                             "checkpoint_dir": str(path), "checkpoint_files": weights,
+                             "model_type": fam.model_type, "output_dir": tune_dir, "recipe_checkpoint": None},
+            "resume_from_checkpoint": False,
+            "dataset": dataset,
+            "seed": t.seed,
+            "shuffle": False,  # the dataset shuffles each pass with `seed`
+            "batch_size": t.batch_size,
+            "epochs": 1,  # one epoch over `passes` shuffled passes of the data
+            "max_steps_per_epoch": steps,
+            "gradient_accumulation_steps": t.grad_accum,
+            "optimizer": optimizer,
+            "lr_scheduler": {"_component_": f"{COMPONENTS}.lr_schedule", "name": t.lr_scheduler,
+                             "warmup_ratio": t.warmup_ratio},
+            "compile": bool(j.backend.get("compile", False)),
+            "device": t.device,
+            "dtype": {"fp32": "fp32", "bf16": "bf16"}.get(t.precision, t.precision),
+            "enable_activation_checkpointing": bool(t.gradient_checkpointing),
+            "enable_activation_offloading": False,
+            "metric_logger": {"_component_": f"{COMPONENTS}.MetricLogger", "filename": "metrics.jsonl",
+                              "max_steps": steps, "train_rows": rows,
+                              "examples_per_step": t.batch_size * t.grad_accum,
+                              "artifacts": ("none" if not t.save_artifacts else "model" if full else "adapter")},
+            "log_every_n_steps": t.logging_steps,
+            "log_peak_memory_stats": False,
+            "profiler": {"_component_": "torchtune.training.setup_torch_profiler", "enabled": False},
+        }
+        if m.name == "dpo":
+            component, beta = DPO_LOSSES[m.loss_type]
+            config["loss"] = {"_component_": component, beta: m.beta}
+            optimizer["max_grad_norm"] = clip  # the DPO recipe does not clip; the optimiser does
+        else:
+            config["loss"] = {"_component_": "torchtune.modules.loss.CEWithChunkedOutputLoss"}
+            config["clip_grad_norm"] = clip
+        if full:
+            config["optimizer_in_bwd"] = False
+        else:
+            config["save_adapter_weights_only"] = True  # never merged weights beside an adapter
+        native = OmegaConf.to_container(j.backend.native, resolve=True) if j.backend.get("native") else {}
+        if native:
+            config = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(config), OmegaConf.create(native)))
+        return recipe, config

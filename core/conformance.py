@@ -19,7 +19,7 @@ from core import workerlib
 
 #: Overrides that make every conformance job small, offline and CPU-friendly.
 SMALL = ["offline=true", "train.device=cpu", "train.precision=fp32", "train.max_steps=8",
-         "data.max_rows=32", "data.eval_fraction=0", "train.learning_rate=5e-3", "train.max_length=256",
+         "data.max_rows=32", "data.eval_fraction=0", "train.learning_rate=5e-3", "train.max_length=512",
          "train.batch_size=4"]
 
 #: The jobs every backend runs: name -> overrides on top of SMALL.

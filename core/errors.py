@@ -39,7 +39,7 @@ class UnsupportedFeature(ConfigError):
 class DataError(AnytuneError):
     """Rows of the user's data are malformed; ``problems`` lists (file, line, reason)."""
 
-    def __init__(self, problems: list[tuple[str, int, str]], limit: int = 20):
+    def __init__(self, problems: list[tuple[str, int | str, str]], limit: int = 20):
         self.problems = problems
         lines = [f"  {f}:{n}: {why}" for f, n, why in problems[:limit]]
         more = len(problems) - limit

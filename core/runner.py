@@ -79,7 +79,7 @@ def prepare(cfg: DictConfig, run_dir: Path, reg: Registry, result: dict):
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(redacted(cfg))))
     check_values(cfg)
     kind = datalib.detect_kind(cfg.data)
-    datalib.check_method(kind, cfg.method.name)
+    datalib.check_method(kind, cfg.method.name, cfg.data.train)
     validate(cfg, backend_cls, reg.backends, kind)
     backend = backend_cls(cfg)
     backend.check()

@@ -132,9 +132,12 @@ def loss_spans(kind: str, record: dict, render: Callable[[list, bool], str],
         spans = []
         for i, m in enumerate(msgs):
             if m["role"] == "assistant":
-                start = len(render(msgs[:i], True))
-                end = len(render(msgs[: i + 1], False))
-                spans.append((start, end))
+                before, upto = render(msgs[:i], True), render(msgs[: i + 1], False)
+                if not (text.startswith(before) and text.startswith(upto)):
+                    raise ValueError("the chat template renders earlier turns differently once later turns "
+                                     "follow, so assistant-only loss masks cannot be derived; set "
+                                     "method.completion_only_loss=false or use another data.chat_template")
+                spans.append((len(before), len(upto)))
     elif kind == "prompt_completion":
         text = record["prompt"] + record["completion"] + eos
         spans = [(len(record["prompt"]), len(text))]

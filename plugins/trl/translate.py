@@ -55,6 +55,7 @@ class TrlBackend(core.Backend):
         shutil.copy(HERE / "worker.py", plan_dir / "trl_worker.py")
         shutil.copy(workerlib.__file__, plan_dir / "workerlib.py")
         return core.Plan(command=[self.python(), "plan/trl_worker.py", "plan/trl_args.json"],
+                         env={"TRL_EXPERIMENTAL_SILENCE": "1"} if spec["method"] == "orpo" else {},
                          files=["plan/trl_args.json", "plan/trl_worker.py", "plan/workerlib.py"])
 
     def native_spec(self, stats: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +90,7 @@ class TrlBackend(core.Backend):
             "bf16": precision == "bf16",
             "fp16": precision == "fp16",
             "use_cpu": t.device == "cpu",
-            "gradient_checkpointing": t.gradient_checkpointing,
+            "activation_checkpointing": t.gradient_checkpointing,
             "max_length": t.max_length,
             "dataloader_num_workers": 0,
         }

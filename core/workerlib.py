@@ -129,6 +129,8 @@ def loss_spans(kind: str, record: dict, render: Callable[[list, bool], str],
     if kind == "messages":
         msgs = record["messages"]
         text = render(msgs, False)
+        if not completion_only:
+            return text, [(0, len(text))]
         spans = []
         for i, m in enumerate(msgs):
             if m["role"] == "assistant":

@@ -129,15 +129,20 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fields_table(cls: type, prefix: str, only: list[str] | None = None, links: dict[str, str] | None = None) -> str:
-    """The field | type | default | allowed values | description table of one config dataclass."""
-    docs, rows, links = field_docs(cls), [], links or {}
+def fields_table(cls: type, prefix: str, only: list[str] | None = None, links: dict[str, str] | None = None,
+                 choices: dict[str, list] | None = None) -> str:
+    """The field | type | default | allowed values | description table of one config dataclass.
+
+    :param only: fields to list (default: all); :param links: field -> anchor its type links to;
+    :param choices: field -> allowed values, beyond the fields' ``choices`` metadata.
+    """
+    docs, rows, links, choices = field_docs(cls), [], links or {}, choices or {}
     for f in dataclasses.fields(cls):
         if only is not None and f.name not in only:
             continue
         annotation, doc = docs[f.name]
         kind = f"[{annotation}](#{links[f.name]})" if f.name in links else _code(annotation)
-        allowed = ", ".join(_code(fmt(v)) for v in f.metadata.get("choices", []))
+        allowed = ", ".join(_code(fmt(v)) for v in choices.get(f.name, f.metadata.get("choices", [])))
         rows.append([_code(prefix + f.name), kind, _default(f), allowed, prose(doc)])
     return table(["field", "type", "default", "allowed values", "description"], rows)
 
@@ -155,6 +160,34 @@ def first_party(registry) -> dict[str, type[Backend]]:
     return {n: c for n, c in sorted(registry.backends.items()) if registry.sources.get(n) == FIRST_PARTY}
 
 
+def _presets(group: str) -> list[str]:
+    """Names of the shipped config files of a Hydra group (``conf/<group>/*.yaml``)."""
+    import importlib.resources
+
+    try:
+        folder = importlib.resources.files("conf").joinpath(group)
+        return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _default_job() -> str:
+    """A sentence naming the config groups ``conf/config.yaml`` selects by default."""
+    import importlib.resources
+
+    from omegaconf import OmegaConf
+
+    try:
+        text = importlib.resources.files("conf").joinpath("config.yaml").read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError):
+        return ""
+    groups = [f"`{k}={v}`" for item in OmegaConf.create(text).get("defaults", [])
+              if not isinstance(item, str) for k, v in item.items()]
+    return (f"`python -m core` with no arguments composes `conf/config.yaml`, which selects "
+            f"{', '.join(groups)}; the defaults below are the schema's, before those files apply.\n\n"
+            if groups else "")
+
+
 def config_reference(backends: dict[str, type[Backend]] | None = None) -> str:
     """Markdown reference of every config field: the job, its sections, and each backend's node.
 
@@ -170,12 +203,15 @@ def config_reference(backends: dict[str, type[Backend]] | None = None) -> str:
            "Every field of a job, as `python -m core key=value` sets it. `*required*` fields have no "
            "default; *allowed values* are checked before anything runs. Sections are Hydra config groups "
            "(`model=tiny`, `peft=qlora`, `backend=trl`) whose fields can also be set one by one.\n\n",
+           _default_job(),
            "## Job\n\nTop-level fields (`python -m core plan_only=true`).\n\n",
-           fields_table(JobConfig, "", links={n: n for n in sections})]
+           fields_table(JobConfig, "", links={n: n for n in sections}, choices={"backend": list(backends)})]
     for name, cls in sections.items():
         if cls is BackendConfig or issubclass(cls, BackendConfig):
             continue
-        out += [f"\n## {name}\n\n{_doc(cls) + chr(10) * 2 if _doc(cls) else ''}", fields_table(cls, name + ".")]
+        presets = ", ".join(f"`{name}={p}`" for p in _presets(name))
+        out += [f"\n## {name}\n\n{_doc(cls) + chr(10) * 2 if _doc(cls) else ''}",
+                f"Presets in `conf/{name}/`: {presets}.\n\n" if presets else "", fields_table(cls, name + ".")]
     out += ["\n## backend\n\n", "Chosen with `backend=<name>`; installed backends: "
             + (", ".join(f"[{n}](#{n})" for n in backends) or "none") + ". "
             "Fields every backend has:\n\n", fields_table(BackendConfig, "backend.")]

@@ -38,6 +38,7 @@ def main() -> None:
 
         reg = plugins.registry()
         config.register()
+        sys.argv[1:] = config.open_mappings(sys.argv[1:])
         config.check_overrides(sys.argv[1:], reg.backends)
     except AnytuneError as exc:
         if debug:

@@ -39,6 +39,15 @@ def fields_of(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
+#: Open mappings: ``backend.native.X=v`` and ``data.columns.X=v`` add keys without Hydra's ``+``.
+OPEN_MAPPINGS = ("backend.native.", "data.columns.")
+
+
+def open_mappings(argv: list[str]) -> list[str]:
+    """Prefix overrides of keys inside open mappings with ``++`` so they may add new keys."""
+    return [f"++{a}" if a.startswith(OPEN_MAPPINGS) and "=" in a else a for a in argv]
+
+
 def check_overrides(overrides: list[str], backend_classes: dict[str, type]) -> None:
     """Reject unknown keys on the command line (``train.lr=1``) with the allowed fields, before Hydra runs."""
     from hydra.core.override_parser.overrides_parser import OverridesParser

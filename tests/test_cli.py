@@ -1,0 +1,71 @@
+"""`python -m core` end to end: plan_only, an ejected plan without anytune, a sweep that survives a failure."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from core import plugins, runner, workerlib
+from core.conformance import SMALL, compose
+
+CORE = [sys.executable, "-m", "core", "offline=true"]
+
+
+def test_plan_only_translates_job_and_runs_nothing(tmp_path):
+    p = subprocess.run(CORE + ["plan_only=true", f"run_dir={tmp_path}", "peft=dora", "peft.r=4",
+                               "train.learning_rate=3e-4", "backend.native.warmup_steps=2"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    spec = json.loads((tmp_path / "plan/trl_args.json").read_text())
+    assert spec["peft"]["use_dora"] is True and spec["peft"]["r"] == 4
+    assert spec["args"]["learning_rate"] == 3e-4 and spec["args"]["warmup_steps"] == 2
+    assert spec["data"]["train"] == "data/train.jsonl"
+    assert (tmp_path / "plan/run.sh").exists() and not (tmp_path / "metrics.jsonl").exists()
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "planned"
+
+
+def test_dpo_translation():
+    cfg = compose(SMALL + ["method=dpo", "data=demo_pref", "method.beta=0.3", "method.loss_type=ipo"])
+    backend = plugins.registry().backend("trl")(cfg)
+    spec = backend.native_spec({"kind": "preference", "rows": {"train": 16, "eval": 0}})
+    assert spec["method"] == "dpo" and spec["args"]["beta"] == 0.3 and spec["args"]["loss_type"] == ["ipo"]
+    assert "packing" not in spec["args"]
+
+
+BLOCK_ANYTUNE = textwrap.dedent("""
+    import runpy, sys
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("core", "plugins", "hydra", "omegaconf", "pluggy"):
+                raise ImportError(f"{name} is not available in an ejected plan")
+    sys.meta_path.insert(0, Block())
+    sys.argv = ["plan/trl_worker.py", "plan/trl_args.json"]
+    runpy.run_path("plan/trl_worker.py", run_name="__main__")
+""")
+
+
+@pytest.mark.slow
+def test_ejected_plan_runs_without_anytune(tmp_path):
+    cfg = compose(SMALL + ["plan_only=true", "train.max_steps=3"])
+    assert runner.run(cfg, tmp_path)["status"] == "planned"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    p = subprocess.run([sys.executable, "-c", BLOCK_ANYTUNE], cwd=tmp_path, env=env,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    result = workerlib.read_json(str(tmp_path / "result.json"))
+    assert result["status"] == "succeeded" and result["final"]["steps"] == 3
+    assert (tmp_path / "artifacts/adapter/adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_sweep_records_failed_job_and_goes_on(tmp_path):
+    p = subprocess.run(CORE[:3] + ["-m", "offline=true", "peft=qlora,lora", "train.max_steps=2", "data.max_rows=16",
+                               f"hydra.sweep.dir={tmp_path}"], capture_output=True, text=True)
+    assert p.returncode == 1  # one job failed
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["status"] for r in summary] == ["failed", "succeeded"]
+    assert "qlora" in summary[0]["error"] and "cuda" in summary[0]["error"]
+    assert (Path(tmp_path) / "1-trl-sft" / "artifacts/adapter").exists()

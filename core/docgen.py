@@ -212,7 +212,7 @@ def config_reference(backends: dict[str, type[Backend]] | None = None) -> str:
         presets = ", ".join(f"`{name}={p}`" for p in _presets(name))
         out += [f"\n## {name}\n\n{_doc(cls) + chr(10) * 2 if _doc(cls) else ''}",
                 f"Presets in `conf/{name}/`: {presets}.\n\n" if presets else "", fields_table(cls, name + ".")]
-    out += ["\n## backend\n\n", "Chosen with `backend=<name>`; installed backends: "
+    out += ["\n## backend\n\n", "Chosen with `backend=<name>`; backends shipped with anytune: "
             + (", ".join(f"[{n}](#{n})" for n in backends) or "none") + ". "
             "Fields every backend has:\n\n", fields_table(BackendConfig, "backend.")]
     base = {f.name for f in dataclasses.fields(BackendConfig)}

@@ -426,7 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verb == "check":
             problems = check(env)
             for problem in problems:
-                console.print(f"[red]✗[/] {problem}")
+                console.print("✗", style="red", end=" ")
+                console.print(problem, markup=False, highlight=False)
             if not problems:
                 console.print(f"[green]✓[/] {env.backend}: {env.python} has every pinned version")
             return 1 if problems else 0
@@ -443,7 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 console.print(f"nothing to remove for {env.backend}")
             return 0
     except AnytuneError as exc:
-        console.print(f"[red]anytune: error:[/] {exc}", markup=True, highlight=False)
+        console.print("anytune: error:", style="bold red", end=" ")
+        console.print(str(exc), markup=False, highlight=False)
         return 2
     return 0
 

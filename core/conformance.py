@@ -27,6 +27,7 @@ JOBS: dict[str, list[str]] = {
     "sft_lora": ["method=sft", "peft=lora"],
     "sft_dora": ["method=sft", "peft=dora"],
     "sft_full": ["method=sft", "peft=none", "train.learning_rate=1e-3"],
+    "sft_packing": ["method=sft", "peft=lora", "method.packing=true"],
     "dpo": ["method=dpo", "data=demo_pref", "peft=lora", "data.max_rows=16"],
     "orpo": ["method=orpo", "data=demo_pref", "peft=lora", "data.max_rows=16"],
 }

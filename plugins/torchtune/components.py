@@ -278,15 +278,18 @@ def lr_schedule(optimizer, name: str, num_training_steps: int, warmup_ratio: flo
     """Hugging Face's learning-rate schedules (``transformers.get_scheduler``) as a LambdaLR.
 
     :param name: linear, cosine, constant or constant_with_warmup.
-    :param warmup_ratio: warm-up steps = ceil(ratio * num_training_steps), rising linearly from 0.
+    :param warmup_ratio: warm-up steps = ceil(ratio * num_training_steps), rising linearly from 0
+        (``constant`` ignores it, as transformers does).
     """
     warmup = math.ceil(num_training_steps * warmup_ratio) if warmup_ratio else 0
     total = num_training_steps
 
     def factor(step: int) -> float:
+        if name == "constant":  # as transformers: no warm-up
+            return 1.0
         if step < warmup:
             return step / max(1, warmup)
-        if name in ("constant", "constant_with_warmup"):
+        if name == "constant_with_warmup":
             return 1.0
         progress = (step - warmup) / max(1, total - warmup)
         if name == "linear":

@@ -1,0 +1,454 @@
+"""The torchtune backend: translation into recipe configs (fast, main venv), and real ``tune run``
+jobs in the managed environment (slow): the conformance suite, adapter round trips, an ejected plan.
+
+The main venv never gets torchtune (peft 0.21 refuses LoRA beside torchao < 0.16):
+the engine runs in ``python -m core.envs create torchtune``'s environment, created
+here once per session when missing.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+import plugins.torchtune as tt_plugin
+from core import envs, plugins, runner, template, workerlib
+from core.conformance import SMALL, JOBS, BackendConformance, compose, load_artifact, generates
+from core.errors import ConfigError
+from plugins.torchtune import translate
+from plugins.torchtune.translate import TorchtuneBackend
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "core" / "assets" / "tiny-llama"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registry():
+    """The torchtune backend registered (through the entry point if installed, else as an extra plugin)."""
+    reg = plugins.registry()
+    if "torchtune" not in reg.backends:
+        reg = plugins.reset(extra=[tt_plugin])
+    yield reg
+
+
+@pytest.fixture(scope="session")
+def tiny() -> Path:
+    """The shipped tiny Llama (tied embeddings, ChatML), built if the asset is missing."""
+    if (TINY / "config.json").is_file():
+        return TINY
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny import build_tiny_model
+
+    out = ROOT / ".pytest_cache" / "tiny-llama"
+    if not (out / "config.json").is_file():
+        build_tiny_model(out)
+    return out
+
+
+def job(*overrides: str, tiny_path: Path | None = None):
+    return compose(["backend=torchtune", *SMALL, *overrides]
+                   + ([f"model.name_or_path={tiny_path}"] if tiny_path else []))
+
+
+def plan_only(tmp_path: Path, *overrides: str, tiny_path: Path | None = None):
+    """Plan a job (no engine needed) and return (result, run_dir, recipe config)."""
+    run_dir = tmp_path / "run"
+    result = runner.run(job("plan_only=true", *overrides, tiny_path=tiny_path), run_dir)
+    config = None
+    if (run_dir / translate.PLAN_FILE).is_file():
+        config = OmegaConf.to_container(OmegaConf.load(run_dir / translate.PLAN_FILE))
+    return result, run_dir, config
+
+
+# -- translation (fast) -------------------------------------------------------------------------------
+
+
+def test_plan_sft_lora(tmp_path, tiny):
+    result, run_dir, cfg = plan_only(tmp_path, "method=sft", "peft=lora", "peft.r=8", "peft.alpha=16",
+                                     "peft.dropout=0.05", "train.grad_accum=2", "train.lr_scheduler=cosine",
+                                     "train.warmup_ratio=0.1", "train.gradient_checkpointing=true", "train.seed=7",
+                                     tiny_path=tiny)
+    assert result["status"] == "planned", result.get("error")
+    command = json.loads((run_dir / "plan" / "command.json").read_text())["command"]
+    assert command[1:] == ["-m", "torchtune._cli.tune", "run", "lora_finetune_single_device",
+                           "--config", "plan/torchtune.yaml"]
+    text = (run_dir / translate.PLAN_FILE).read_text()
+    assert text.startswith("# torchtune 0.6.1") and "tune run lora_finetune_single_device" in text
+    hf = json.loads((tiny / "config.json").read_text())
+    m = cfg["model"]
+    assert m["_component_"] == "torchtune.models.llama3_2.lora_llama3_2"
+    assert m["lora_attn_modules"] == ["q_proj", "k_proj", "v_proj", "output_proj"] and m["apply_lora_to_mlp"]
+    assert (m["lora_rank"], m["lora_alpha"], m["lora_dropout"], m["use_dora"]) == (8, 16.0, 0.05, False)
+    assert (m["embed_dim"], m["num_layers"], m["num_heads"], m["num_kv_heads"], m["vocab_size"]) == (
+        hf["hidden_size"], hf["num_hidden_layers"], hf["num_attention_heads"], hf["num_key_value_heads"],
+        hf["vocab_size"])
+    assert m["tie_word_embeddings"] == hf["tie_word_embeddings"] and m["scale_factor"] == 1.0
+    assert cfg["checkpointer"]["_component_"] == "torchtune.training.FullModelHFCheckpointer"
+    assert cfg["checkpointer"]["checkpoint_dir"] == str(tiny.resolve())
+    assert cfg["checkpointer"]["checkpoint_files"] == ["model.safetensors"]
+    assert cfg["save_adapter_weights_only"] is True, "never merged weights beside an adapter"
+    assert cfg["tokenizer"]["chat_template"] == "data/chat_template.jinja"
+    assert cfg["dataset"] == {"_component_": "plan.anytune_torchtune.sft_dataset", "source": "data/train.jsonl",
+                              "kind": "messages", "completion_only_loss": True, "passes": 2, "seed": 7}
+    assert (cfg["batch_size"], cfg["gradient_accumulation_steps"], cfg["max_steps_per_epoch"]) == (4, 2, 8)
+    assert (cfg["epochs"], cfg["shuffle"], cfg["seed"]) == (1, False, 7)
+    assert cfg["optimizer"]["_component_"] == "plan.anytune_torchtune.AdamW"
+    assert cfg["lr_scheduler"] == {"_component_": "plan.anytune_torchtune.lr_schedule", "name": "cosine",
+                                   "warmup_ratio": 0.1}
+    assert cfg["loss"]["_component_"] == "torchtune.modules.loss.CEWithChunkedOutputLoss"
+    assert cfg["clip_grad_norm"] == 1.0 and cfg["enable_activation_checkpointing"] is True
+    assert (cfg["device"], cfg["dtype"]) == ("cpu", "fp32")
+    assert cfg["metric_logger"]["artifacts"] == "adapter" and cfg["metric_logger"]["max_steps"] == 8
+    for name in ("anytune_torchtune.py", "workerlib.py", "run.sh"):
+        assert (run_dir / "plan" / name).is_file()
+
+
+def test_plan_full_and_native_keys(tmp_path, tiny):
+    _, _, cfg = plan_only(tmp_path, "peft=none", "train.optimizer=sgd", "train.max_grad_norm=0",
+                          "train.save_artifacts=false", "++backend.native.log_peak_memory_stats=true",
+                          "++backend.native.optimizer.momentum=0.9", tiny_path=tiny)
+    assert cfg["model"]["_component_"] == "torchtune.models.llama3_2.llama3_2"
+    assert "lora_rank" not in cfg["model"] and "save_adapter_weights_only" not in cfg
+    assert cfg["optimizer_in_bwd"] is False and cfg["clip_grad_norm"] is None
+    assert cfg["optimizer"] == {"_component_": "plan.anytune_torchtune.SGD", "lr": 5e-3, "weight_decay": 0.0,
+                                "momentum": 0.9}
+    assert cfg["log_peak_memory_stats"] is True, "backend.native is merged last"
+    assert cfg["metric_logger"]["artifacts"] == "none"
+
+
+def test_plan_dpo(tmp_path, tiny):
+    result, run_dir, cfg = plan_only(tmp_path, "method=dpo", "data=demo_pref", "peft=lora", "data.max_rows=16",
+                                     "method.beta=0.25", tiny_path=tiny)
+    assert result["status"] == "planned", result.get("error")
+    assert json.loads((run_dir / "plan" / "command.json").read_text())["command"][4] == "lora_dpo_single_device"
+    assert cfg["loss"] == {"_component_": "torchtune.rlhf.loss.DPOLoss", "beta": 0.25}
+    assert cfg["dataset"]["_component_"] == "plan.anytune_torchtune.preference_dataset"
+    assert cfg["dataset"]["passes"] == 2, "16 rows, batch 4, 8 steps: two passes"
+    assert cfg["optimizer"]["max_grad_norm"] == 1.0, "the DPO recipe does not clip; the optimiser does"
+    assert "clip_grad_norm" not in cfg
+    _, _, cfg = plan_only(tmp_path / "hinge", "method=dpo", "data=demo_pref", "method.loss_type=hinge",
+                          tiny_path=tiny)
+    assert cfg["loss"] == {"_component_": "torchtune.rlhf.loss.RSOLoss", "gamma": 0.1}
+
+
+@pytest.mark.parametrize("overrides, error_type, words", [
+    (["method=dpo", "data=demo_pref", "peft=none"], "ConfigError", "distributed-only"),
+    (["method=dpo", "data=demo_pref", "peft=dora"], "ConfigError", "DoRA"),
+    (["peft.target_modules=[q_proj,up_proj]"], "ConfigError", "apply_lora_to_mlp"),
+    (["peft.target_modules=[q_proj,lm_head]"], "ConfigError", "ties it to the embeddings"),
+    (["peft.target_modules=[qkv]"], "ConfigError", "all-linear"),
+    (["model.dtype=bfloat16"], "ConfigError", "one dtype"),
+    (["method=orpo", "data=demo_pref"], "UnsupportedFeature", "method.name=orpo"),
+    (["method.packing=true"], "UnsupportedFeature", "method.packing=True"),
+    (["data.eval_fraction=0.1"], "UnsupportedFeature", "data.eval=True"),
+    (["peft=qlora"], "UnsupportedFeature", "peft.type=qlora"),
+    (["method=dpo", "data=demo_pref", "method.loss_type=ipo"], "UnsupportedFeature", "ipo"),
+])
+def test_refused_before_data(tmp_path, tiny, overrides, error_type, words):
+    result, run_dir, _ = plan_only(tmp_path, *overrides, tiny_path=tiny)
+    assert result["status"] == "failed" and result["error_type"] == error_type, result
+    assert words in result["error"]
+    assert not (run_dir / "data").exists(), "refused at validation, before any data is written"
+
+
+def test_unknown_architecture_names_supported_families(tmp_path, tiny):
+    model = tmp_path / "qwen"
+    shutil.copytree(tiny, model)
+    hf = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**hf, "architectures": ["Qwen2ForCausalLM"]}))
+    result, _, _ = plan_only(tmp_path, tiny_path=model)
+    assert result["error_type"] == "ConfigError"
+    assert "Qwen2ForCausalLM" in result["error"] and "LlamaForCausalLM" in result["error"]
+
+
+def test_rope_variants():
+    assert translate.rope({"rope_parameters": {"rope_theta": 5e5, "rope_type": "default"}}) == (5e5, 1.0)
+    assert translate.rope({"rope_theta": 1e4}) == (1e4, 1.0)
+    llama31 = {"rope_theta": 5e5, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                   "high_freq_factor": 4.0,
+                                                   "original_max_position_embeddings": 8192}}
+    assert translate.rope(llama31) == (5e5, 8.0)
+    with pytest.raises(ConfigError, match="yarn"):
+        translate.rope({"rope_scaling": {"type": "yarn", "factor": 4}})
+    odd = {"rope_parameters": {**llama31["rope_scaling"], "rope_theta": 5e5, "high_freq_factor": 2.0}}
+    with pytest.raises(ConfigError, match="Llama3ScaledRoPE"):
+        translate.rope(odd)
+
+
+def test_model_args_refuse_what_the_builder_lacks(tiny):
+    hf = json.loads((tiny / "config.json").read_text())
+    for bad in ({"attention_bias": True}, {"hidden_act": "gelu"}, {"head_dim": 32}):
+        with pytest.raises(ConfigError):
+            translate.model_args({**hf, **bad}, 128)
+
+
+def test_steps_and_passes():
+    assert translate.total_steps(32, 4, 1, 8, 1) == (8, 1)
+    assert translate.total_steps(16, 4, 1, 8, 1) == (8, 2)
+    assert translate.total_steps(10, 4, 1, 5, 1) == (5, 2), "passes are joined, then cut into batches"
+    assert translate.total_steps(30, 4, 2, -1, 1) == (4, 2), "HF counts ceil(ceil(30/4)/2) = 4 per epoch"
+    assert translate.total_steps(30, 4, 1, -1, 0.5) == (4, 1)
+    with pytest.raises(ConfigError, match="fewer than train.batch_size"):
+        translate.total_steps(3, 4, 1, 8, 1)
+
+
+def test_missing_engine_prints_the_create_command(tmp_path, tiny, monkeypatch):
+    monkeypatch.setenv("ANYTUNE_HOME", str(tmp_path / "empty"))
+    if envs.has_distribution(sys.executable, "torchtune"):
+        pytest.skip("this interpreter has torchtune")
+    result = runner.run(job(tiny_path=tiny), tmp_path / "run")
+    assert result["status"] == "failed" and result["error_type"] == "EngineMissing"
+    assert "python -m core.envs create torchtune" in result["error"]
+    backend = TorchtuneBackend(job(tiny_path=tiny))
+    with pytest.raises(envs.EngineMissing, match="python -m core.envs create torchtune"):
+        envs.interpreter(backend)
+
+
+# -- the shipped components, imported in the main venv (torch is here; torchtune is not needed) --------
+
+
+@pytest.fixture(scope="module")
+def components(tmp_path_factory, tiny):
+    """plan/anytune_torchtune.py of a planned run, imported as the recipe imports it."""
+    run_dir = tmp_path_factory.mktemp("components") / "run"
+    result = runner.run(job("plan_only=true", tiny_path=tiny), run_dir)
+    assert result["status"] == "planned", result.get("error")
+    spec = importlib.util.spec_from_file_location("anytune_torchtune_under_test",
+                                                  run_dir / "plan" / "anytune_torchtune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, run_dir
+
+
+def hf_example(tok, kind, record, completion_only, max_length):
+    """Tokens and mask as the conformance reference (plain transformers) makes them."""
+    def render(messages, add_generation_prompt):
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    text, spans = workerlib.loss_spans(kind, record, render, completion_only, eos=tok.eos_token or "")
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True, truncation=True, max_length=max_length)
+    return enc["input_ids"], workerlib.mask_from_offsets(enc["offset_mapping"], spans)
+
+
+def test_tokenizer_matches_transformers(components, tiny):
+    from transformers import AutoTokenizer
+
+    module, run_dir = components
+    chat_template = run_dir / "data" / "chat_template.jinja"
+    hf = AutoTokenizer.from_pretrained(tiny)
+    hf.chat_template = chat_template.read_text()
+    records = workerlib.read_jsonl(str(run_dir / "data" / "train.jsonl"))[:6]
+    for max_len in (512, 24):
+        ours = module.ChatTemplateTokenizer(str(tiny), str(chat_template), max_len)
+        for rec in records:
+            assert ours.render(rec["messages"], False) == template.render(
+                chat_template.read_text(), rec["messages"], False, template.special_tokens(str(tiny)))
+            for completion_only in (True, False):
+                assert list(ours.example("messages", rec, completion_only)) == list(
+                    hf_example(hf, "messages", rec, completion_only, max_len))
+        pc = {"prompt": "Two plus two is", "completion": " four."}
+        assert list(ours.example("prompt_completion", pc)) == list(hf_example(hf, "prompt_completion", pc, True,
+                                                                             max_len))
+        assert list(ours.example("text", {"text": "plain text"})) == list(
+            hf_example(hf, "text", {"text": "plain text"}, True, max_len))
+    assert ours.pad_id == hf.pad_token_id and ours.eos_id == hf.eos_token_id
+
+
+def test_preference_labels_cover_the_answer_only(components, tiny):
+    module, run_dir = components
+    tok = module.ChatTemplateTokenizer(str(tiny), str(run_dir / "data" / "chat_template.jinja"), 512)
+    rec = {"prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                      {"role": "user", "content": "Sum 2 and 2?"}],
+           "chosen": [{"role": "assistant", "content": "4"}], "rejected": [{"role": "assistant", "content": "5"}]}
+    out = tok.preference(rec)
+    prompt_len = len(tok.encode(tok.render(rec["prompt"], True)))
+    for side in ("chosen", "rejected"):
+        ids, labels = out[f"{side}_input_ids"], out[f"{side}_labels"]
+        assert all(x == -100 for x in labels[:prompt_len]), "the prompt, earlier answers included, has no loss"
+        assert labels[prompt_len:] == ids[prompt_len:] and len(ids) > prompt_len
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "constant", "constant_with_warmup"])
+def test_lr_schedule_matches_transformers(components, name):
+    import torch
+    from transformers import get_scheduler
+
+    module, _ = components
+    total, ratio = 20, 0.15
+
+    def lrs(make):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = make(opt)
+        out = []
+        for _ in range(total):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    ours = lrs(lambda o: module.lr_schedule(o, name, total, ratio))
+    theirs = lrs(lambda o: get_scheduler(name, o, num_warmup_steps=3, num_training_steps=total))
+    assert ours == pytest.approx(theirs)
+
+
+# -- real runs in the managed environment (slow) ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tt_env():
+    """The torchtune environment (``python -m core.envs create torchtune``), created once if missing."""
+    started = time.time()
+    env = envs.create(TorchtuneBackend)
+    print(f"\ntorchtune environment ready in {time.time() - started:.1f}s: {env.path}")
+    return env
+
+
+@pytest.fixture
+def backend(tt_env, tiny):
+    if tiny != TINY:
+        pytest.skip("the conformance suite composes model=tiny (core/assets/tiny-llama)")
+    return "torchtune"
+
+
+@pytest.mark.slow
+class TestTorchtuneConformance(BackendConformance):
+    """The shared conformance suite (loss falls, artefacts load and generate, step-1 parity) on torchtune."""
+
+    @pytest.mark.parametrize("job", list(JOBS))
+    def test_job(self, backend, job, tmp_path):
+        super().test_job(backend, job, tmp_path)
+
+    def test_parity_full(self, backend, tmp_path):
+        """Step-1 parity for a full fine-tune too (the suite checks LoRA)."""
+        from core.conformance import reference_loss, reference_trainable
+
+        cfg, run_dir, result = self.run_job(backend, ["method=sft", "peft=none", "data.max_rows=8",
+                                                      "train.batch_size=8", "train.max_steps=1",
+                                                      "train.save_artifacts=false"], tmp_path)
+        assert result["status"] == "succeeded", result.get("error")
+        step1 = workerlib.read_jsonl(str(run_dir / "metrics.jsonl"))[0]["loss"]
+        assert abs(step1 - reference_loss(cfg.model.name_or_path, run_dir / "data", cfg.train.max_length)) < 1e-3
+        assert result["trainable_parameters"] == reference_trainable(cfg.model.name_or_path, cfg.peft)
+        assert not (run_dir / "artifacts" / "torchtune").exists()
+
+
+ROUND_TRIP = r'''
+import json, sys, torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+from torchtune import config
+from torchtune.models.convert_weights import _FROM_HF, get_mapped_key, hf_to_tune
+
+cfg = OmegaConf.load("plan/torchtune.yaml")
+hf = json.load(open(cfg.checkpointer.checkpoint_dir + "/config.json"))
+heads, kv, dim = hf["num_attention_heads"], hf["num_key_value_heads"], hf["hidden_size"]
+hd = dim // heads
+state = hf_to_tune(load_file(cfg.checkpointer.checkpoint_dir + "/model.safetensors"), heads, kv, dim)
+mapping = {}
+for hf_key, tune_key in _FROM_HF.items():
+    if tune_key:
+        for ours, peft in (("lora_a.weight", "lora_A.weight"), ("lora_b.weight", "lora_B.weight"),
+                           ("magnitude", "lora_magnitude_vector")):
+            mapping[hf_key.replace("weight", peft)] = tune_key.replace("weight", ours)
+for key, value in load_file("artifacts/adapter/adapter_model.safetensors").items():
+    key = get_mapped_key(key.removeprefix("base_model.model."), mapping)
+    if ".q_proj." in key or ".k_proj." in key:  # HF -> torchtune rotary row order, as hf_to_tune does
+        n = heads if ".q_proj." in key else kv
+        if "lora_b" in key:
+            value = value.view(n, 2, hd // 2, -1).transpose(1, 2).reshape(n * hd, -1)
+        elif key.endswith("magnitude"):
+            value = value.view(n, 2, hd // 2).transpose(1, 2).reshape(-1)
+    state[key] = value
+model = config.instantiate(cfg.model)
+model.load_state_dict(state, strict=True)
+model.eval()
+ids = torch.tensor([json.loads(sys.argv[1])])
+with torch.no_grad():
+    torch.save(model(ids), "roundtrip_logits.pt")
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("peft", ["lora", "dora"])
+def test_adapter_round_trip(tt_env, tiny, tmp_path, peft):
+    """The saved PEFT adapter on its base gives the logits of torchtune's trained model (q/k order, DoRA)."""
+    import torch
+    from peft import AutoPeftModelForCausalLM
+
+    run_dir = tmp_path / "run"
+    result = runner.run(job(f"peft={peft}", "train.max_steps=4", "train.learning_rate=5e-2", tiny_path=tiny),
+                        run_dir)
+    assert result["status"] == "succeeded", result.get("error")
+    adapter = run_dir / "artifacts" / "adapter"
+    assert sorted(p.name for p in adapter.iterdir() if "token" not in p.name) == [
+        "adapter_config.json", "adapter_model.safetensors", "chat_template.jinja"]
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny.resolve()) and config["use_dora"] == (peft == "dora")
+    ids = list(range(3, 40))
+    proc = subprocess.run([str(tt_env.python), "-c", ROUND_TRIP, json.dumps(ids)], cwd=run_dir,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theirs = torch.load(run_dir / "roundtrip_logits.pt")
+    model = AutoPeftModelForCausalLM.from_pretrained(adapter).eval()
+    with torch.no_grad():
+        ours = model(torch.tensor([ids])).logits
+        base = model.get_base_model()
+        with model.disable_adapter():
+            untouched = base(torch.tensor([ids])).logits
+    assert (ours - untouched).abs().max() > 1e-3, "the adapter trained"
+    assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
+
+
+@pytest.mark.slow
+def test_full_model_artifact(tt_env, tiny, tmp_path):
+    """A full fine-tune leaves artifacts/model in HF layout, no adapter_config.json, nothing of torchtune's."""
+    run_dir = tmp_path / "run"
+    result = runner.run(job("peft=none", "train.max_steps=2", tiny_path=tiny), run_dir)
+    assert result["status"] == "succeeded", result.get("error")
+    assert set(os.listdir(run_dir / "artifacts")) == {"model"}
+    names = set(os.listdir(run_dir / "artifacts" / "model"))
+    assert {"config.json", "model.safetensors.index.json", "tokenizer.json", "chat_template.jinja"} <= names
+    assert "adapter_config.json" not in names
+    model, tok = load_artifact(run_dir, result)
+    assert generates(model, tok)
+    assert result["versions"]["torchtune"] == "0.6.1" and result["versions"]["torchao"] == "0.15.0"
+
+
+@pytest.mark.slow
+def test_ejected_plan_runs_without_anytune(tt_env, tiny, tmp_path):
+    """plan_only writes plan/run.sh; moved elsewhere, it trains in the torchtune environment, which has no anytune."""
+    planned = tmp_path / "planned"
+    result = runner.run(job("plan_only=true", "train.max_steps=3", tiny_path=tiny), planned)
+    assert result["status"] == "planned", result.get("error")
+    moved = tmp_path / "elsewhere"
+    shutil.move(planned, moved)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    no_anytune = subprocess.run([str(tt_env.python), "-c", "import core"], cwd=tmp_path, env=env,
+                                capture_output=True)
+    assert no_anytune.returncode != 0, "the engine's environment must not have anytune"
+    proc = subprocess.run(["sh", str(moved / "plan" / "run.sh")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = workerlib.read_json(str(moved / "result.json"))
+    assert out["status"] == "succeeded" and out["artifacts"] == {"adapter": "artifacts/adapter"}
+    assert len(workerlib.read_jsonl(str(moved / "metrics.jsonl"))) == 3
+    assert (moved / "artifacts" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_engine_failure_is_recorded(tt_env, tiny, tmp_path):
+    """A recipe that raises leaves result.json with status failed and the error (the metric logger's hook)."""
+    run_dir = tmp_path / "run"
+    result = runner.run(job("train.max_steps=2", "++backend.native.model.lora_attn_modules=[nonsense]",
+                            tiny_path=tiny), run_dir)
+    assert result["status"] == "failed" and result["error_type"] == "EngineFailed"
+    worker = workerlib.read_json(str(run_dir / "result.json"))
+    assert "nonsense" in worker.get("error", "") + result["error"]

@@ -89,12 +89,33 @@ def prepare(cfg: DictConfig, run_dir: Path, reg: Registry, result: dict):
         raise EngineMissing(f"backend '{backend.name}' needs its engine ({backend.engine_distribution}) "
                             f"in {backend.python()}; install it with: {backend.install_hint}")
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(redacted(cfg))))  # auto resolved
-    model = cfg.model.name_or_path
     result["data"] = datalib.prepare(cfg.data, method=cfg.method.name,
-                                     model_path=model if Path(model).exists() else None,
+                                     model_path=tokenizer_files(cfg.model.name_or_path, cfg.offline),
                                      out_dir=run_dir / "data", max_length=cfg.train.max_length,
                                      seed=cfg.train.seed)
     return backend
+
+
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
+                   "config.json"]
+
+
+def tokenizer_files(name: str, offline: bool) -> str | None:
+    """Local directory with the model's tokenizer files (for the template of record and token counts).
+
+    A hub id is resolved through huggingface_hub when it is installed: from its cache,
+    or downloading only these small files unless offline. None when they cannot be had.
+    """
+    if Path(name).expanduser().exists():
+        return str(Path(name).expanduser())
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return None
+    try:
+        return snapshot_download(repo_id=name, allow_patterns=TOKENIZER_FILES, local_files_only=offline)
+    except Exception:
+        return None
 
 
 def child_env(cfg: DictConfig, plan_env: dict[str, str]) -> dict[str, str]:

@@ -203,7 +203,7 @@ class TorchtuneBackend(core.Backend):
             "peft.type": frozenset({"none", "lora", "dora"}),
             "data.kind": frozenset({"messages", "prompt_completion", "preference", "text"}),
             "train.device": frozenset({"cpu"}),
-            "train.precision": frozenset({"fp32"}),
+            "train.precision": frozenset({"fp32", "bf16"}),
             "train.optimizer": frozenset({"adamw", "sgd"}),
             "train.lr_scheduler": frozenset({"linear", "cosine", "constant", "constant_with_warmup"}),
             "method.loss_type": frozenset({"sigmoid", "hinge"}),

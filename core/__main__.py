@@ -22,8 +22,11 @@ def _task(cfg) -> dict:
     label = f"{cfg.backend.name}:{cfg.method.name}"
     if hc.mode.name == "MULTIRUN":
         label += f" #{hc.job.num}"
-    with progress.live(label) as update:
-        result = runner.run(cfg, run_dir, progress=update)
+    if cfg.plan_only:
+        result = runner.run(cfg, run_dir)
+    else:
+        with progress.live(label) as update:
+            result = runner.run(cfg, run_dir, progress=update)
     progress.summary(result, run_dir)
     if result["status"] in ("failed", "interrupted"):
         _failed += 1

@@ -45,7 +45,11 @@ OPEN_MAPPINGS = ("backend.native.", "data.columns.")
 
 def open_mappings(argv: list[str]) -> list[str]:
     """Prefix overrides of keys inside open mappings with ``++`` so they may add new keys."""
-    return [f"++{a}" if a.startswith(OPEN_MAPPINGS) and "=" in a else a for a in argv]
+    def is_open(arg: str) -> bool:
+        key = arg.split("=", 1)[0]
+        return "=" in arg and (key.startswith(OPEN_MAPPINGS) or f"{key}." in OPEN_MAPPINGS)
+
+    return [f"++{a}" if is_open(a) else a for a in argv]
 
 
 def check_overrides(overrides: list[str], backend_classes: dict[str, type]) -> None:

@@ -90,10 +90,11 @@ class TrlBackend(core.Backend):
             "bf16": precision == "bf16",
             "fp16": precision == "fp16",
             "use_cpu": t.device == "cpu",
-            "activation_checkpointing": t.gradient_checkpointing,
             "max_length": t.max_length,
             "dataloader_num_workers": 0,
         }
+        if t.gradient_checkpointing:
+            args["activation_checkpointing"] = True
         if has_eval and t.eval_steps > 0:
             args.update(eval_strategy="steps", eval_steps=t.eval_steps)
         if m.name == "sft":

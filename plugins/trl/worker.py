@@ -69,6 +69,17 @@ def make_callback(writer):
     return MetricsCallback()
 
 
+def config_args(config_class, args):
+    """``args`` adapted to the installed TRL/transformers (older releases name activation checkpointing
+    ``gradient_checkpointing``)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(config_class)}
+    if "activation_checkpointing" in args and "activation_checkpointing" not in names:
+        args["gradient_checkpointing"] = args.pop("activation_checkpointing")
+    return config_class(**args)
+
+
 def build_trainer(spec, writer):
     """Model, tokenizer, data and the TRL trainer for ``spec`` (plan/trl_args.json)."""
     import torch
@@ -110,7 +121,7 @@ def build_trainer(spec, writer):
         data = {"train_dataset": tokenize_sft(train, tokenizer, kind, completion_only, args["max_length"])}
         if evals:
             data["eval_dataset"] = tokenize_sft(evals, tokenizer, kind, completion_only, args["max_length"])
-        return SFTTrainer(args=SFTConfig(**args), **data, **common), tokenizer
+        return SFTTrainer(args=config_args(SFTConfig, args), **data, **common), tokenizer
     from datasets import Dataset
 
     data = {"train_dataset": Dataset.from_list(train)}
@@ -119,11 +130,11 @@ def build_trainer(spec, writer):
     if method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        return DPOTrainer(args=DPOConfig(**args), **data, **common), tokenizer
+        return DPOTrainer(args=config_args(DPOConfig, args), **data, **common), tokenizer
     if method == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        return ORPOTrainer(args=ORPOConfig(**args), **data, **common), tokenizer
+        return ORPOTrainer(args=config_args(ORPOConfig, args), **data, **common), tokenizer
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -146,11 +157,14 @@ def main(argv):
     writer = workerlib.MetricsWriter("metrics.jsonl")
     started = time.time()
     result = {"status": "failed", "engine": "trl",
-              "versions": workerlib.versions("trl", "transformers", "peft", "torch", "datasets", "accelerate")}
+              "versions": workerlib.versions("trl", "transformers", "peft", "torch", "datasets", "accelerate",
+                                         "bitsandbytes")}
     try:
         trainer, tokenizer = build_trainer(spec, writer)
         result["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        loop_start = time.time()
         train_out = trainer.train()
+        result["train_seconds"] = round(time.time() - loop_start, 3)
         result["final"] = {"train_loss": train_out.training_loss, "steps": trainer.state.global_step}
         if trainer.eval_dataset is not None:
             metrics = trainer.evaluate()
@@ -174,7 +188,7 @@ def main(argv):
     finally:
         result["hardware"] = workerlib.hardware()
         result["peak_memory_mb"] = workerlib.peak_memory_mb()
-        result["train_seconds"] = round(time.time() - started, 3)
+        result["worker_seconds"] = round(time.time() - started, 3)
         workerlib.atomic_write_json("result.json", result)
 
 

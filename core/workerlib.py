@@ -30,14 +30,14 @@ METRICS = {
 }
 
 
-def atomic_write_json(path: str, obj: Any) -> None:
-    """Write JSON so readers see the old file or the new one, never half of one."""
+def atomic_write_text(path: str, text: str) -> None:
+    """Write text so readers see the old file or the new one, never half of one."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -45,6 +45,11 @@ def atomic_write_json(path: str, obj: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    """Write JSON atomically (see ``atomic_write_text``)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str))
 
 
 def read_json(path: str) -> Any:

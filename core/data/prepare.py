@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +13,7 @@ from core import template
 from core.data import formats, stats as tokstats
 from core.data.readers import BadRow, check_exists, first_row, iter_rows
 from core.errors import ConfigError, DataError
-from core.workerlib import atomic_write_json
+from core.workerlib import atomic_write_json, atomic_write_text
 
 #: method -> canonical record kinds it trains on.
 METHOD_KINDS = {"sft": ("messages", "prompt_completion", "text"), "dpo": ("preference",),
@@ -151,7 +149,7 @@ def prepare(data_cfg, *, method: str, model_path: str | None, out_dir: Path, max
     if not evals:
         (out_dir / "eval.jsonl").unlink(missing_ok=True)
     if tmpl:
-        _write_text(out_dir / "chat_template.jinja", tmpl)
+        atomic_write_text(str(out_dir / "chat_template.jinja"), tmpl)
     else:
         (out_dir / "chat_template.jinja").unlink(missing_ok=True)
     result["seconds"] = round(time.perf_counter() - started, 3)
@@ -271,20 +269,5 @@ def _write_jsonl(path: Path, rows: list[_Row]) -> str:
     for char, escaped in _LINE_BREAKS.items():
         if char in text:
             text = text.replace(char, escaped)
-    _write_text(path, text)
+    atomic_write_text(str(path), text)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write so readers see the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -124,6 +124,12 @@ def test_plan_full_and_native_keys(tmp_path, tiny):
     assert cfg["metric_logger"]["artifacts"] == "none"
 
 
+def test_plan_cuda_bf16(tmp_path, tiny):
+    """The plan run on an H100 (docs/torchtune.md): only device and dtype change."""
+    _, _, cfg = plan_only(tmp_path, "train.device=cuda", "train.precision=bf16", tiny_path=tiny)
+    assert (cfg["device"], cfg["dtype"]) == ("cuda", "bf16")
+
+
 def test_plan_dpo(tmp_path, tiny):
     result, run_dir, cfg = plan_only(tmp_path, "method=dpo", "data=demo_pref", "peft=lora", "data.max_rows=16",
                                      "method.beta=0.25", tiny_path=tiny)

@@ -202,7 +202,7 @@ class TorchtuneBackend(core.Backend):
             "method.name": frozenset({"sft", "dpo"}),
             "peft.type": frozenset({"none", "lora", "dora"}),
             "data.kind": frozenset({"messages", "prompt_completion", "preference", "text"}),
-            "train.device": frozenset({"cpu"}),
+            "train.device": frozenset({"cpu", "cuda"}),
             "train.precision": frozenset({"fp32", "bf16"}),
             "train.optimizer": frozenset({"adamw", "sgd"}),
             "train.lr_scheduler": frozenset({"linear", "cosine", "constant", "constant_with_warmup"}),

@@ -34,9 +34,12 @@ TINY = ROOT / "core" / "assets" / "tiny-llama"
 def registry():
     """The torchtune backend registered (through the entry point if installed, else as an extra plugin)."""
     reg = plugins.registry()
-    if "torchtune" not in reg.backends:
+    added = "torchtune" not in reg.backends
+    if added:
         reg = plugins.reset(extra=[tt_plugin])
     yield reg
+    if added:  # leave the registry as other test modules expect it
+        plugins.reset()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,199 @@
+"""hf worker: runs one planned SFT job with plain ``transformers.Trainer`` and ``peft``.
+
+Usage (from the run directory): ``python plan/hf_worker.py plan/hf_args.json``.
+Imports only torch, transformers, peft and the standard library (plus ``workerlib``,
+copied beside this file), so an ejected plan runs where anytune is not installed.
+Writes ``metrics.jsonl`` while training, ``artifacts/`` and ``result.json`` at the end.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import workerlib  # noqa: E402
+
+IGNORE_INDEX = -100
+"""Label of tokens that carry no loss (Hugging Face's convention)."""
+
+
+def tokenize_sft(records, tokenizer, kind, completion_only, max_length):
+    """Tokenise SFT records with the template of record; labels are input_ids on loss tokens, else -100.
+
+    Loss tokens are those whose first character lies in a span ``workerlib.loss_spans`` marks
+    (assistant turns, the completion, or everything), exactly as the other backends mark them.
+    """
+
+    def render(messages, add_generation_prompt):
+        """The conversation as text, with the chat template of record."""
+        return tokenizer.apply_chat_template(messages, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+
+    rows = []
+    for rec in records:
+        text, spans = workerlib.loss_spans(kind, rec, render, completion_only, eos=tokenizer.eos_token or "")
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                        truncation=True, max_length=max_length)
+        mask = workerlib.mask_from_offsets(enc["offset_mapping"], spans)
+        ids = list(enc["input_ids"])
+        rows.append({"input_ids": ids, "attention_mask": [1] * len(ids),
+                     "labels": [i if keep else IGNORE_INDEX for i, keep in zip(ids, mask)]})
+    return rows
+
+
+class PadCollator:
+    """Right-pads a list of tokenised rows into a batch: pad id, attention 0, label -100."""
+
+    def __init__(self, pad_token_id, pad_to_multiple_of=None):
+        """:param pad_to_multiple_of: round the batch length up to a multiple of this (None: longest row)."""
+        self.pad_token_id = pad_token_id
+        self.multiple = pad_to_multiple_of
+
+    def __call__(self, rows):
+        """The batch as torch tensors ``input_ids``, ``attention_mask``, ``labels``."""
+        import torch
+
+        length = max(len(r["input_ids"]) for r in rows)
+        if self.multiple:
+            length = -(-length // self.multiple) * self.multiple
+        fill = {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+        return {key: torch.tensor([r[key] + [value] * (length - len(r[key])) for r in rows])
+                for key, value in fill.items()}
+
+
+def make_callback(writer):
+    """A TrainerCallback that streams the Trainer's log rows into metrics.jsonl in anytune's schema."""
+    from transformers import TrainerCallback
+
+    class MetricsCallback(TrainerCallback):
+        """Writes one metrics.jsonl row per training log and one per evaluation."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            """Start the clock when training, not loading, begins."""
+            writer.restart()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            """Translate a Trainer log dict into schema rows."""
+            logs = logs or {}
+            tokens = state.num_input_tokens_seen
+            if "loss" in logs:
+                writer.write(step=state.global_step, max_steps=state.max_steps, epoch=logs.get("epoch"),
+                             loss=logs["loss"], learning_rate=logs.get("learning_rate"),
+                             grad_norm=logs.get("grad_norm"), tokens=int(tokens) if tokens else None)
+            if "eval_loss" in logs:
+                writer.write(step=state.global_step, max_steps=state.max_steps, epoch=logs.get("epoch"),
+                             eval_loss=logs["eval_loss"])
+
+    return MetricsCallback()
+
+
+def training_arguments(args):
+    """``TrainingArguments`` for ``args``, adapted to the installed transformers (before 5.x activation
+    checkpointing is called ``gradient_checkpointing``)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    if "activation_checkpointing" in args and "activation_checkpointing" not in names:
+        args["gradient_checkpointing"] = args.pop("activation_checkpointing")
+    return TrainingArguments(**args)
+
+
+def build_trainer(spec, writer):
+    """Model (with peft's LoRA/DoRA when asked), tokenizer, tokenised data and the Trainer for ``spec``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, set_seed
+
+    mspec, tspec, args = spec["model"], spec["tokenize"], dict(spec["args"])
+    set_seed(args.get("seed", 42))  # before the model: peft initialises adapter weights randomly
+    tokenizer = AutoTokenizer.from_pretrained(mspec["name_or_path"], trust_remote_code=mspec["trust_remote_code"])
+    template_path = spec["data"]["chat_template"]
+    if template_path and os.path.exists(template_path):
+        with open(template_path) as f:
+            tokenizer.chat_template = f.read()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    load_kwargs = {"dtype": getattr(torch, mspec["dtype"]), "trust_remote_code": mspec["trust_remote_code"]}
+    if mspec.get("attn_implementation"):
+        load_kwargs["attn_implementation"] = mspec["attn_implementation"]
+    model = AutoModelForCausalLM.from_pretrained(mspec["name_or_path"], **load_kwargs)
+    if spec["peft"]:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(**spec["peft"]))
+        if args.get("activation_checkpointing") or args.get("gradient_checkpointing"):
+            model.enable_input_require_grads()  # a frozen base gives checkpointed blocks no input grads otherwise
+
+    def tokenize(path):
+        """Tokenised rows of one split's normalised records."""
+        return tokenize_sft(workerlib.read_jsonl(path), tokenizer, spec["kind"],
+                            tspec["completion_only_loss"], tspec["max_length"])
+
+    train = tokenize(spec["data"]["train"])
+    evals = tokenize(spec["data"]["eval"]) if spec["data"]["eval"] else None
+    trainer = Trainer(model=model, args=training_arguments(args), train_dataset=train, eval_dataset=evals,
+                      data_collator=PadCollator(tokenizer.pad_token_id, tspec.get("pad_to_multiple_of")),
+                      processing_class=tokenizer, callbacks=[make_callback(writer)])
+    return trainer, tokenizer
+
+
+def save_artifacts(trainer, tokenizer, spec):
+    """Adapter (LoRA/DoRA) to artifacts/adapter, full model to artifacts/model; tokenizer beside it."""
+    kind = "adapter" if spec["peft"] else "model"
+    out = os.path.join("artifacts", kind)
+    trainer.model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    try:
+        os.rmdir(trainer.args.output_dir)  # only if the trainer left nothing there
+    except OSError:
+        pass
+    return {kind: out}
+
+
+def main(argv):
+    """Run the job in ``argv[1]``; always write result.json; exit 0, 1 (failed) or 130 (interrupted)."""
+    spec = workerlib.read_json(argv[1])
+    if spec.get("offline"):
+        os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    writer = workerlib.MetricsWriter("metrics.jsonl")
+    started = time.time()
+    result = {"status": "failed", "engine": "hf",
+              "versions": workerlib.versions("transformers", "peft", "torch", "accelerate")}
+    try:
+        trainer, tokenizer = build_trainer(spec, writer)
+        result["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        loop_start = time.time()
+        train_out = trainer.train()
+        result["train_seconds"] = round(time.time() - loop_start, 3)
+        result["final"] = {"train_loss": train_out.training_loss, "steps": trainer.state.global_step}
+        if trainer.eval_dataset is not None:
+            metrics = trainer.evaluate()
+            if "eval_loss" in metrics:
+                result["final"]["eval_loss"] = metrics["eval_loss"]
+        losses = [r["loss"] for r in workerlib.read_jsonl("metrics.jsonl") if "loss" in r]
+        if losses:
+            result["final"].update(first_loss=losses[0], last_loss=losses[-1])
+        result["artifacts"] = save_artifacts(trainer, tokenizer, spec) if spec.get("save", True) else {}
+        result["status"] = "succeeded"
+        return 0
+    except KeyboardInterrupt:
+        result["status"] = "interrupted"
+        return 130
+    except BaseException as exc:  # recorded, then the process fails
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        result["traceback"] = traceback.format_exc()[-4000:]
+        traceback.print_exc()
+        return 1
+    finally:
+        result["hardware"] = workerlib.hardware()
+        result["peak_memory_mb"] = workerlib.peak_memory_mb()
+        result["worker_seconds"] = round(time.time() - started, 3)
+        workerlib.atomic_write_json("result.json", result)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,109 @@
+"""contrib/ packages, installed the way a user installs them, pass the conformance suite.
+
+``contrib/anytune-hf`` is built with pip into a fresh target directory (a copy of
+the source, so the build leaves nothing in the checkout), put on ``sys.path``, and
+found through its ``anytune`` entry point like any third-party backend.
+"""
+import ast
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core import plugins
+from core.conformance import JOBS, BackendConformance, compose
+
+CONTRIB = Path(__file__).resolve().parents[1] / "contrib"
+HF_MODULES = ("anytune_hf", "anytune_hf.translate")
+
+
+@pytest.fixture(scope="module")
+def installed_hf(tmp_path_factory):
+    """``pip install --no-deps --no-build-isolation --target <tmp> contrib/anytune-hf``; the reloaded registry."""
+    src = tmp_path_factory.mktemp("src") / "anytune-hf"
+    shutil.copytree(CONTRIB / "anytune-hf", src,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"))
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(src)], check=True)
+    sys.path.insert(0, str(target))
+    try:
+        yield plugins.reset()
+    finally:
+        sys.path.remove(str(target))
+        for mod in HF_MODULES:
+            sys.modules.pop(mod, None)
+        plugins.reset()
+
+
+@pytest.fixture
+def backend(installed_hf):
+    """The contrib backend under test (installed first)."""
+    return "hf"
+
+
+def test_hf_registered_from_its_distribution(installed_hf):
+    """The entry point registers ``hf`` from distribution anytune-hf, with its config node and capabilities."""
+    assert "hf" in installed_hf.backends and "trl" in installed_hf.backends
+    assert installed_hf.sources["hf"] == "anytune-hf"
+    assert "hf" not in installed_hf.broken
+    cls = installed_hf.backend("hf")
+    assert str(Path(sys.modules[cls.__module__].__file__)).startswith(sys.path[0])  # the installed copy
+    assert not cls.capabilities.can("method.packing", True)
+    assert not cls.capabilities.can("peft.type", "qlora")
+    assert not cls.capabilities.can("method.name", "dpo")
+    cfg = compose(["backend=hf", "backend.pad_to_multiple_of=8"])
+    assert cfg.backend.pad_to_multiple_of == 8
+
+
+def test_hf_plan_only(installed_hf, tmp_path):
+    """plan_only writes hf_args.json, the worker and workerlib; nothing runs."""
+    from core import runner
+
+    cfg = compose(["backend=hf", "plan_only=true", "offline=true", "train.device=cpu", "peft=dora",
+                   "method.completion_only_loss=false", "train.gradient_checkpointing=true"])
+    result = runner.run(cfg, tmp_path / "run")
+    assert result["status"] == "planned", result
+    plan = tmp_path / "run" / "plan"
+    assert {"hf_args.json", "hf_worker.py", "workerlib.py", "run.sh"} <= {p.name for p in plan.iterdir()}
+    spec = json.loads((plan / "hf_args.json").read_text())
+    assert spec["peft"]["use_dora"] is True
+    assert spec["tokenize"]["completion_only_loss"] is False
+    assert spec["args"]["activation_checkpointing"] is True
+    tree = ast.parse((plan / "hf_worker.py").read_text())
+    imported = {(a.name if isinstance(n, ast.Import) else n.module).split(".")[0]
+                for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    assert imported - sys.stdlib_module_names <= {"torch", "transformers", "peft", "workerlib"}, imported
+
+
+@pytest.mark.slow
+def test_hf_matches_trl_over_three_steps(installed_hf, tmp_path):
+    """Same job on hf and on TRL: identical LoRA init (seeded) and loss for three steps, not just step 1."""
+    pytest.importorskip("trl")
+    from core import runner
+    from core import workerlib
+
+    losses = {}
+    for name in ("hf", "trl"):
+        cfg = compose([f"backend={name}", "offline=true", "train.device=cpu", "train.precision=fp32",
+                       "data.max_rows=8", "train.batch_size=8", "train.max_steps=3", "data.eval_fraction=0",
+                       "train.save_artifacts=false"])
+        result = runner.run(cfg, tmp_path / name)
+        assert result["status"] == "succeeded", result.get("error")
+        losses[name] = [r["loss"] for r in workerlib.read_jsonl(str(tmp_path / name / "metrics.jsonl"))
+                        if "loss" in r]
+    assert len(losses["hf"]) == 3
+    assert losses["hf"] == pytest.approx(losses["trl"], abs=1e-4), losses
+
+
+@pytest.mark.slow
+class TestHfConformance(BackendConformance):
+    """The shared conformance suite (core/conformance.py) on the installed ``hf`` backend."""
+
+    @pytest.mark.parametrize("job", list(JOBS))
+    def test_job(self, backend, job, tmp_path):
+        """One conformance job; the ones hf lacks must be refused at validation."""
+        super().test_job(backend, job, tmp_path)

@@ -6,12 +6,9 @@ as a child process and follows ``metrics.jsonl``.
 """
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import shlex
-import subprocess
-import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +94,9 @@ class Backend(ABC):
     """The command that installs the engine, shown when it is missing."""
     description: ClassVar[str] = ""
     """One line shown by ``python -m core.backends``."""
+    environment: ClassVar[list[str]] = []
+    """Pinned pip requirements of the engine's own environment (``python -m core.envs create <name>``);
+    empty: the engine is installed beside anytune (an extra)."""
 
     def __init__(self, job: Any):
         """:param job: the resolved canonical config (``JobConfig`` as a DictConfig)."""
@@ -114,21 +114,16 @@ class Backend(ABC):
         """
 
     def python(self) -> str:
-        """Interpreter that runs the engine."""
-        return self.job.backend.get("python") or sys.executable
+        """Interpreter that runs the engine: backend.python, else this one if it has the engine,
+        else the backend's managed environment (see ``core.envs.interpreter``)."""
+        from core import envs
+
+        return envs.interpreter(self, strict=False)
 
     def engine_version(self) -> str | None:
         """Installed version of the engine for ``python()``, or None when it is missing."""
+        from core import envs
+
         if not self.engine_distribution:
             return None
-        if os.path.realpath(self.python()) == os.path.realpath(sys.executable):
-            try:
-                return importlib.metadata.version(self.engine_distribution)
-            except importlib.metadata.PackageNotFoundError:
-                return None
-        code = f"import importlib.metadata as m; print(m.version({self.engine_distribution!r}))"
-        try:
-            out = subprocess.run([self.python(), "-c", code], capture_output=True, text=True, timeout=60)
-        except OSError:
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
+        return envs.distribution_version(self.python(), self.engine_distribution)

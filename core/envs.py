@@ -100,6 +100,18 @@ class EngineEnv:
         return f"python -m core.envs create {self.backend}"
 
 
+def extra_requirements(dist: str, extra: str) -> list[str]:
+    """The requirements of ``dist``'s ``[extra]`` as installed metadata lists them (markers dropped)."""
+    import importlib.metadata
+
+    try:
+        reqs = importlib.metadata.requires(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        return []
+    marker = re.compile(r"""extra\s*==\s*["']%s["']""" % re.escape(extra))
+    return [r.split(";")[0].strip() for r in reqs if ";" in r and marker.search(r.split(";", 1)[1])]
+
+
 def of(backend: Any) -> EngineEnv:
     """The managed environment of a backend class or instance (its ``environment`` list)."""
     reqs = tuple(getattr(backend, "environment", ()) or ())

@@ -125,7 +125,7 @@ class BackendConfig:
     name: str = MISSING
     """Registered backend name (the group option: backend=<name>)."""
     python: Optional[str] = None
-    """Interpreter that runs the engine; null = the current one."""
+    """Interpreter that runs the engine; null = the current one if it has the engine, else the backend's managed environment."""
     native: Dict[str, Any] = field(default_factory=dict)
     """Raw engine keys passed through untouched, after translation (the escape hatch)."""
 

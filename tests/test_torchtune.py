@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 import plugins.torchtune as tt_plugin
 from core import envs, plugins, runner, template, workerlib
-from core.conformance import SMALL, JOBS, BackendConformance, compose, load_artifact, generates
+from core.conformance import SMALL, BackendConformance, compose, load_artifact, generates
 from core.errors import ConfigError
 from plugins.torchtune import translate
 from plugins.torchtune.translate import TorchtuneBackend
@@ -320,26 +320,17 @@ def tt_env():
     return env
 
 
-@pytest.fixture
-def backend(tt_env, tiny):
-    if tiny != TINY:
-        pytest.skip("the conformance suite composes model=tiny (core/assets/tiny-llama)")
-    return "torchtune"
-
-
 @pytest.mark.slow
-class TestTorchtuneConformance(BackendConformance):
-    """The shared conformance suite (loss falls, artefacts load and generate, step-1 parity) on torchtune."""
+class TestTorchtuneBeyondConformance:
+    """The shared suite (tests/test_conformance.py) runs torchtune like every backend; this adds to it."""
 
-    @pytest.mark.parametrize("job", list(JOBS))
-    def test_job(self, backend, job, tmp_path):
-        super().test_job(backend, job, tmp_path)
-
-    def test_parity_full(self, backend, tmp_path):
+    def test_parity_full(self, tt_env, tiny, tmp_path):
         """Step-1 parity for a full fine-tune too (the suite checks LoRA)."""
         from core.conformance import reference_loss, reference_trainable
 
-        cfg, run_dir, result = self.run_job(backend, ["method=sft", "peft=none", "data.max_rows=8",
+        if tiny != TINY:
+            pytest.skip("the conformance helpers compose model=tiny (core/assets/tiny-llama)")
+        cfg, run_dir, result = BackendConformance().run_job("torchtune", ["method=sft", "peft=none", "data.max_rows=8",
                                                       "train.batch_size=8", "train.max_steps=1",
                                                       "train.save_artifacts=false"], tmp_path)
         assert result["status"] == "succeeded", result.get("error")

@@ -192,11 +192,8 @@ class TorchtuneBackend(core.Backend):
     engine_distribution: ClassVar[str] = "torchtune"
     install_hint: ClassVar[str] = "python -m core.envs create torchtune"
     description: ClassVar[str] = "torchtune 0.6.1 recipes (tune run), in an environment of its own"
-    environment: ClassVar[list[str]] = [
-        "torch==2.13.0", "torchtune==0.6.1", "torchao==0.15.0", "torchdata==0.11.0",
-        "tokenizers==0.23.3", "safetensors==0.8.0", "jinja2==3.1.6",
-    ]
-    """The engine's environment, as tested: torchao must stay below 0.17 for torchtune 0.6.1."""
+    environment: ClassVar[list[str]] = envs.extra_requirements("anytune", "torchtune")
+    """The engine's environment: anytune's ``[torchtune]`` extra, as tested (torchao must stay below 0.17)."""
     capabilities: ClassVar[core.Capabilities] = core.Capabilities(
         supports={
             "method.name": frozenset({"sft", "dpo"}),
@@ -213,14 +210,6 @@ class TorchtuneBackend(core.Backend):
             "data.eval": frozenset({False}),
         },
     )
-
-    def python(self) -> str:
-        """backend.python; else this interpreter if it has torchtune; else the managed environment's."""
-        return envs.interpreter(self, strict=False)
-
-    def engine_version(self) -> str | None:
-        """torchtune's version for ``python()`` (links not resolved: venvs share one base interpreter)."""
-        return envs.distribution_version(self.python(), self.engine_distribution)
 
     def hf_config(self) -> tuple[Path, dict]:
         """The model's directory and its ``config.json``."""

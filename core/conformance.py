@@ -6,13 +6,14 @@ third-party package reuses it with one subclass that defines a ``backend``
 fixture returning its backend's name. What a backend's capability table lacks is
 marked ``notimpl`` and asserted to be refused at validation, never skipped.
 
-Imports pytest, torch, transformers and peft lazily: only tests use this module.
+Only tests import this module (it imports pytest; torch, transformers and peft lazily).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import pytest
 from omegaconf import DictConfig
 
 from core import workerlib
@@ -100,17 +101,10 @@ def reference_loss(model_path: str, data_dir: Path, max_length: int, completion_
     tok.chat_template = (data_dir / "chat_template.jinja").read_text()
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     kind = workerlib.read_json(str(data_dir / "stats.json"))["kind"]
-
-    def render(messages, add_generation_prompt):
-        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
+    records = workerlib.read_jsonl(str(data_dir / "train.jsonl"))
     total, count = 0.0, 0
-    for rec in workerlib.read_jsonl(str(data_dir / "train.jsonl")):
-        text, spans = workerlib.loss_spans(kind, rec, render, completion_only, eos=tok.eos_token or "")
-        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True, truncation=True,
-                  max_length=max_length)
-        mask = torch.tensor(workerlib.mask_from_offsets(enc["offset_mapping"], spans))
-        ids = torch.tensor(enc["input_ids"])
+    for row in workerlib.tokenize_records(records, tok, kind, completion_only, max_length):
+        ids, mask = torch.tensor(row["input_ids"]), torch.tensor(row["completion_mask"])
         labels = torch.where(mask.bool(), ids, torch.tensor(-100))
         with torch.no_grad():
             logits = model(ids[None]).logits[0, :-1].float()
@@ -146,13 +140,12 @@ class BackendConformance:
         return cfg, run_dir, runner.run(cfg, run_dir)
 
     def check_refused(self, backend, overrides, tmp_path, missing):
-        import pytest
-
         _, _, result = self.run_job(backend, overrides, tmp_path)
         assert result["status"] == "failed", result
         assert result["error_type"] == "UnsupportedFeature", result
         pytest.xfail(f"notimpl: {backend} lacks {', '.join(missing)} (refused at validation)")
 
+    @pytest.mark.parametrize("job", list(JOBS))
     def test_job(self, backend: str, job: str, tmp_path: Path):
         """Loss falls, the artefact loads back and generates; unsupported jobs are refused."""
         overrides = JOBS[job]

@@ -156,6 +156,25 @@ def loss_spans(kind: str, record: dict, render: Callable[[list, bool], str],
     return text, (spans if completion_only else [(0, len(text))])
 
 
+def tokenize_records(records: Iterable[dict], tokenizer: Any, kind: str, completion_only: bool,
+                     max_length: int) -> list[dict]:
+    """``input_ids`` and ``completion_mask`` (1 = token carries loss) for each canonical record.
+
+    :param tokenizer: a Hugging Face fast tokenizer whose ``chat_template`` is the template of record.
+    """
+    def render(messages, add_generation_prompt):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    rows = []
+    for rec in records:
+        text, spans = loss_spans(kind, rec, render, completion_only, eos=tokenizer.eos_token or "")
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=True,
+                        max_length=max_length)
+        rows.append({"input_ids": list(enc["input_ids"]),
+                     "completion_mask": mask_from_offsets(enc["offset_mapping"], spans)})
+    return rows
+
+
 def mask_from_offsets(offsets: Iterable[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
     """1 for tokens whose first character lies in a loss span, else 0."""
     out = []

@@ -6,7 +6,7 @@ environment (``Backend.environment``) gets that environment created once per ses
 import pytest
 
 from core import envs, plugins
-from core.conformance import JOBS, BackendConformance, compose
+from core.conformance import BackendConformance, compose
 
 
 def backends_under_test() -> list[str]:
@@ -26,6 +26,4 @@ def backend(request):
 
 @pytest.mark.slow
 class TestConformance(BackendConformance):
-    @pytest.mark.parametrize("job", list(JOBS))
-    def test_job(self, backend, job, tmp_path):
-        super().test_job(backend, job, tmp_path)
+    """Inherits every conformance test."""

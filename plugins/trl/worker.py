@@ -25,25 +25,10 @@ def load_records(path):
 
 
 def tokenize_sft(records, tokenizer, kind, completion_only, max_length):
-    """Tokenise SFT records with the template of record and mark loss tokens.
-
-    Returns a Dataset with ``input_ids`` and ``completion_mask`` (1 = token carries loss),
-    which TRL's SFTTrainer takes as already processed.
-    """
+    """SFT records as a Dataset of ``input_ids`` and ``completion_mask``, which TRL takes as processed."""
     from datasets import Dataset
 
-    def render(messages, add_generation_prompt):
-        return tokenizer.apply_chat_template(messages, tokenize=False,
-                                             add_generation_prompt=add_generation_prompt)
-
-    rows = []
-    for rec in records:
-        text, spans = workerlib.loss_spans(kind, rec, render, completion_only, eos=tokenizer.eos_token or "")
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
-                        truncation=True, max_length=max_length)
-        mask = workerlib.mask_from_offsets(enc["offset_mapping"], spans)
-        rows.append({"input_ids": enc["input_ids"], "completion_mask": mask})
-    return Dataset.from_list(rows)
+    return Dataset.from_list(workerlib.tokenize_records(records, tokenizer, kind, completion_only, max_length))
 
 
 def make_callback(writer):

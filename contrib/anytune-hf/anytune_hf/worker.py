@@ -22,24 +22,13 @@ IGNORE_INDEX = -100
 def tokenize_sft(records, tokenizer, kind, completion_only, max_length):
     """Tokenise SFT records with the template of record; labels are input_ids on loss tokens, else -100.
 
-    Loss tokens are those whose first character lies in a span ``workerlib.loss_spans`` marks
-    (assistant turns, the completion, or everything), exactly as the other backends mark them.
+    Loss tokens are marked by ``workerlib.tokenize_records``, exactly as the other backends mark them.
     """
-
-    def render(messages, add_generation_prompt):
-        """The conversation as text, with the chat template of record."""
-        return tokenizer.apply_chat_template(messages, tokenize=False,
-                                             add_generation_prompt=add_generation_prompt)
-
     rows = []
-    for rec in records:
-        text, spans = workerlib.loss_spans(kind, rec, render, completion_only, eos=tokenizer.eos_token or "")
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
-                        truncation=True, max_length=max_length)
-        mask = workerlib.mask_from_offsets(enc["offset_mapping"], spans)
-        ids = list(enc["input_ids"])
+    for row in workerlib.tokenize_records(records, tokenizer, kind, completion_only, max_length):
+        ids = row["input_ids"]
         rows.append({"input_ids": ids, "attention_mask": [1] * len(ids),
-                     "labels": [i if keep else IGNORE_INDEX for i, keep in zip(ids, mask)]})
+                     "labels": [i if keep else IGNORE_INDEX for i, keep in zip(ids, row["completion_mask"])]})
     return rows
 
 

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from core.conformance import JOBS, BackendConformance
+from core.conformance import BackendConformance
 
 os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
                   TOKENIZERS_PARALLELISM="false")
@@ -24,9 +24,4 @@ def backend():
 
 @pytest.mark.slow
 class TestHf(BackendConformance):
-    """Every conformance job on ``backend=hf``."""
-
-    @pytest.mark.parametrize("job", list(JOBS))
-    def test_job(self, backend, job, tmp_path):
-        """One conformance job (see core.conformance.JOBS)."""
-        super().test_job(backend, job, tmp_path)
+    """Every conformance job on ``backend=hf``: all tests inherited."""

@@ -4,23 +4,22 @@ Every engine renders conversations with the one template the core resolves
 here and writes to ``data/chat_template.jinja``, so all engines train on the
 same text. :func:`render` reproduces ``transformers``' ``apply_chat_template(...,
 tokenize=False)`` byte for byte (same sandbox, options and globals) without
-importing transformers.
+importing transformers; the sandbox itself is :mod:`core.chatrender`, which plans carry.
 """
 from __future__ import annotations
 
-import json
-from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from core import chatrender
 from core.errors import ConfigError, did_you_mean
 
 TEMPLATES_DIR = Path(__file__).parent / "assets" / "templates"
 #: Built-in templates (``data.chat_template=<name>``), copied from the Hugging Face models that made them known.
 BUILTIN = ("chatml", "llama3", "zephyr")
 #: The named special tokens transformers passes to every chat template.
-SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+SPECIAL_TOKENS = chatrender.SPECIAL_TOKENS
 
 
 def resolve(chat_template: str | None, model_path: str | None) -> str | None:
@@ -69,18 +68,7 @@ def model_template(model_path: str | None) -> tuple[str | None, str | None]:
 
 def special_tokens(model_path: str | None) -> dict[str, str]:
     """Named special tokens (bos_token, eos_token, ...) of the model's tokenizer, as templates see them."""
-    if not model_path:
-        return {}
-    model = Path(model_path)
-    out: dict[str, str] = {}
-    for source in (_read_json(model / "special_tokens_map.json"), _tokenizer_config(model)):
-        for name in SPECIAL_TOKENS:
-            value = source.get(name)
-            if isinstance(value, dict):  # serialised AddedToken
-                value = value.get("content")
-            if isinstance(value, str):
-                out[name] = value
-    return out
+    return chatrender.special_tokens(model_path) if model_path else {}
 
 
 def render(template: str, messages: list[dict[str, Any]], add_generation_prompt: bool = False,
@@ -91,10 +79,7 @@ def render(template: str, messages: list[dict[str, Any]], add_generation_prompt:
     :param special_tokens: ``bos_token``, ``eos_token``, ... (from :func:`special_tokens`).
     :raises jinja2.TemplateError: the template refused the conversation (``raise_exception``) or failed.
     """
-    chat = [{k: v for k, v in m.items() if v is not None} for m in messages]
-    tokens = {k: v for k, v in (special_tokens or {}).items() if v is not None}
-    return compile_template(template).render(messages=chat, tools=None, documents=None,
-                                             add_generation_prompt=add_generation_prompt, **tokens)
+    return chatrender.render(compile_template(template), messages, add_generation_prompt, special_tokens)
 
 
 @lru_cache(maxsize=16)
@@ -106,83 +91,10 @@ def compile_template(template: str):
     import jinja2
 
     try:
-        return _environment().from_string(template)
+        return chatrender.environment().from_string(template)
     except jinja2.TemplateSyntaxError as exc:
         raise ConfigError(f"the chat template does not compile: {exc.message} (template line {exc.lineno})") from exc
 
 
-@lru_cache(maxsize=1)
-def _environment():
-    import jinja2
-    import jinja2.ext
-    import jinja2.utils
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class Generation(jinja2.ext.Extension):
-        """``{% generation %}...{% endgeneration %}`` (assistant-mask markers): renders its body."""
-
-        tags = {"generation"}
-
-        def parse(self, parser):
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
-
-        def _body(self, caller):
-            return caller()
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    def strftime_now(fmt):
-        return datetime.now().strftime(fmt)
-
-    class TemplateDict:
-        def __call__(self, *args, **kwargs):
-            return dict(*args, **kwargs)
-
-        def fromkeys(self, *args, **kwargs):
-            return dict.fromkeys(*args, **kwargs)
-
-    class TemplateNamespace(jinja2.utils.Namespace):
-        """A namespace that refuses underscore names (no way into CPython internals)."""
-
-        def __init__(*args, **kwargs):
-            self, args = args[0], args[1:]
-            attrs = dict(*args, **kwargs)
-            for name in attrs:
-                TemplateNamespace._check(name)
-            jinja2.utils.Namespace.__init__(self, attrs)
-
-        def __setitem__(self, name, value):
-            TemplateNamespace._check(name)
-            jinja2.utils.Namespace.__setitem__(self, name, value)
-
-        @staticmethod
-        def _check(name):
-            if isinstance(name, str) and name.startswith("_"):
-                raise jinja2.exceptions.SecurityError(
-                    f"chat templates cannot store underscore-prefixed attributes on a namespace: {name!r}")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[Generation, jinja2.ext.loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now,
-                       dict=TemplateDict(), namespace=TemplateNamespace)
-    return env
-
-
 def _tokenizer_config(model: Path) -> dict:
-    return _read_json(model / "tokenizer_config.json")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return chatrender.read_json(model / "tokenizer_config.json")

@@ -1,11 +1,12 @@
 """anytune's components for torchtune recipes, named by ``_component_`` in ``plan/torchtune.yaml``.
 
-Copied into ``plan/anytune_torchtune.py`` beside ``workerlib.py``. ``tune run`` puts the
-run directory on ``sys.path``, so the recipe config names them ``plan.anytune_torchtune.X``.
-Imports only torch, torchtune's own dependencies (tokenizers, jinja2, safetensors) and
-the standard library, never anytune: an ejected plan runs where anytune is not installed.
+Copied into ``plan/anytune_torchtune.py`` beside ``workerlib.py`` and ``chatrender.py``. ``tune run``
+puts the run directory on ``sys.path``, so the recipe config names them ``plan.anytune_torchtune.X``.
+Imports only torch, torchtune's own dependencies (tokenizers, jinja2, safetensors), the standard
+library and those two copies, never anytune: an ejected plan runs where anytune is not installed.
 
-- ``ChatTemplateTokenizer``: the model's ``tokenizer.json`` plus the chat template of record.
+- ``ChatTemplateTokenizer``: the model's ``tokenizer.json`` plus the chat template of record,
+  rendered as transformers renders it (``chatrender``, the core's own renderer).
 - ``sft_dataset`` / ``preference_dataset``: the run's normalised records, tokenised with the
   loss mask every anytune engine uses (``workerlib.loss_spans`` + ``mask_from_offsets``).
 - ``AdamW`` / ``SGD``: torch's optimisers that record the trainable-parameter count and
@@ -25,10 +26,10 @@ import shutil
 import sys
 import time
 import traceback
-from datetime import datetime
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import chatrender  # noqa: E402
 import workerlib  # noqa: E402
 
 import torch  # noqa: E402
@@ -39,68 +40,12 @@ STATE: dict[str, Any] = {"tokens": 0, "trainable": None, "grad_norm": None, "log
 #: Tokenizer files copied next to a saved adapter or model.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json")
-SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 #: torchtune module name -> Hugging Face module name (PEFT target_modules).
 HF_MODULES = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "output_proj": "o_proj",
               "w1": "gate_proj", "w2": "down_proj", "w3": "up_proj", "output": "lm_head"}
 
 
 # -- tokenizer ----------------------------------------------------------------------------------------
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def special_tokens(model_dir: str) -> dict[str, str]:
-    """Named special tokens of a Hugging Face tokenizer directory, as chat templates see them."""
-    out: dict[str, str] = {}
-    for source in (_read_json(os.path.join(model_dir, "special_tokens_map.json")),
-                   _read_json(os.path.join(model_dir, "tokenizer_config.json"))):
-        for name in SPECIAL_TOKENS:
-            value = source.get(name)
-            if isinstance(value, dict):
-                value = value.get("content")
-            if isinstance(value, str):
-                out[name] = value
-    return out
-
-
-def _jinja_environment():
-    """A Jinja sandbox configured as transformers configures it for ``apply_chat_template``."""
-    import jinja2
-    import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class Generation(jinja2.ext.Extension):
-        """``{% generation %}`` markers: render their body."""
-
-        tags = {"generation"}
-
-        def parse(self, parser):
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
-
-        def _body(self, caller):
-            return caller()
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[Generation, jinja2.ext.loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
-    return env
 
 
 class ChatTemplateTokenizer:
@@ -117,11 +62,11 @@ class ChatTemplateTokenizer:
         self.tokenizer = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
-        self.special = special_tokens(path)
+        self.special = chatrender.special_tokens(path)
         self.template = None
         if chat_template and os.path.exists(chat_template):
             with open(chat_template, encoding="utf-8") as f:
-                self.template = _jinja_environment().from_string(f.read())
+                self.template = chatrender.environment().from_string(f.read())
         self.max_seq_len = max_seq_len
         self.eos = self.special.get("eos_token", "")
         self.eos_id = self.tokenizer.token_to_id(self.eos) if self.eos else None
@@ -135,9 +80,7 @@ class ChatTemplateTokenizer:
         """The conversation as text, exactly as ``apply_chat_template(..., tokenize=False)`` renders it."""
         if self.template is None:
             raise ValueError("this data needs a chat template and none was given (tokenizer.chat_template)")
-        chat = [{k: v for k, v in m.items() if v is not None} for m in messages]
-        return self.template.render(messages=chat, tools=None, documents=None,
-                                    add_generation_prompt=add_generation_prompt, **self.special)
+        return chatrender.render(self.template, messages, add_generation_prompt, self.special)
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         """Token ids of ``text`` (torchtune's BaseTokenizer protocol)."""
@@ -241,37 +184,26 @@ def _count_trainable(params) -> list:
 
 
 class _Clipping:
-    """Mixin: record the trainable-parameter count; clip the gradient norm before each step if asked."""
+    """Mixin over a torch optimiser: record the trainable-parameter count; clip the gradient norm before each step
+    if ``max_grad_norm`` is set (for recipes without ``clip_grad_norm``)."""
 
-    def _clip(self):
-        if self.max_grad_norm is None:
-            return
-        grads = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
-        STATE["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(grads, float(self.max_grad_norm)))
+    def __init__(self, params, max_grad_norm: float | None = None, **kwargs):
+        super().__init__(_count_trainable(params), **kwargs)
+        self.max_grad_norm = max_grad_norm
+
+    def step(self, closure=None):
+        if self.max_grad_norm is not None:
+            grads = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+            STATE["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(grads, float(self.max_grad_norm)))
+        return super().step(closure)
 
 
 class AdamW(_Clipping, torch.optim.AdamW):
-    """``torch.optim.AdamW``; ``max_grad_norm`` clips gradients first (for recipes without ``clip_grad_norm``)."""
-
-    def __init__(self, params, max_grad_norm: float | None = None, **kwargs):
-        super().__init__(_count_trainable(params), **kwargs)
-        self.max_grad_norm = max_grad_norm
-
-    def step(self, closure=None):
-        self._clip()
-        return super().step(closure)
+    """``torch.optim.AdamW``; ``max_grad_norm`` clips gradients first."""
 
 
 class SGD(_Clipping, torch.optim.SGD):
-    """``torch.optim.SGD``; ``max_grad_norm`` clips gradients first (for recipes without ``clip_grad_norm``)."""
-
-    def __init__(self, params, max_grad_norm: float | None = None, **kwargs):
-        super().__init__(_count_trainable(params), **kwargs)
-        self.max_grad_norm = max_grad_norm
-
-    def step(self, closure=None):
-        self._clip()
-        return super().step(closure)
+    """``torch.optim.SGD``; ``max_grad_norm`` clips gradients first."""
 
 
 def lr_schedule(optimizer, name: str, num_training_steps: int, warmup_ratio: float = 0.0, last_epoch: int = -1):
@@ -407,7 +339,7 @@ def _copy_tokenizer(model_dir: str, out: str, chat_template: str | None) -> None
     if chat_template and os.path.isfile(chat_template):
         shutil.copy(chat_template, os.path.join(out, "chat_template.jinja"))
         config_path = os.path.join(out, "tokenizer_config.json")
-        config = _read_json(config_path)
+        config = chatrender.read_json(config_path)
         if "chat_template" in config:  # the template of record wins
             del config["chat_template"]
             with open(config_path, "w") as f:
@@ -448,7 +380,7 @@ def finish(cfg, artifacts: str) -> dict[str, str]:
     out: dict[str, str] = {}
     if artifacts == "adapter":
         last = _last_epoch_dir(tune_dir)
-        hf_config = _read_json(os.path.join(model_dir, "config.json"))
+        hf_config = chatrender.read_json(os.path.join(model_dir, "config.json"))
         tune_state = torch.load(os.path.join(last, "adapter_model.pt"), map_location="cpu", weights_only=True)
         dest = os.path.join("artifacts", "adapter")
         os.makedirs(dest, exist_ok=True)
@@ -484,7 +416,7 @@ def finish(cfg, artifacts: str) -> dict[str, str]:
             with safe_open(shards[0], "pt") as f:
                 dtype = str(f.get_slice(next(iter(f.keys()))).get_dtype()).lower()
         config_path = os.path.join(dest, "config.json")
-        config = _read_json(config_path)
+        config = chatrender.read_json(config_path)
         if dtype and config:  # the weights' dtype, as transformers names it
             name = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}.get(dtype, config.get("dtype"))
             config["dtype"] = name

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from omegaconf import OmegaConf
 
 import core
-from core import envs, workerlib
+from core import chatrender, envs, workerlib
 from core.errors import ConfigError
 
 HERE = Path(__file__).parent
@@ -241,7 +241,7 @@ class TorchtuneBackend(core.Backend):
             raise ConfigError(f"{path} has no *.safetensors or *.bin weights for torchtune's HF checkpointer")
 
     def plan(self, run_dir: Path) -> core.Plan:
-        """Write ``plan/torchtune.yaml`` and copy the components beside it."""
+        """Write ``plan/torchtune.yaml`` and copy the components (with workerlib.py and chatrender.py) beside it."""
         plan_dir = run_dir / "plan"
         plan_dir.mkdir(parents=True, exist_ok=True)
         stats = workerlib.read_json(str(run_dir / "data" / "stats.json"))
@@ -255,8 +255,9 @@ class TorchtuneBackend(core.Backend):
         (run_dir / PLAN_FILE).write_text(header + OmegaConf.to_yaml(OmegaConf.create(config)))
         shutil.copy(HERE / "components.py", plan_dir / "anytune_torchtune.py")
         shutil.copy(workerlib.__file__, plan_dir / "workerlib.py")
+        shutil.copy(chatrender.__file__, plan_dir / "chatrender.py")
         return core.Plan(command=[self.python(), "-m", "torchtune._cli.tune", "run", recipe, "--config", PLAN_FILE],
-                         files=[PLAN_FILE, "plan/anytune_torchtune.py", "plan/workerlib.py"])
+                         files=[PLAN_FILE, "plan/anytune_torchtune.py", "plan/workerlib.py", "plan/chatrender.py"])
 
     def environment_version(self) -> str:
         """The pinned torchtune version."""

@@ -110,7 +110,7 @@ def test_plan_sft_lora(tmp_path, tiny):
     assert cfg["clip_grad_norm"] == 1.0 and cfg["enable_activation_checkpointing"] is True
     assert (cfg["device"], cfg["dtype"]) == ("cpu", "fp32")
     assert cfg["metric_logger"]["artifacts"] == "adapter" and cfg["metric_logger"]["max_steps"] == 8
-    for name in ("anytune_torchtune.py", "workerlib.py", "run.sh"):
+    for name in ("anytune_torchtune.py", "workerlib.py", "chatrender.py", "run.sh"):
         assert (run_dir / "plan" / name).is_file()
 
 

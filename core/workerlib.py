@@ -122,6 +122,56 @@ def hardware() -> dict[str, Any]:
     return info
 
 
+class Recorder:
+    """Context manager that records one worker run in ``result.json``, whatever happens.
+
+    ``with rec as result:`` yields the result dict to fill; on exit the status is
+    succeeded, interrupted (Ctrl-C) or failed (with the error and traceback tail), the
+    hardware, peak memory and worker time are added, the file is written atomically and
+    ``rec.code`` holds the process exit code (0, 130 or 1). Exceptions are recorded, not raised.
+    """
+
+    def __init__(self, engine: str, dists: tuple[str, ...], path: str = "result.json"):
+        self.path, self.code, self.started = path, 1, time.time()
+        self.result: dict[str, Any] = {"status": "failed", "engine": engine, "versions": versions(*dists)}
+
+    def __enter__(self) -> dict[str, Any]:
+        return self.result
+
+    def __exit__(self, typ, exc, tb) -> bool:
+        import traceback
+
+        r = self.result
+        if typ is None:
+            r["status"], self.code = "succeeded", 0
+        elif issubclass(typ, KeyboardInterrupt):
+            r["status"], self.code = "interrupted", 130
+        else:
+            r["error"] = f"{typ.__name__}: {exc}"
+            r["traceback"] = "".join(traceback.format_exception(typ, exc, tb))[-4000:]
+            traceback.print_exception(typ, exc, tb)
+        r.update(hardware=hardware(), peak_memory_mb=peak_memory_mb(),
+                 worker_seconds=round(time.time() - self.started, 3))
+        atomic_write_json(self.path, r)
+        return True
+
+
+def train_hf(trainer: Any, result: dict[str, Any], metrics_path: str = "metrics.jsonl") -> None:
+    """Train a Hugging Face ``Trainer`` (TRL's trainers too) and fill ``result``'s final metrics."""
+    result["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    loop_start = time.time()
+    out = trainer.train()
+    result["train_seconds"] = round(time.time() - loop_start, 3)
+    final = result["final"] = {"train_loss": out.training_loss, "steps": trainer.state.global_step}
+    if trainer.eval_dataset is not None:
+        metrics = trainer.evaluate()
+        if "eval_loss" in metrics:
+            final["eval_loss"] = metrics["eval_loss"]
+    losses = [r["loss"] for r in read_jsonl(metrics_path) if "loss" in r]
+    if losses:
+        final.update(first_loss=losses[0], last_loss=losses[-1])
+
+
 def loss_spans(kind: str, record: dict, render: Callable[[list, bool], str],
                completion_only: bool, eos: str = "") -> tuple[str, list[tuple[int, int]]]:
     """Text of one canonical record and the character spans that carry loss.

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workerlib  # noqa: E402
@@ -149,39 +147,12 @@ def main(argv):
     if spec.get("offline"):
         os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     writer = workerlib.MetricsWriter("metrics.jsonl")
-    started = time.time()
-    result = {"status": "failed", "engine": "hf",
-              "versions": workerlib.versions("transformers", "peft", "torch", "accelerate")}
-    try:
+    rec = workerlib.Recorder("hf", ("transformers", "peft", "torch", "accelerate"))
+    with rec as result:
         trainer, tokenizer = build_trainer(spec, writer)
-        result["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-        loop_start = time.time()
-        train_out = trainer.train()
-        result["train_seconds"] = round(time.time() - loop_start, 3)
-        result["final"] = {"train_loss": train_out.training_loss, "steps": trainer.state.global_step}
-        if trainer.eval_dataset is not None:
-            metrics = trainer.evaluate()
-            if "eval_loss" in metrics:
-                result["final"]["eval_loss"] = metrics["eval_loss"]
-        losses = [r["loss"] for r in workerlib.read_jsonl("metrics.jsonl") if "loss" in r]
-        if losses:
-            result["final"].update(first_loss=losses[0], last_loss=losses[-1])
+        workerlib.train_hf(trainer, result)
         result["artifacts"] = save_artifacts(trainer, tokenizer, spec) if spec.get("save", True) else {}
-        result["status"] = "succeeded"
-        return 0
-    except KeyboardInterrupt:
-        result["status"] = "interrupted"
-        return 130
-    except BaseException as exc:  # recorded, then the process fails
-        result["error"] = f"{type(exc).__name__}: {exc}"
-        result["traceback"] = traceback.format_exc()[-4000:]
-        traceback.print_exc()
-        return 1
-    finally:
-        result["hardware"] = workerlib.hardware()
-        result["peak_memory_mb"] = workerlib.peak_memory_mb()
-        result["worker_seconds"] = round(time.time() - started, 3)
-        workerlib.atomic_write_json("result.json", result)
+    return rec.code
 
 
 if __name__ == "__main__":

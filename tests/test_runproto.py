@@ -84,3 +84,17 @@ def test_metrics_tail_reads_only_complete_lines(tmp_path):
     with open(path, "a") as f:
         f.write(': 2}\n')
     assert tail.read() == [{"step": 2}]
+
+
+@pytest.mark.parametrize("raise_, status, code", [(None, "succeeded", 0), (KeyboardInterrupt, "interrupted", 130),
+                                                  (RuntimeError, "failed", 1)])
+def test_recorder_writes_result_whatever_happens(tmp_path, raise_, status, code):
+    rec = workerlib.Recorder("x", ("pytest",), path=str(tmp_path / "result.json"))
+    with rec as result:
+        result["final"] = {"steps": 3}
+        if raise_:
+            raise raise_("engine fell over")
+    on_disk = workerlib.read_json(str(tmp_path / "result.json"))
+    assert (on_disk["status"], rec.code) == (status, code)
+    assert on_disk["final"] == {"steps": 3} and on_disk["versions"]["pytest"]
+    assert ("engine fell over" in on_disk.get("error", "")) == (raise_ is RuntimeError)

@@ -27,7 +27,7 @@ def _task(cfg) -> dict:
     else:
         with progress.live(label) as update:
             result = runner.run(cfg, run_dir, progress=update)
-    progress.summary(result, run_dir)
+    progress.summary(result, run_dir, next_steps=hc.mode.name != "MULTIRUN")
     if result["status"] in ("failed", "interrupted"):
         _failed += 1
     return result

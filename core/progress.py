@@ -36,7 +36,7 @@ def live(label: str) -> Iterator[Any]:
         yield update
 
 
-def summary(result: dict, run_dir: Path) -> None:
+def summary(result: dict, run_dir: Path, next_steps: bool = True) -> None:
     """Print the outcome, the run directory's contents and the next commands."""
     status = result["status"]
     colour = {"succeeded": "green", "planned": "cyan", "interrupted": "yellow"}.get(status, "red")
@@ -51,6 +51,8 @@ def summary(result: dict, run_dir: Path) -> None:
         console.print("  " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                        for k, v in final.items()))
     console.print(f"\nRun directory: [bold]{run_dir}[/]")
+    if not next_steps:
+        return
     for name, what in (("config.yaml", "resolved config (secrets redacted)"),
                        ("data/", "normalised records, chat template, stats.json"),
                        ("plan/", "native engine files and run.sh (runs without anytune)"),
@@ -60,7 +62,7 @@ def summary(result: dict, run_dir: Path) -> None:
                        ("logs/", "the engine's own stdout/stderr")):
         if (run_dir / name.rstrip("/")).exists():
             console.print(f"  {name:<14} {what}")
-    if status in ("succeeded", "planned"):
+    if next_steps and status in ("succeeded", "planned"):
         console.print("\nNext:", highlight=False)
         for cmd, what in (("python -m core -m train.learning_rate=1e-3,5e-3", "a sweep, each job isolated"),
                           ("python -m core method=dpo data=demo_pref", "preference tuning"),

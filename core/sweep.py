@@ -1,6 +1,7 @@
 """Hydra callback that records a multirun: ``summary.json`` and a table of every job, failed ones too."""
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,23 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     for path in sorted(sweep_dir.glob("*/result.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
         r = workerlib.read_json(str(path))
         final = r.get("final") or {}
+        metrics = path.parent / "metrics.jsonl"
+        speeds = [m["tokens_per_s"] for m in workerlib.read_jsonl(str(metrics)) if m.get("tokens_per_s")] \
+            if metrics.exists() else []
         rows.append({"job": path.parent.name, "backend": r.get("backend"), "status": r.get("status"),
-                     "last_loss": final.get("last_loss"), "eval_loss": final.get("eval_loss"),
-                     "wall_seconds": r.get("wall_seconds"), "peak_memory_mb": r.get("peak_memory_mb"),
+                     "first_loss": final.get("first_loss"), "last_loss": final.get("last_loss"),
+                     "eval_loss": final.get("eval_loss"),
+                     "tokens_per_s": statistics.median(speeds) if speeds else None,
+                     "peak_memory_mb": r.get("peak_memory_mb"), "train_seconds": r.get("train_seconds"),
+                     "wall_seconds": r.get("wall_seconds"),
                      "error": (r.get("error") or "").splitlines()[0][:120] if r.get("error") else None})
     return rows
+
+
+#: summary field -> table heading
+COLUMNS = [("job", "job"), ("status", "status"), ("first_loss", "loss₁"), ("last_loss", "loss"),
+           ("eval_loss", "eval"), ("tokens_per_s", "tok/s"), ("peak_memory_mb", "peak MiB"),
+           ("train_seconds", "train s"), ("wall_seconds", "wall s"), ("error", "error")]
 
 
 class SweepReport(Callback):
@@ -34,11 +47,10 @@ class SweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = collect(sweep_dir)
         workerlib.atomic_write_json(str(sweep_dir / "summary.json"), rows)
-        table = Table(title=f"sweep {sweep_dir}")
-        for col in ("job", "backend", "status", "last_loss", "eval_loss", "wall_seconds", "error"):
-            table.add_column(col)
+        table = Table(title=f"sweep {sweep_dir} (summary.json)")
+        for col, head in COLUMNS:
+            table.add_column(head, overflow="fold")
         for r in rows:
             table.add_row(*[f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c] if r[c] is not None else "")
-                            for c in ("job", "backend", "status", "last_loss", "eval_loss", "wall_seconds",
-                                      "error")])
+                            for c, _ in COLUMNS])
         console.print(table)

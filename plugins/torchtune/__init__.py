@@ -1,4 +1,4 @@
-"""The torchtune backend: SFT (LoRA, DoRA, full) and LoRA DPO through torchtune 0.6.1's own recipes.
+"""The torchtune backend: SFT (LoRA, DoRA, QLoRA, full; packing) and LoRA DPO through torchtune 0.6.1's own recipes.
 
 torchtune runs in an environment anytune creates from the versions pinned in
 ``TorchtuneBackend.environment`` (``python -m core.envs create torchtune``): torchtune

@@ -8,7 +8,8 @@ library and those two copies, never anytune: an ejected plan runs where anytune 
 - ``ChatTemplateTokenizer``: the model's ``tokenizer.json`` plus the chat template of record,
   rendered as transformers renders it (``chatrender``, the core's own renderer).
 - ``sft_dataset`` / ``preference_dataset``: the run's normalised records, tokenised with the
-  loss mask every anytune engine uses (``workerlib.loss_spans`` + ``mask_from_offsets``).
+  loss mask every anytune engine uses (``workerlib.loss_spans`` + ``mask_from_offsets``);
+  ``packed_sft_dataset``: the same SFT examples packed by torchtune's ``PackedDataset``.
 - ``AdamW`` / ``SGD``: torch's optimisers that record the trainable-parameter count and
   can clip gradients (for recipes that do not).
 - ``lr_schedule``: Hugging Face's schedules (linear, cosine, constant, constant_with_warmup).
@@ -167,6 +168,73 @@ def sft_dataset(tokenizer: ChatTemplateTokenizer, source: str, kind: str, comple
     return _Records(examples, passes, seed)
 
 
+class _Packs(torch.utils.data.Dataset):
+    """Packs of torchtune's ``PackedDataset`` served ``count`` times in all, in seeded shuffles of the packs."""
+
+    def __init__(self, packs: list[dict], count: int, seed: int):
+        self.packs = packs
+        self.order: list[int] = []
+        p = 0
+        while len(self.order) < count:
+            self.order += _passes(len(packs), 1, seed + p)
+            p += 1
+        self.order = self.order[:count]
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int) -> dict:
+        if STATE["logger"] is not None and not STATE.get("started"):
+            STATE["started"] = True
+            STATE["logger"].writer.restart()
+        pack = self.packs[self.order[i]]
+        STATE["tokens"] += int(pack["real_tokens"])
+        return {k: v for k, v in pack.items() if k != "real_tokens"}
+
+
+def packed_sft_dataset(tokenizer: ChatTemplateTokenizer, source: str, kind: str, completion_only_loss: bool = True,
+                       seed: int = 0, packed: bool = True, max_steps: int = -1, epochs: float = 1.0,
+                       batch_size: int = 1, grad_accum: int = 1) -> torch.utils.data.Dataset:
+    """SFT examples packed by torchtune's ``PackedDataset`` into sequences of ``tokenizer.max_seq_len`` tokens.
+
+    The records are shuffled once (``seed``) and packed in that order, greedily, an example never split
+    across packs; the recipe's ``padded_collate_packed`` turns each pack's ``seq_lens`` into a
+    document mask and ``input_pos`` restarts at 0 for every example. Each example's first label is
+    ignored, so after the recipe's one-token label shift no token predicts the next example's first
+    token: the (context, target) pairs that carry loss are those of the unpacked data.
+
+    :param packed: tells the recipe to collate with ``padded_collate_packed`` (read from the config).
+    :param max_steps: optimiser steps to serve; <= 0: ``ceil(epochs * ceil(ceil(packs / batch) / accum))``
+        as Hugging Face counts them over the packed data.
+    """
+    from torchtune.datasets import PackedDataset
+
+    examples = []
+    for rec in workerlib.read_jsonl(source):
+        ids, mask = tokenizer.example(kind, rec, completion_only_loss)
+        labels = [t if m else IGNORE for t, m in zip(ids, mask)]
+        if labels:
+            labels[0] = IGNORE  # never a target across a pack's example boundary
+        examples.append({"tokens": ids, "labels": labels})
+    order = _passes(len(examples), 1, seed)
+    packed_ds = PackedDataset([examples[i] for i in order], max_seq_len=int(tokenizer.max_seq_len),
+                              padding_idx=tokenizer.pad_id, split_across_pack=False)
+    ordered, j, packs = [len(examples[i]["tokens"]) for i in order], 0, []
+    for pack in packed_ds.packs:  # real tokens: the examples' seq_lens, not the trailing padding entry
+        real = 0
+        for n in pack["seq_lens"].tolist():
+            if j < len(ordered) and ordered[j] == n:
+                real, j = real + n, j + 1
+            else:
+                break
+        packs.append({**pack, "real_tokens": real})
+    if max_steps <= 0:
+        max_steps = max(1, math.ceil(epochs * math.ceil(math.ceil(len(packs) / batch_size) / grad_accum)))
+    STATE["packs"] = len(packs)
+    STATE["max_steps"] = max_steps
+    return _Packs(packs, max_steps * batch_size * grad_accum, seed)
+
+
 def preference_dataset(tokenizer: ChatTemplateTokenizer, source: str, passes: int = 1,
                        seed: int = 0) -> torch.utils.data.Dataset:
     """DPO examples (``chosen_input_ids``, ``chosen_labels``, ``rejected_*``) from normalised preference records."""
@@ -287,10 +355,12 @@ class MetricLogger:
         """One recipe log row -> one metrics.jsonl row in anytune's schema."""
         loss = _scalar(payload.get("loss"))
         epoch = None
-        if self.train_rows:
-            epoch = round(step * self.examples_per_step / self.train_rows, 4)
+        rows = STATE.get("packs") or self.train_rows  # with packing an epoch is a pass over the packs
+        if rows:
+            epoch = round(step * self.examples_per_step / rows, 4)
         grad_norm = _scalar(payload.get("grad_norm", STATE["grad_norm"]))
-        row = self.writer.write(step=step, max_steps=self.max_steps, epoch=epoch, loss=loss,
+        max_steps = self.max_steps if self.max_steps else STATE.get("max_steps")
+        row = self.writer.write(step=step, max_steps=max_steps, epoch=epoch, loss=loss,
                                 learning_rate=_scalar(payload.get("lr")), grad_norm=grad_norm,
                                 tokens=STATE["tokens"])
         self.rows.append(row)

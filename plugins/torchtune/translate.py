@@ -142,6 +142,21 @@ def model_dir(name_or_path: str) -> Path:
                       f"first: hf download {name_or_path}")
 
 
+#: torchao's NF4 (torchtune's FrozenNF4Linear): blocks of 64 weights, their scales double-quantised in blocks of 256
+NF4_BLOCK = 64 * 256
+
+
+def nf4_problems(hf_config: dict) -> list[str]:
+    """Base linear layers whose weight torchao's ``to_nf4`` cannot quantise (size not a multiple of 64 x 256)."""
+    dim, heads = hf_config["hidden_size"], hf_config["num_attention_heads"]
+    head_dim = hf_config.get("head_dim") or dim // heads
+    kv = hf_config.get("num_key_value_heads") or heads
+    shapes = {"q_proj": (heads * head_dim, dim), "k_proj": (kv * head_dim, dim), "v_proj": (kv * head_dim, dim),
+              "o_proj": (dim, heads * head_dim), "gate_proj": (hf_config["intermediate_size"], dim),
+              "up_proj": (hf_config["intermediate_size"], dim), "down_proj": (dim, hf_config["intermediate_size"])}
+    return [f"{name} {o}x{i}" for name, (o, i) in shapes.items() if (o * i) % NF4_BLOCK]
+
+
 def lora_targets(targets: list[str], tied: bool) -> dict[str, Any]:
     """peft.target_modules (Hugging Face names) -> torchtune's lora_attn_modules / apply_lora_to_* flags.
 
@@ -197,18 +212,19 @@ class TorchtuneBackend(core.Backend):
     capabilities: ClassVar[core.Capabilities] = core.Capabilities(
         supports={
             "method.name": frozenset({"sft", "dpo"}),
-            "peft.type": frozenset({"none", "lora", "dora"}),
+            "peft.type": frozenset({"none", "lora", "dora", "qlora"}),
             "data.kind": frozenset({"messages", "prompt_completion", "preference", "text"}),
             "train.device": frozenset({"cpu", "cuda"}),
             "train.precision": frozenset({"fp32", "bf16"}),
             "train.optimizer": frozenset({"adamw", "sgd"}),
             "train.lr_scheduler": frozenset({"linear", "cosine", "constant", "constant_with_warmup"}),
             "method.loss_type": frozenset({"sigmoid", "hinge"}),
-            "method.packing": frozenset({False}),
+            "method.packing": frozenset({False, True}),
             "method.completion_only_loss": frozenset({True, False}),
             "train.gradient_checkpointing": frozenset({False, True}),
             "data.eval": frozenset({False}),
         },
+        requires={"peft.type=qlora": "cuda"},
     )
 
     def hf_config(self) -> tuple[Path, dict]:
@@ -231,6 +247,14 @@ class TorchtuneBackend(core.Backend):
         if j.method.name == "dpo" and j.peft.type == "dora":
             raise ConfigError("method.name=dpo with peft.type=dora: torchtune's lora_dpo_single_device "
                               "does not initialise DoRA magnitudes; use peft.type=lora")
+        if j.method.name == "dpo" and j.method.packing:
+            raise ConfigError("method.packing=true with method.name=dpo: torchtune's PackedDataset packs SFT data "
+                              "only (packs SFT data only); set method.packing=false")
+        if j.peft.type == "qlora" and nf4_problems(hf):
+            raise ConfigError(f"peft.type=qlora: torchao's NF4 (torchtune's quantize_base) needs every base linear "
+                              f"weight to hold a multiple of {NF4_BLOCK} values (blocks of 64, scales in blocks "
+                              f"of 256); this model has {', '.join(nf4_problems(hf))}. Use peft.type=lora, or "
+                              "backend=trl (bitsandbytes)")
         if j.peft.type != "none":
             lora_targets(list(j.peft.target_modules), bool(hf.get("tie_word_embeddings", False)))
         precision = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[j.train.precision]
@@ -282,12 +306,20 @@ class TorchtuneBackend(core.Backend):
                      **lora_targets(list(p.target_modules), args["tie_word_embeddings"]),
                      **args, "lora_rank": p.r, "lora_alpha": float(p.alpha), "lora_dropout": p.dropout,
                      "use_dora": p.type == "dora"}
+            if p.type == "qlora":  # the frozen base as torchao NF4 (FrozenNF4Linear), LoRA on top
+                model["quantize_base"] = True
         weights = sorted(f.name for f in path.glob("*.safetensors")) or sorted(f.name for f in path.glob("*.bin"))
         tokenizer = {"_component_": f"{COMPONENTS}.ChatTemplateTokenizer", "path": str(path),
                      "chat_template": "data/chat_template.jinja", "max_seq_len": t.max_length}
         if m.name == "dpo":
             dataset = {"_component_": f"{COMPONENTS}.preference_dataset", "source": "data/train.jsonl",
                        "passes": passes, "seed": t.seed}
+        elif m.packing:  # torchtune's PackedDataset; the recipe collates with padded_collate_packed
+            dataset = {"_component_": f"{COMPONENTS}.packed_sft_dataset", "packed": True,
+                       "source": "data/train.jsonl", "kind": stats["kind"],
+                       "completion_only_loss": bool(m.completion_only_loss), "seed": t.seed,
+                       "max_steps": t.max_steps, "epochs": float(t.epochs), "batch_size": t.batch_size,
+                       "grad_accum": t.grad_accum}
         else:
             dataset = {"_component_": f"{COMPONENTS}.sft_dataset", "source": "data/train.jsonl",
                        "kind": stats["kind"], "completion_only_loss": bool(m.completion_only_loss),
@@ -308,7 +340,8 @@ class TorchtuneBackend(core.Backend):
             "shuffle": False,  # the dataset shuffles each pass with `seed`
             "batch_size": t.batch_size,
             "epochs": 1,  # one epoch over `passes` shuffled passes of the data
-            "max_steps_per_epoch": steps,
+            # packing: the dataset holds exactly the steps' packs (their number is known only once packed)
+            "max_steps_per_epoch": None if m.packing else steps,
             "gradient_accumulation_steps": t.grad_accum,
             "optimizer": optimizer,
             "lr_scheduler": {"_component_": f"{COMPONENTS}.lr_schedule", "name": t.lr_scheduler,
@@ -319,7 +352,8 @@ class TorchtuneBackend(core.Backend):
             "enable_activation_checkpointing": bool(t.gradient_checkpointing),
             "enable_activation_offloading": False,
             "metric_logger": {"_component_": f"{COMPONENTS}.MetricLogger", "filename": "metrics.jsonl",
-                              "max_steps": steps, "train_rows": rows,
+                              "max_steps": None if m.packing and t.max_steps <= 0 else steps,
+                              "train_rows": rows,
                               "examples_per_step": t.batch_size * t.grad_accum,
                               "artifacts": ("none" if not t.save_artifacts else "model" if full else "adapter")},
             "log_every_n_steps": t.logging_steps,

@@ -31,6 +31,7 @@ FEATURES: dict[str, list[Any]] = {
     "method.completion_only_loss": [True, False],
     "train.gradient_checkpointing": [False, True],
     "data.eval": [False, True],
+    "train.shuffle": [True, False],
 }
 
 

@@ -88,8 +88,10 @@ def generates(model, tokenizer) -> bool:
     return out.shape[1] > ids["input_ids"].shape[1]
 
 
-def reference_loss(model_path: str, data_dir: Path, max_length: int, completion_only: bool = True) -> float:
-    """Step-1 SFT loss computed with plain transformers: mean over loss tokens of the whole data set.
+def reference_loss(model_path: str, data_dir: Path, max_length: int, completion_only: bool = True,
+                   rows: int | None = None) -> float:
+    """Step-1 SFT loss computed with plain transformers: mean over loss tokens of the data set
+    (or of its first ``rows`` records).
 
     Uses the run's normalised records and chat template of record, one unpadded
     forward per example, labels shifted as Hugging Face models do.
@@ -101,7 +103,7 @@ def reference_loss(model_path: str, data_dir: Path, max_length: int, completion_
     tok.chat_template = (data_dir / "chat_template.jinja").read_text()
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     kind = workerlib.read_json(str(data_dir / "stats.json"))["kind"]
-    records = workerlib.read_jsonl(str(data_dir / "train.jsonl"))
+    records = workerlib.read_jsonl(str(data_dir / "train.jsonl"))[:rows]
     total, count = 0.0, 0
     for row in workerlib.tokenize_records(records, tok, kind, completion_only, max_length):
         ids, mask = torch.tensor(row["input_ids"]), torch.tensor(row["completion_mask"])
@@ -172,3 +174,17 @@ class BackendConformance:
         ref = reference_loss(cfg.model.name_or_path, run_dir / "data", cfg.train.max_length)
         assert abs(step1 - ref) < 1e-3, (step1, ref)
         assert result["trainable_parameters"] == reference_trainable(cfg.model.name_or_path, cfg.peft)
+
+    def test_sequential_order(self, backend: str, tmp_path: Path):
+        """With train.shuffle=false the first batch is the first rows of data/train.jsonl, on every engine."""
+        overrides = ["method=sft", "peft=lora", "data.max_rows=12", "train.batch_size=4", "train.max_steps=1",
+                     "train.shuffle=false", "train.save_artifacts=false"]
+        missing = unsupported(compose([f"backend={backend}", *SMALL, *overrides]), backend)
+        if missing:
+            return self.check_refused(backend, overrides, tmp_path, missing)
+        cfg, run_dir, result = self.run_job(backend, overrides, tmp_path)
+        assert result["status"] == "succeeded", result.get("error")
+        step1 = next(r["loss"] for r in workerlib.read_jsonl(str(run_dir / "metrics.jsonl")) if "loss" in r)
+        first = reference_loss(cfg.model.name_or_path, run_dir / "data", cfg.train.max_length, rows=4)
+        later = reference_loss(cfg.model.name_or_path, run_dir / "data", cfg.train.max_length)
+        assert abs(step1 - first) < 1e-3 and abs(first - later) > 1e-3, (step1, first, later)

@@ -110,6 +110,8 @@ class TrainConfig:
     """Where to train; auto = cuda if available, else cpu."""
     seed: int = 42
     """Seed for initialisation, data order and dropout."""
+    shuffle: bool = True
+    """Shuffle the examples each epoch (with seed); false: every engine reads data/train.jsonl in order, so engines see the same batches."""
     logging_steps: int = 1
     """Write a metrics row every N optimiser steps."""
     eval_steps: int = 0

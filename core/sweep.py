@@ -36,6 +36,13 @@ COLUMNS = [("job", "job"), ("status", "status"), ("first_loss", "loss₁"), ("la
            ("train_seconds", "train s"), ("wall_seconds", "wall s"), ("error", "error")]
 
 
+def cell(value: Any) -> str:
+    """A table cell: 4 significant digits, large numbers whole."""
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
 class SweepReport(Callback):
     """On multirun end: write ``<sweep dir>/summary.json`` and print one row per job."""
 
@@ -51,6 +58,5 @@ class SweepReport(Callback):
         for col, head in COLUMNS:
             table.add_column(head, overflow="fold")
         for r in rows:
-            table.add_row(*[f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c] if r[c] is not None else "")
-                            for c, _ in COLUMNS])
+            table.add_row(*[cell(r[c]) for c, _ in COLUMNS])
         console.print(table)

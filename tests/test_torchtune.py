@@ -100,7 +100,7 @@ def test_plan_sft_lora(tmp_path, tiny):
     assert cfg["save_adapter_weights_only"] is True, "never merged weights beside an adapter"
     assert cfg["tokenizer"]["chat_template"] == "data/chat_template.jinja"
     assert cfg["dataset"] == {"_component_": "plan.anytune_torchtune.sft_dataset", "source": "data/train.jsonl",
-                              "kind": "messages", "completion_only_loss": True, "passes": 2, "seed": 7}
+                              "kind": "messages", "completion_only_loss": True, "passes": 2, "seed": 7, "shuffle": True}
     assert (cfg["batch_size"], cfg["gradient_accumulation_steps"], cfg["max_steps_per_epoch"]) == (4, 2, 8)
     assert (cfg["epochs"], cfg["shuffle"], cfg["seed"]) == (1, False, 7)
     assert cfg["optimizer"]["_component_"] == "plan.anytune_torchtune.AdamW"
@@ -499,7 +499,8 @@ def test_plan_packing(tmp_path, tiny):
     assert result["status"] == "planned", result.get("error")
     assert cfg["dataset"] == {"_component_": "plan.anytune_torchtune.packed_sft_dataset", "packed": True,
                               "source": "data/train.jsonl", "kind": "messages", "completion_only_loss": True,
-                              "seed": 42, "max_steps": 8, "epochs": 1.0, "batch_size": 4, "grad_accum": 2}
+                              "seed": 42, "max_steps": 8, "epochs": 1.0, "batch_size": 4, "grad_accum": 2,
+                              "shuffle": True}
     assert cfg["max_steps_per_epoch"] is None, "the dataset holds exactly the packs of max_steps steps"
     assert cfg["metric_logger"]["max_steps"] == 8
     _, _, cfg = plan_only(tmp_path / "epochs", "method.packing=true", "train.max_steps=-1", "train.epochs=2",

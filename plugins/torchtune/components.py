@@ -122,12 +122,13 @@ class ChatTemplateTokenizer:
 # -- datasets ----------------------------------------------------------------------------------------
 
 
-def _passes(n: int, passes: int, seed: int) -> list[int]:
-    """Indices of ``passes`` shuffled passes over ``n`` records, each pass a fresh permutation."""
+def _passes(n: int, passes: int, seed: int, shuffle: bool = True) -> list[int]:
+    """Indices of ``passes`` passes over ``n`` records, each a fresh seeded permutation (or in order)."""
     order = []
     for p in range(passes):
         idx = list(range(n))
-        random.Random(seed + p).shuffle(idx)
+        if shuffle:
+            random.Random(seed + p).shuffle(idx)
         order += idx
     return order
 
@@ -135,9 +136,9 @@ def _passes(n: int, passes: int, seed: int) -> list[int]:
 class _Records(torch.utils.data.Dataset):
     """Pre-tokenised examples served in the order of ``passes`` seeded shuffles."""
 
-    def __init__(self, examples: list[dict], passes: int, seed: int):
+    def __init__(self, examples: list[dict], passes: int, seed: int, shuffle: bool = True):
         self.examples = examples
-        self.order = _passes(len(examples), max(1, int(passes)), seed)
+        self.order = _passes(len(examples), max(1, int(passes)), seed, shuffle)
 
     def __len__(self) -> int:
         return len(self.order)
@@ -153,30 +154,31 @@ class _Records(torch.utils.data.Dataset):
 
 
 def sft_dataset(tokenizer: ChatTemplateTokenizer, source: str, kind: str, completion_only_loss: bool = True,
-                passes: int = 1, seed: int = 0) -> torch.utils.data.Dataset:
+                passes: int = 1, seed: int = 0, shuffle: bool = True) -> torch.utils.data.Dataset:
     """SFT examples (``tokens``, ``labels``) from a normalised jsonl file of the run directory.
 
     :param kind: canonical record kind: messages, prompt_completion or text.
     :param completion_only_loss: loss on assistant turns / completions only (else on every token).
     :param passes: shuffled passes over the records, concatenated (the recipe runs one epoch of them).
     :param seed: seed of the shuffles.
+    :param shuffle: false: every pass in file order (``train.shuffle=false``).
     """
     examples = []
     for rec in workerlib.read_jsonl(source):
         ids, mask = tokenizer.example(kind, rec, completion_only_loss)
         examples.append({"tokens": ids, "labels": [t if m else IGNORE for t, m in zip(ids, mask)]})
-    return _Records(examples, passes, seed)
+    return _Records(examples, passes, seed, shuffle)
 
 
 class _Packs(torch.utils.data.Dataset):
     """Packs of torchtune's ``PackedDataset`` served ``count`` times in all, in seeded shuffles of the packs."""
 
-    def __init__(self, packs: list[dict], count: int, seed: int):
+    def __init__(self, packs: list[dict], count: int, seed: int, shuffle: bool = True):
         self.packs = packs
         self.order: list[int] = []
         p = 0
         while len(self.order) < count:
-            self.order += _passes(len(packs), 1, seed + p)
+            self.order += _passes(len(packs), 1, seed + p, shuffle)
             p += 1
         self.order = self.order[:count]
 
@@ -194,7 +196,7 @@ class _Packs(torch.utils.data.Dataset):
 
 def packed_sft_dataset(tokenizer: ChatTemplateTokenizer, source: str, kind: str, completion_only_loss: bool = True,
                        seed: int = 0, packed: bool = True, max_steps: int = -1, epochs: float = 1.0,
-                       batch_size: int = 1, grad_accum: int = 1) -> torch.utils.data.Dataset:
+                       batch_size: int = 1, grad_accum: int = 1, shuffle: bool = True) -> torch.utils.data.Dataset:
     """SFT examples packed by torchtune's ``PackedDataset`` into sequences of ``tokenizer.max_seq_len`` tokens.
 
     The records are shuffled once (``seed``) and packed in that order, greedily, an example never split
@@ -216,7 +218,7 @@ def packed_sft_dataset(tokenizer: ChatTemplateTokenizer, source: str, kind: str,
         if labels:
             labels[0] = IGNORE  # never a target across a pack's example boundary
         examples.append({"tokens": ids, "labels": labels})
-    order = _passes(len(examples), 1, seed)
+    order = _passes(len(examples), 1, seed, shuffle)
     packed_ds = PackedDataset([examples[i] for i in order], max_seq_len=int(tokenizer.max_seq_len),
                               padding_idx=tokenizer.pad_id, split_across_pack=False)
     ordered, j, packs = [len(examples[i]["tokens"]) for i in order], 0, []
@@ -232,13 +234,13 @@ def packed_sft_dataset(tokenizer: ChatTemplateTokenizer, source: str, kind: str,
         max_steps = max(1, math.ceil(epochs * math.ceil(math.ceil(len(packs) / batch_size) / grad_accum)))
     STATE["packs"] = len(packs)
     STATE["max_steps"] = max_steps
-    return _Packs(packs, max_steps * batch_size * grad_accum, seed)
+    return _Packs(packs, max_steps * batch_size * grad_accum, seed, shuffle)
 
 
 def preference_dataset(tokenizer: ChatTemplateTokenizer, source: str, passes: int = 1,
-                       seed: int = 0) -> torch.utils.data.Dataset:
+                       seed: int = 0, shuffle: bool = True) -> torch.utils.data.Dataset:
     """DPO examples (``chosen_input_ids``, ``chosen_labels``, ``rejected_*``) from normalised preference records."""
-    return _Records([tokenizer.preference(rec) for rec in workerlib.read_jsonl(source)], passes, seed)
+    return _Records([tokenizer.preference(rec) for rec in workerlib.read_jsonl(source)], passes, seed, shuffle)
 
 
 # -- optimisers and schedules ------------------------------------------------------------------------

@@ -212,6 +212,7 @@ class TorchtuneBackend(core.Backend):
     capabilities: ClassVar[core.Capabilities] = core.Capabilities(
         supports={
             "method.name": frozenset({"sft", "dpo"}),
+            "train.shuffle": frozenset({True, False}),
             "peft.type": frozenset({"none", "lora", "dora", "qlora"}),
             "data.kind": frozenset({"messages", "prompt_completion", "preference", "text"}),
             "train.device": frozenset({"cpu", "cuda"}),
@@ -313,17 +314,17 @@ class TorchtuneBackend(core.Backend):
                      "chat_template": "data/chat_template.jinja", "max_seq_len": t.max_length}
         if m.name == "dpo":
             dataset = {"_component_": f"{COMPONENTS}.preference_dataset", "source": "data/train.jsonl",
-                       "passes": passes, "seed": t.seed}
+                       "passes": passes, "seed": t.seed, "shuffle": bool(t.shuffle)}
         elif m.packing:  # torchtune's PackedDataset; the recipe collates with padded_collate_packed
             dataset = {"_component_": f"{COMPONENTS}.packed_sft_dataset", "packed": True,
                        "source": "data/train.jsonl", "kind": stats["kind"],
                        "completion_only_loss": bool(m.completion_only_loss), "seed": t.seed,
                        "max_steps": t.max_steps, "epochs": float(t.epochs), "batch_size": t.batch_size,
-                       "grad_accum": t.grad_accum}
+                       "grad_accum": t.grad_accum, "shuffle": bool(t.shuffle)}
         else:
             dataset = {"_component_": f"{COMPONENTS}.sft_dataset", "source": "data/train.jsonl",
                        "kind": stats["kind"], "completion_only_loss": bool(m.completion_only_loss),
-                       "passes": passes, "seed": t.seed}
+                       "passes": passes, "seed": t.seed, "shuffle": bool(t.shuffle)}
         optimizer = {"_component_": f"{COMPONENTS}.{'AdamW' if t.optimizer == 'adamw' else 'SGD'}",
                      "lr": t.learning_rate, "weight_decay": t.weight_decay}
         clip = t.max_grad_norm if t.max_grad_norm and t.max_grad_norm > 0 else None
@@ -337,7 +338,7 @@ class TorchtuneBackend(core.Backend):
             "resume_from_checkpoint": False,
             "dataset": dataset,
             "seed": t.seed,
-            "shuffle": False,  # the dataset shuffles each pass with `seed`
+            "shuffle": False,  # the dataset shuffles each pass with `seed` (or not: train.shuffle)
             "batch_size": t.batch_size,
             "epochs": 1,  # one epoch over `passes` shuffled passes of the data
             # packing: the dataset holds exactly the steps' packs (their number is known only once packed)

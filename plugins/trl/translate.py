@@ -41,6 +41,7 @@ class TrlBackend(core.Backend):
             "method.completion_only_loss": frozenset({False, True}),
             "train.gradient_checkpointing": frozenset({False, True}),
             "data.eval": frozenset({False, True}),
+            "train.shuffle": frozenset({True, False}),
         },
         requires={"peft.type=qlora": "cuda"},
     )
@@ -95,6 +96,8 @@ class TrlBackend(core.Backend):
         }
         if t.gradient_checkpointing:
             args["activation_checkpointing"] = True
+        if not t.shuffle:
+            args["train_sampling_strategy"] = "sequential"
         if has_eval and t.eval_steps > 0:
             args.update(eval_strategy="steps", eval_steps=t.eval_steps)
         if m.name == "sft":

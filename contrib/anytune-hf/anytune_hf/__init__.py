@@ -44,6 +44,7 @@ class HfBackend(core.Backend):
             "method.completion_only_loss": frozenset({True, False}),
             "train.gradient_checkpointing": frozenset({False, True}),
             "data.eval": frozenset({False, True}),
+            "train.shuffle": frozenset({True, False}),
         },
     )
 

@@ -77,6 +77,8 @@ def native_spec(job: Any, stats: dict[str, Any]) -> dict[str, Any]:
     }
     if t.gradient_checkpointing:
         args["activation_checkpointing"] = True
+    if not t.shuffle:
+        args["train_sampling_strategy"] = "sequential"
     if has_eval and t.eval_steps > 0:
         args.update(eval_strategy="steps", eval_steps=t.eval_steps)
     args.update(OmegaConf.to_container(b.native, resolve=True) if b.native else {})

@@ -155,11 +155,20 @@ def has_distribution(python: str, dist: str) -> bool:
     return distribution_version(python, dist) is not None
 
 
+def python_variable(name: str) -> str:
+    """Environment variable naming one backend's interpreter, e.g. ``ANYTUNE_PYTHON_TORCHTUNE``.
+
+    Unlike ``backend.python=...`` it applies to that backend alone, so a sweep over several
+    backends can give each its own interpreter.
+    """
+    return "ANYTUNE_PYTHON_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+
+
 def interpreter(backend: Any, strict: bool = True) -> str:
     """The interpreter that runs ``backend``'s engine (a Backend instance).
 
-    In order: the backend config's ``python``; the current interpreter if it has the
-    engine; the managed environment's interpreter if that exists.
+    In order: the backend config's ``python``; ``$ANYTUNE_PYTHON_<BACKEND>``; the current
+    interpreter if it has the engine; the managed environment's interpreter if that exists.
 
     :param strict: when none has the engine, raise (True) or return the managed
         environment's interpreter path anyway (False: a plan can still be written).
@@ -167,6 +176,7 @@ def interpreter(backend: Any, strict: bool = True) -> str:
     """
     job = getattr(backend, "job", None)
     configured = job.backend.get("python") if job is not None else None
+    configured = configured or os.environ.get(python_variable(backend.name))
     if configured:
         return str(configured)
     dist = getattr(backend, "engine_distribution", "")

@@ -219,3 +219,16 @@ def test_is_current_does_not_resolve_links(tmp_path):
     os.symlink(os.path.realpath(sys.executable), link)
     assert envs.is_current(sys.executable)
     assert not envs.is_current(str(link)), "another venv's python links to the same binary"
+
+
+def test_per_backend_interpreter_variable(monkeypatch, tmp_path):
+    """ANYTUNE_PYTHON_<NAME> picks one backend's interpreter and leaves the others alone."""
+    from core import plugins
+    from core.conformance import compose
+
+    monkeypatch.setenv("ANYTUNE_PYTHON_TORCHTUNE", str(tmp_path / "tt-python"))
+    reg = plugins.registry()
+    assert reg.backend("torchtune")(compose(["backend=torchtune"])).python() == str(tmp_path / "tt-python")
+    assert reg.backend("trl")(compose(["backend=trl"])).python() != str(tmp_path / "tt-python")
+    cfg = compose(["backend=torchtune", "backend.python=/explicit/python"])
+    assert reg.backend("torchtune")(cfg).python() == "/explicit/python"  # the config wins

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from core import data as datalib
 from core import workerlib
 from core.config import check_values, redacted
-from core.errors import AnytuneError, EngineMissing
+from core.errors import AnytuneError, ConfigError, EngineMissing
 from core.plugins import Registry, registry
 from core.validate import validate
 
@@ -93,7 +93,20 @@ def prepare(cfg: DictConfig, run_dir: Path, reg: Registry, result: dict):
                                      model_path=tokenizer_files(cfg.model.name_or_path, cfg.offline),
                                      out_dir=run_dir / "data", max_length=cfg.train.max_length,
                                      seed=cfg.train.seed)
+    check_loss_tokens(cfg, result["data"])
     return backend
+
+
+def check_loss_tokens(cfg: DictConfig, stats: dict) -> None:
+    """Refuse rows whose prompt alone fills train.max_length: truncated, they carry no loss at all
+    (TRL 1.16's ORPO then logs loss 0 for every step instead of failing)."""
+    fills = (stats.get("prompt_fills_max_length") or {}).get("train")
+    if not fills or (cfg.method.name == "sft" and not cfg.method.completion_only_loss):
+        return
+    longest = ((stats.get("tokens") or {}).get("train") or {}).get("max")
+    raise ConfigError(f"{fills} training row(s) have a prompt that fills train.max_length={cfg.train.max_length} "
+                      f"by itself, so after truncation they carry no loss; raise train.max_length (the longest "
+                      f"row has {longest} tokens) or drop those rows (data/stats.json: prompt_fills_max_length)")
 
 
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",

@@ -69,3 +69,16 @@ def test_sweep_records_failed_job_and_goes_on(tmp_path):
     assert [r["status"] for r in summary] == ["failed", "succeeded"]
     assert "qlora" in summary[0]["error"] and "cuda" in summary[0]["error"]
     assert (Path(tmp_path) / "1-trl-sft" / "artifacts/adapter").exists()
+
+
+def test_prompt_that_fills_max_length_is_refused_before_the_engine(tmp_path):
+    cfg = compose(SMALL + ["plan_only=true", "method=orpo", "data=demo_pref", "data.max_rows=16",
+                           "train.max_length=256"])
+    result = runner.run(cfg, tmp_path)
+    assert result["status"] == "failed" and "fills train.max_length=256" in result["error"]
+    stats = workerlib.read_json(str(tmp_path / "data/stats.json"))
+    assert stats["prompt_fills_max_length"]["train"] == 2
+    assert not (tmp_path / "plan").exists()
+    cfg = compose(SMALL + ["plan_only=true", "method=orpo", "data=demo_pref", "data.max_rows=16",
+                           "train.max_length=400"])
+    assert runner.run(cfg, tmp_path)["status"] == "planned"

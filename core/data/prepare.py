@@ -249,15 +249,19 @@ def _token_stats(kind: str, splits: dict[str, list[_Row]], model_path: str | Non
                  specials: dict[str, str], max_length: int) -> dict[str, Any]:
     tokenizer = tokstats.load_tokenizer(model_path)
     if tokenizer is None:
-        return {"tokenizer": None, "tokens": None, "truncated": None}
+        return {"tokenizer": None, "tokens": None, "truncated": None, "prompt_fills_max_length": None}
     eos = specials.get("eos_token", "")
-    tokens, truncated = {}, {}
+    tokens, truncated, fills = {}, {}, {}
     for name, rows in splits.items():
         texts = [r.texts if r.texts is not None else tokstats.texts(kind, r.record, render, eos) for r in rows]
         summary = tokstats.summary(tokstats.token_lengths(tokenizer, texts), max_length) if rows else None
         truncated[name] = summary.pop("truncated") if summary else None
         tokens[name] = summary
-    return {"tokenizer": str(Path(model_path) / "tokenizer.json"), "tokens": tokens, "truncated": truncated}
+        prompts = [[p] for p in (tokstats.prompt_text(kind, r.record, render) for r in rows) if p is not None]
+        fills[name] = (sum(n >= max_length for n in tokstats.token_lengths(tokenizer, prompts))
+                       if prompts else (0 if rows else None))
+    return {"tokenizer": str(Path(model_path) / "tokenizer.json"), "tokens": tokens, "truncated": truncated,
+            "prompt_fills_max_length": fills}
 
 
 #: Characters some readers take for line breaks (str.splitlines); escaped so a record is always one line.

@@ -37,6 +37,19 @@ def texts(kind: str, record: dict, render: Callable[[list, bool], str] | None, e
     return [record["text"] + eos]
 
 
+def prompt_text(kind: str, record: dict, render: Callable[[list, bool], str] | None) -> str | None:
+    """The text before the first token that carries loss (the prompt), or None for plain text."""
+    if kind == "preference":
+        return render(record["prompt"], True)
+    if kind == "messages":
+        msgs = record["messages"]
+        first = next((i for i, m in enumerate(msgs) if m["role"] == "assistant"), len(msgs))
+        return render(msgs[:first], True)
+    if kind == "prompt_completion":
+        return record["prompt"]
+    return None
+
+
 def token_lengths(tokenizer, texts_per_row: list[list[str]]) -> list[int]:
     """Tokens per row (the longest of a row's texts), encoded in one batch."""
     flat = [t for row in texts_per_row for t in row]

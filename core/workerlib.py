@@ -156,6 +156,30 @@ class Recorder:
         return True
 
 
+def hf_metrics_callback(writer: MetricsWriter) -> Any:
+    """A ``transformers.TrainerCallback`` writing the Trainer's log rows as schema rows
+    (imports transformers: call it only from a Hugging Face worker)."""
+    from transformers import TrainerCallback
+
+    class MetricsCallback(TrainerCallback):
+        """One metrics.jsonl row per training log and one per evaluation."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            writer.restart()  # the clock starts with training, not loading
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            tokens = state.num_input_tokens_seen or logs.get("num_tokens")
+            common = {"step": state.global_step, "max_steps": state.max_steps, "epoch": logs.get("epoch")}
+            if "loss" in logs:
+                writer.write(**common, loss=logs["loss"], learning_rate=logs.get("learning_rate"),
+                             grad_norm=logs.get("grad_norm"), tokens=int(tokens) if tokens else None)
+            if "eval_loss" in logs:
+                writer.write(**common, eval_loss=logs["eval_loss"])
+
+    return MetricsCallback()
+
+
 def train_hf(trainer: Any, result: dict[str, Any], metrics_path: str = "metrics.jsonl") -> None:
     """Train a Hugging Face ``Trainer`` (TRL's trainers too) and fill ``result``'s final metrics."""
     result["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)

@@ -9,15 +9,11 @@ from typing import Any, ClassVar
 from omegaconf import OmegaConf
 
 import core
-from core import workerlib
+from core import hftrainer, workerlib
 from core.errors import ConfigError
 
 HERE = Path(__file__).parent
 
-#: canonical scheduler/optimiser names -> transformers' names
-SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant",
-              "constant_with_warmup": "constant_with_warmup"}
-OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd"}
 
 
 class TrlBackend(core.Backend):
@@ -35,7 +31,7 @@ class TrlBackend(core.Backend):
             "train.device": frozenset({"cpu", "cuda"}),
             "train.precision": frozenset({"fp32", "bf16", "fp16"}),
             "train.optimizer": frozenset({"adamw", "sgd"}),
-            "train.lr_scheduler": frozenset(SCHEDULERS),
+            "train.lr_scheduler": frozenset(hftrainer.SCHEDULERS),
             "method.loss_type": frozenset({"sigmoid", "ipo", "hinge"}),
             "method.packing": frozenset({False, True}),
             "method.completion_only_loss": frozenset({False, True}),
@@ -67,39 +63,8 @@ class TrlBackend(core.Backend):
         j = self.job
         has_eval = bool(stats.get("rows", {}).get("eval"))
         t, m, p = j.train, j.method, j.peft
-        precision = t.precision
-        args: dict[str, Any] = {
-            "output_dir": "artifacts/checkpoints",
-            "per_device_train_batch_size": t.batch_size,
-            "per_device_eval_batch_size": t.batch_size,
-            "gradient_accumulation_steps": t.grad_accum,
-            "learning_rate": t.learning_rate,
-            "lr_scheduler_type": SCHEDULERS[t.lr_scheduler],
-            "warmup_steps": t.warmup_ratio,
-            "weight_decay": t.weight_decay,
-            "optim": OPTIMIZERS[t.optimizer],
-            "max_grad_norm": t.max_grad_norm,
-            "num_train_epochs": t.epochs,
-            "max_steps": t.max_steps,
-            "seed": t.seed,
-            "data_seed": t.seed,
-            "logging_steps": t.logging_steps,
-            "logging_first_step": True,
-            "save_strategy": "no",
-            "report_to": "none",
-            "disable_tqdm": True,
-            "bf16": precision == "bf16",
-            "fp16": precision == "fp16",
-            "use_cpu": t.device == "cpu",
-            "max_length": t.max_length,
-            "dataloader_num_workers": 0,
-        }
-        if t.gradient_checkpointing:
-            args["activation_checkpointing"] = True
-        if not t.shuffle:
-            args["train_sampling_strategy"] = "sequential"
-        if has_eval and t.eval_steps > 0:
-            args.update(eval_strategy="steps", eval_steps=t.eval_steps)
+        args = hftrainer.training_args(j, has_eval)
+        args["max_length"] = t.max_length
         if m.name == "sft":
             args.update(packing=m.packing, completion_only_loss=m.completion_only_loss,
                         dataset_num_proc=j.backend.get("dataset_num_proc", 1))
@@ -108,17 +73,8 @@ class TrlBackend(core.Backend):
         elif m.name == "orpo":
             args.update(beta=m.beta)
         args.update(OmegaConf.to_container(j.backend.native, resolve=True) if j.backend.native else {})
-        peft = None
-        if p.type != "none":
-            peft = {"r": p.r, "lora_alpha": p.alpha, "lora_dropout": p.dropout,
-                    "target_modules": (p.target_modules[0] if list(p.target_modules) == ["all-linear"]
-                                       else list(p.target_modules)),
-                    "use_dora": p.type == "dora", "task_type": "CAUSAL_LM", "bias": "none"}
-        dtype = j.model.dtype
-        if dtype == "auto":
-            dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[precision]
-            if p.type == "none" and precision != "fp32":
-                dtype = "float32"  # full fine-tune: fp32 master weights, mixed-precision compute
+        peft = hftrainer.lora_kwargs(p)
+        dtype = hftrainer.load_dtype(j)
         return {
             "method": m.name,
             "kind": stats["kind"],

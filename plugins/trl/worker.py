@@ -28,29 +28,6 @@ def tokenize_sft(records, tokenizer, kind, completion_only, max_length):
     return Dataset.from_list(workerlib.tokenize_records(records, tokenizer, kind, completion_only, max_length))
 
 
-def make_callback(writer):
-    from transformers import TrainerCallback
-
-    class MetricsCallback(TrainerCallback):
-        """Streams TRL's log rows into metrics.jsonl in anytune's schema."""
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            writer.restart()
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = logs or {}
-            tokens = state.num_input_tokens_seen or logs.get("num_tokens")
-            if "loss" in logs:
-                writer.write(step=state.global_step, max_steps=state.max_steps, epoch=logs.get("epoch"),
-                             loss=logs["loss"], learning_rate=logs.get("learning_rate"),
-                             grad_norm=logs.get("grad_norm"), tokens=int(tokens) if tokens else None)
-            if "eval_loss" in logs:
-                writer.write(step=state.global_step, max_steps=state.max_steps, epoch=logs.get("epoch"),
-                             eval_loss=logs["eval_loss"])
-
-    return MetricsCallback()
-
-
 def config_args(config_class, args):
     """``args`` adapted to the installed TRL/transformers (older releases name activation checkpointing
     ``gradient_checkpointing``)."""
@@ -94,7 +71,7 @@ def build_trainer(spec, writer):
     train = workerlib.read_jsonl(spec["data"]["train"])
     evals = workerlib.read_jsonl(spec["data"]["eval"]) if spec["data"]["eval"] else None
     common = {"model": model, "processing_class": tokenizer, "peft_config": peft_config,
-              "callbacks": [make_callback(writer)]}
+              "callbacks": [workerlib.hf_metrics_callback(writer)]}
     if method == "sft":
         from trl import SFTConfig, SFTTrainer
 

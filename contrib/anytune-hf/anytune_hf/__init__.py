@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import core
+from core import hftrainer
 
 from anytune_hf import translate
 
@@ -38,8 +39,8 @@ class HfBackend(core.Backend):
             "data.kind": frozenset({"messages", "prompt_completion", "text"}),
             "train.device": frozenset({"cpu", "cuda"}),
             "train.precision": frozenset({"fp32", "bf16", "fp16"}),
-            "train.optimizer": frozenset(translate.OPTIMIZERS),
-            "train.lr_scheduler": frozenset(translate.SCHEDULERS),
+            "train.optimizer": frozenset(hftrainer.OPTIMIZERS),
+            "train.lr_scheduler": frozenset(hftrainer.SCHEDULERS),
             "method.packing": frozenset({False}),
             "method.completion_only_loss": frozenset({True, False}),
             "train.gradient_checkpointing": frozenset({False, True}),

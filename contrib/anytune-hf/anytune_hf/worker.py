@@ -50,32 +50,6 @@ class PadCollator:
                 for key, value in fill.items()}
 
 
-def make_callback(writer):
-    """A TrainerCallback that streams the Trainer's log rows into metrics.jsonl in anytune's schema."""
-    from transformers import TrainerCallback
-
-    class MetricsCallback(TrainerCallback):
-        """Writes one metrics.jsonl row per training log and one per evaluation."""
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            """Start the clock when training, not loading, begins."""
-            writer.restart()
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            """Translate a Trainer log dict into schema rows."""
-            logs = logs or {}
-            tokens = state.num_input_tokens_seen
-            if "loss" in logs:
-                writer.write(step=state.global_step, max_steps=state.max_steps, epoch=logs.get("epoch"),
-                             loss=logs["loss"], learning_rate=logs.get("learning_rate"),
-                             grad_norm=logs.get("grad_norm"), tokens=int(tokens) if tokens else None)
-            if "eval_loss" in logs:
-                writer.write(step=state.global_step, max_steps=state.max_steps, epoch=logs.get("epoch"),
-                             eval_loss=logs["eval_loss"])
-
-    return MetricsCallback()
-
-
 def training_arguments(args):
     """``TrainingArguments`` for ``args``, adapted to the installed transformers (before 5.x activation
     checkpointing is called ``gradient_checkpointing``)."""
@@ -124,7 +98,7 @@ def build_trainer(spec, writer):
     evals = tokenize(spec["data"]["eval"]) if spec["data"]["eval"] else None
     trainer = Trainer(model=model, args=training_arguments(args), train_dataset=train, eval_dataset=evals,
                       data_collator=PadCollator(tokenizer.pad_token_id, tspec.get("pad_to_multiple_of")),
-                      processing_class=tokenizer, callbacks=[make_callback(writer)])
+                      processing_class=tokenizer, callbacks=[workerlib.hf_metrics_callback(writer)])
     return trainer, tokenizer
 
 

@@ -1,0 +1,74 @@
+"""Translation shared by backends built on Hugging Face's ``Trainer`` (TRL, and third parties').
+
+Plain dicts only: nothing here imports transformers. A backend adds its own keys
+(TRL's ``packing``, ``beta`` ...) on top and applies ``backend.native`` last.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant",
+              "constant_with_warmup": "constant_with_warmup"}
+"""canonical train.lr_scheduler -> transformers' lr_scheduler_type"""
+OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd"}
+"""canonical train.optimizer -> transformers' optim"""
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+"""canonical train.precision -> torch dtype name"""
+
+
+def training_args(job: Any, has_eval: bool) -> dict[str, Any]:
+    """``TrainingArguments`` keyword arguments for the canonical ``train`` section.
+
+    :param has_eval: the prepared data has an eval split.
+    """
+    t = job.train
+    args: dict[str, Any] = {
+        "output_dir": "artifacts/checkpoints",
+        "per_device_train_batch_size": t.batch_size,
+        "per_device_eval_batch_size": t.batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": SCHEDULERS[t.lr_scheduler],
+        "warmup_steps": t.warmup_ratio,  # transformers reads a value below 1 as a ratio of the steps
+        "weight_decay": t.weight_decay,
+        "optim": OPTIMIZERS[t.optimizer],
+        "max_grad_norm": t.max_grad_norm,
+        "num_train_epochs": t.epochs,
+        "max_steps": t.max_steps,
+        "seed": t.seed,
+        "data_seed": t.seed,
+        "logging_steps": t.logging_steps,
+        "logging_first_step": True,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "bf16": t.precision == "bf16",
+        "fp16": t.precision == "fp16",
+        "use_cpu": t.device == "cpu",
+        "dataloader_num_workers": 0,
+    }
+    if t.gradient_checkpointing:
+        args["activation_checkpointing"] = True
+    if not t.shuffle:
+        args["train_sampling_strategy"] = "sequential"
+    if has_eval and t.eval_steps > 0:
+        args.update(eval_strategy="steps", eval_steps=t.eval_steps)
+    return args
+
+
+def lora_kwargs(peft: Any) -> dict[str, Any] | None:
+    """``peft.LoraConfig`` keyword arguments, or None for a full fine-tune."""
+    if peft.type == "none":
+        return None
+    targets = list(peft.target_modules)
+    return {"r": peft.r, "lora_alpha": peft.alpha, "lora_dropout": peft.dropout,
+            "target_modules": targets[0] if targets == ["all-linear"] else targets,
+            "use_dora": peft.type == "dora", "task_type": "CAUSAL_LM", "bias": "none"}
+
+
+def load_dtype(job: Any) -> str:
+    """Dtype to load the base weights in: model.dtype, or for auto the training precision
+    (a full fine-tune keeps fp32 master weights and computes in mixed precision)."""
+    if job.model.dtype != "auto":
+        return job.model.dtype
+    return "float32" if job.peft.type == "none" else DTYPES[job.train.precision]

@@ -196,6 +196,20 @@ def train_hf(trainer: Any, result: dict[str, Any], metrics_path: str = "metrics.
         final.update(first_loss=losses[0], last_loss=losses[-1])
 
 
+def save_hf(trainer: Any, tokenizer: Any, adapter: bool) -> dict[str, str]:
+    """Save a Trainer's model: the adapter to artifacts/adapter (PEFT layout) or the whole model to
+    artifacts/model, tokenizer beside it; drop the trainer's output dir if it left nothing there."""
+    kind = "adapter" if adapter else "model"
+    out = os.path.join("artifacts", kind)
+    trainer.model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    try:
+        os.rmdir(trainer.args.output_dir)
+    except OSError:
+        pass
+    return {kind: out}
+
+
 def loss_spans(kind: str, record: dict, render: Callable[[list, bool], str],
                completion_only: bool, eos: str = "") -> tuple[str, list[tuple[int, int]]]:
     """Text of one canonical record and the character spans that carry loss.

@@ -97,20 +97,6 @@ def build_trainer(spec, writer):
     raise ValueError(f"unknown method {method!r}")
 
 
-def save_artifacts(trainer, tokenizer, spec):
-    """Adapter (LoRA/DoRA/QLoRA) to artifacts/adapter, full model to artifacts/model; tokenizer beside it."""
-    model = trainer.model
-    kind = "adapter" if spec["peft"] else "model"
-    out = os.path.join("artifacts", kind)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    try:
-        os.rmdir(trainer.args.output_dir)  # only if the trainer left nothing there
-    except OSError:
-        pass
-    return {kind: out}
-
-
 def main(argv):
     spec = workerlib.read_json(argv[1])
     writer = workerlib.MetricsWriter("metrics.jsonl")
@@ -119,7 +105,8 @@ def main(argv):
     with rec as result:
         trainer, tokenizer = build_trainer(spec, writer)
         workerlib.train_hf(trainer, result)
-        result["artifacts"] = save_artifacts(trainer, tokenizer, spec) if spec.get("save", True) else {}
+        result["artifacts"] = (workerlib.save_hf(trainer, tokenizer, bool(spec["peft"]))
+                               if spec.get("save", True) else {})
     return rec.code
 
 

@@ -102,19 +102,6 @@ def build_trainer(spec, writer):
     return trainer, tokenizer
 
 
-def save_artifacts(trainer, tokenizer, spec):
-    """Adapter (LoRA/DoRA) to artifacts/adapter, full model to artifacts/model; tokenizer beside it."""
-    kind = "adapter" if spec["peft"] else "model"
-    out = os.path.join("artifacts", kind)
-    trainer.model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    try:
-        os.rmdir(trainer.args.output_dir)  # only if the trainer left nothing there
-    except OSError:
-        pass
-    return {kind: out}
-
-
 def main(argv):
     """Run the job in ``argv[1]``; always write result.json; exit 0, 1 (failed) or 130 (interrupted)."""
     spec = workerlib.read_json(argv[1])
@@ -125,7 +112,8 @@ def main(argv):
     with rec as result:
         trainer, tokenizer = build_trainer(spec, writer)
         workerlib.train_hf(trainer, result)
-        result["artifacts"] = save_artifacts(trainer, tokenizer, spec) if spec.get("save", True) else {}
+        result["artifacts"] = (workerlib.save_hf(trainer, tokenizer, bool(spec["peft"]))
+                               if spec.get("save", True) else {})
     return rec.code
 
 

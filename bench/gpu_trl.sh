@@ -101,36 +101,7 @@ tail -n 12 "$OUT/env.txt"
 MODEL=$WORK/model-$DIMS
 DATA=$WORK/gsm8k_sft_2000.jsonl
 say "building the $DIMS model in $MODEL"
-ROOT=$ROOT MODEL=$MODEL DIMS=$DIMS DATA=$DATA "$PYTHON" - <<'EOF' || { echo "model build failed"; exit 1; }
-import json, os, sys, time
-from pathlib import Path
-root = Path(os.environ["ROOT"])
-sys.path.insert(0, str(root / "tests"))
-import torch
-import tiny
-tiny.DATA = root / ".bench" / "data"  # the carried slice of ../shared/data (default_corpus reads 2000 + 500 rows)
-with open(tiny.DATA / "gsm8k" / "train.jsonl") as f, open(os.environ["DATA"], "w") as out:
-    for line in f:
-        r = json.loads(line)
-        out.write(json.dumps({"messages": [{"role": "user", "content": r["question"]},
-                                           {"role": "assistant", "content": r["answer"]}]}) + "\n")
-dims = {"llama1b": dict(hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32, num_kv_heads=8),
-        "tiny": dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2)}
-t = time.time()
-with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init on the GPU: seconds, not minutes
-    path = tiny.build_tiny_model(os.environ["MODEL"], vocab_size=1024, **dims[os.environ["DIMS"]])
-cfg = json.load(open(path / "config.json"))
-import math
-from safetensors import safe_open
-n = 0  # parameters as saved (tied embeddings once)
-for p in path.glob("*.safetensors"):
-    with safe_open(str(p), "pt") as f:
-        n += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
-print(json.dumps({"model_build_s": round(time.time() - t, 1), "parameters": n, "vocab_size": cfg["vocab_size"],
-                  "bytes": tiny.size_of(path)}))
-json.dump({"model_build_s": round(time.time() - t, 1), "parameters": n, "config": cfg},
-          open(Path(os.environ["MODEL"]).parent / "model-info.json", "w"))
-EOF
+ROOT=$ROOT MODEL=$MODEL DIMS=$DIMS DATA=$DATA "$PYTHON" "$ROOT/bench/gpu_model.py" || { echo "model build failed"; exit 1; }
 
 # --- the jobs ----------------------------------------------------------------------------
 run_job() {  # name, then overrides

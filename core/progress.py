@@ -43,7 +43,7 @@ def summary(result: dict, run_dir: Path, next_steps: bool = True) -> None:
     console.print(f"[bold {colour}]{status}[/]  backend={result.get('backend')}  "
                   f"wall {result.get('wall_seconds', 0):.1f}s")
     if status == "failed":
-        console.print(result.get("error", ""), style="red", markup=False, highlight=False)
+        console.print(result.get("error", ""), style="red", markup=False, highlight=False, soft_wrap=True)
         if result.get("traceback"):
             console.print(result["traceback"], markup=False, highlight=False)
     final = result.get("final") or {}

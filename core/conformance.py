@@ -48,19 +48,18 @@ def compose(overrides: list[str]) -> DictConfig:
 
 
 def unsupported(cfg: DictConfig, backend: str) -> list[str]:
-    """Features of ``cfg`` that ``backend``'s capability table lacks (as field=value)."""
+    """Features of ``cfg`` that ``backend``'s capability table refuses (as field=value), as validation sees them."""
     from core import data, plugins
-    from core.validate import features_of, resolve_auto
+    from core.errors import UnsupportedFeature
+    from core.validate import check_capabilities, resolve_auto
 
-    caps = plugins.registry().backend(backend).capabilities
+    reg = plugins.registry()
     resolve_auto(cfg)
-    values = features_of(cfg, data.detect_kind(cfg.data))
-    missing = [f"{k}={v}" for k, v in values.items() if not caps.can(k, v)]
-    for key, device in caps.requires.items():
-        feature, value = key.split("=", 1)
-        if str(values[feature]) == value and values["train.device"] != device:
-            missing.append(key)
-    return missing
+    try:
+        check_capabilities(cfg, reg.backend(backend), reg.backends, data.detect_kind(cfg.data))
+    except UnsupportedFeature as exc:
+        return [f"{exc.field}={exc.value}"]
+    return []
 
 
 def load_artifact(run_dir: Path, result: dict[str, Any]):

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from core import data as datalib
+from core import envs
 from core import workerlib
 from core.config import check_values, redacted
 from core.errors import AnytuneError, ConfigError, EngineMissing
@@ -76,7 +77,7 @@ def run(cfg: DictConfig, run_dir: Path, reg: Registry | None = None,
 def prepare(cfg: DictConfig, run_dir: Path, reg: Registry, result: dict):
     """Validate, save the redacted config and write the normalised data; return the backend."""
     backend_cls = reg.backend(cfg.backend.name)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(redacted(cfg))))
+    save_config(cfg, run_dir)  # first as given, so a refused job still records what it was
     check_values(cfg)
     kind = datalib.detect_kind(cfg.data)
     datalib.check_method(kind, cfg.method.name, cfg.data.train)
@@ -86,15 +87,22 @@ def prepare(cfg: DictConfig, run_dir: Path, reg: Registry, result: dict):
     version = backend.engine_version()
     result["engine_version"] = version
     if version is None and not cfg.plan_only:
+        if backend.environment:
+            raise EngineMissing(envs.missing_message(envs.of(backend)))
         raise EngineMissing(f"backend '{backend.name}' needs its engine ({backend.engine_distribution}) "
                             f"in {backend.python()}; install it with: {backend.install_hint}")
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(redacted(cfg))))  # auto resolved
+    save_config(cfg, run_dir)  # again, with auto settings resolved
     result["data"] = datalib.prepare(cfg.data, method=cfg.method.name,
                                      model_path=tokenizer_files(cfg.model.name_or_path, cfg.offline),
                                      out_dir=run_dir / "data", max_length=cfg.train.max_length,
                                      seed=cfg.train.seed)
     check_loss_tokens(cfg, result["data"])
     return backend
+
+
+def save_config(cfg: DictConfig, run_dir: Path) -> None:
+    """Write the resolved, redacted config as ``config.yaml``."""
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(redacted(cfg))))
 
 
 def check_loss_tokens(cfg: DictConfig, stats: dict) -> None:
@@ -152,26 +160,25 @@ def execute(plan, cfg: DictConfig, run_dir: Path, reg: Registry, result: dict,
         except OSError as exc:
             raise EngineMissing(f"cannot start {plan.command[0]}: {exc}") from exc
         tail = MetricsTail(metrics_path)
+
+        def dispatch() -> None:
+            for row in tail.read():
+                reg.pm.hook.on_metrics(run_dir=str(run_dir), metrics=row)
+                if progress:
+                    progress(row)
+
         try:
             while proc.poll() is None:
-                for row in tail.read():
-                    reg.pm.hook.on_metrics(run_dir=str(run_dir), metrics=row)
-                    if progress:
-                        progress(row)
+                dispatch()
                 time.sleep(0.2)
         except KeyboardInterrupt:
             stop(proc)
             result["status"] = "interrupted"
-        for row in tail.read():
-            reg.pm.hook.on_metrics(run_dir=str(run_dir), metrics=row)
-            if progress:
-                progress(row)
+        dispatch()
     worker = run_dir / "result.json"
-    if worker.exists():
-        result.update({k: v for k, v in workerlib.read_json(str(worker)).items() if k != "status"})
-        status = workerlib.read_json(str(worker)).get("status")
-    else:
-        status = None
+    written = workerlib.read_json(str(worker)) if worker.exists() else {}
+    status = written.pop("status", None)
+    result.update(written)
     result["exit_code"] = proc.returncode
     if result["status"] == "interrupted" or status == "interrupted":
         result["status"] = "interrupted"

@@ -14,13 +14,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workerlib  # noqa: E402
 
 
-def load_records(path):
-    """Canonical records of one split as a datasets.Dataset."""
-    from datasets import Dataset
-
-    return Dataset.from_list(workerlib.read_jsonl(path))
-
-
 def tokenize_sft(records, tokenizer, kind, completion_only, max_length):
     """SFT records as a Dataset of ``input_ids`` and ``completion_mask``, which TRL takes as processed."""
     from datasets import Dataset

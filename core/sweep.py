@@ -8,17 +8,17 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from core import workerlib
+from core import runproto
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     """The result.json of every job under a sweep directory, in job order (rebuilt from disk alone)."""
     rows = []
     for path in sorted(sweep_dir.glob("*/result.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
-        r = workerlib.read_json(str(path))
+        r = runproto.read_json(str(path))
         final = r.get("final") or {}
         metrics = path.parent / "metrics.jsonl"
-        speeds = [m["tokens_per_s"] for m in workerlib.read_jsonl(str(metrics)) if m.get("tokens_per_s")] \
+        speeds = [m["tokens_per_s"] for m in runproto.read_jsonl(str(metrics)) if m.get("tokens_per_s")] \
             if metrics.exists() else []
         rows.append({"job": path.parent.name, "backend": r.get("backend"), "status": r.get("status"),
                      "first_loss": final.get("first_loss"), "last_loss": final.get("last_loss"),
@@ -53,7 +53,7 @@ class SweepReport(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = collect(sweep_dir)
-        workerlib.atomic_write_json(str(sweep_dir / "summary.json"), rows)
+        runproto.atomic_write_json(str(sweep_dir / "summary.json"), rows)
         table = Table(title=f"sweep {sweep_dir} (summary.json)")
         for col, head in COLUMNS:
             table.add_column(head, overflow="fold")

@@ -13,7 +13,7 @@ from core import template
 from core.data import formats, stats as tokstats
 from core.data.readers import BadRow, check_exists, first_row, iter_rows
 from core.errors import ConfigError, DataError
-from core.workerlib import atomic_write_json, atomic_write_text
+from core.runproto import atomic_write_json, atomic_write_text
 
 #: method -> canonical record kinds it trains on.
 METHOD_KINDS = {"sft": ("messages", "prompt_completion", "text"), "dpo": ("preference",),

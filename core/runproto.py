@@ -1,0 +1,235 @@
+"""The run protocol between the core and a step's process. Standard library only.
+
+This module is the whole contract a worker has to meet, and it is copied into
+``plan/`` beside every worker (``ctx.ship(runproto)``), so an ejected plan runs
+where anytune is not installed. The core imports it too: one definition of the
+run-directory names, the metrics schema, atomic writes and the outcome file.
+
+A worker:
+
+- appends rows to ``metrics.jsonl`` with :class:`MetricsWriter` (optional);
+- may record what it produced in the outcome file with :class:`Outcome`
+  (final metrics, artefacts, trainable parameters, versions);
+- exits 0 on success, 130 when interrupted, anything else on failure.
+
+The core alone writes ``result.json``: the status comes from the exit code, the
+rest from the outcome file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from typing import Any
+
+# -- run-directory names (relative to the run directory, the worker's working directory) -------------
+
+CONFIG = "config.yaml"
+"""The resolved job, secrets redacted."""
+DATA = "data"
+"""Normalised data folder."""
+TRAIN = "data/train.jsonl"
+"""Normalised training records."""
+EVAL = "data/eval.jsonl"
+"""Normalised held-out records (absent when there are none)."""
+TEMPLATE = "data/chat_template.jinja"
+"""The chat template of record (absent for kinds or steps that use none)."""
+STATS = "data/stats.json"
+"""Statistics of the prepared data."""
+PLAN = "plan"
+"""Native files of every step, and their commands."""
+METRICS_FILE = "metrics.jsonl"
+"""One row per logged step (schema: :data:`METRICS`)."""
+RESULT = "result.json"
+"""The job's result; written by the core alone."""
+EVAL_FILE = "eval.json"
+"""Scores of every evaluator that ran."""
+ARTIFACTS = "artifacts"
+"""What the steps produced: adapter, model, merged model, ..."""
+LOGS = "logs"
+"""Each step's own stdout and stderr."""
+OUTCOME = "outcome.json"
+"""Default outcome file; the core names another in ``$ANYTUNE_OUTCOME``."""
+OUTCOME_ENV = "ANYTUNE_OUTCOME"
+"""Environment variable holding the outcome file a step's worker writes."""
+
+INTERRUPTED = 130
+"""Exit code of a worker stopped by Ctrl-C (SIGINT)."""
+
+#: The one metrics schema for all engines: one JSON object per line of metrics.jsonl.
+METRICS = {
+    "step": "optimiser step (1-based)",
+    "max_steps": "total optimiser steps planned",
+    "epoch": "fractional epoch",
+    "loss": "training loss: mean over loss tokens of the step's batches",
+    "learning_rate": "learning rate at this step",
+    "grad_norm": "gradient norm before clipping",
+    "tokens": "tokens processed so far (non-padding)",
+    "tokens_per_s": "tokens processed per second since the previous row",
+    "peak_memory_mb": "peak accelerator memory (CUDA) or peak process RSS (CPU), MiB",
+    "eval_loss": "loss on the eval set (rows written at evaluation)",
+    "elapsed_s": "seconds since training started",
+}
+
+
+# -- files ---------------------------------------------------------------------------------------------
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write text so readers see the old file or the new one, never half of one."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    """Write JSON atomically (see ``atomic_write_text``)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str))
+
+
+def read_json(path: str) -> Any:
+    """The JSON value in ``path``."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """Every JSON object of a JSON-lines file."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# -- measurements ---------------------------------------------------------------------------------------
+
+
+def peak_memory_mb() -> float:
+    """Peak CUDA memory if torch has CUDA in use, else the process's peak RSS."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def versions(*dists: str) -> dict[str, str]:
+    """Installed versions of the named distributions (missing ones omitted), and Python's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for d in dists:
+        try:
+            out[d] = version(d)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def hardware() -> dict[str, Any]:
+    """CPU/GPU description of this machine."""
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                            "machine": platform.machine()}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+class MetricsWriter:
+    """Appends schema rows to metrics.jsonl, adding elapsed time, tokens/s and peak memory."""
+
+    def __init__(self, path: str = METRICS_FILE):
+        """:param path: the metrics file (relative to the run directory)."""
+        self.path = path
+        self.start = time.time()
+        self._last_t = self.start
+        self._last_tokens = 0
+        open(path, "a").close()
+
+    def restart(self) -> None:
+        """Start the clock now (call when training, not loading, begins)."""
+        self.start = self._last_t = time.time()
+
+    def write(self, **row: Any) -> dict:
+        """Append one row; keys outside :data:`METRICS` and None values are dropped. Returns the row."""
+        now = time.time()
+        row = {k: v for k, v in row.items() if k in METRICS and v is not None}
+        tokens = row.get("tokens")
+        if tokens is not None and "tokens_per_s" not in row and now > self._last_t:
+            row["tokens_per_s"] = round((tokens - self._last_tokens) / (now - self._last_t), 1)
+            self._last_tokens, self._last_t = tokens, now
+        row.setdefault("peak_memory_mb", peak_memory_mb())
+        row["elapsed_s"] = round(now - self.start, 3)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+        return row
+
+
+# -- the outcome file -------------------------------------------------------------------------------------
+
+
+def local_artifact(path: str, **meta: Any) -> dict[str, Any]:
+    """An artefact on disk, ``path`` relative to the run directory (``artifacts/adapter``)."""
+    return {"path": path, **meta}
+
+
+def remote_artifact(id: str, provider: str, **meta: Any) -> dict[str, Any]:
+    """An artefact held by a service: a hosted model id (``ft:gpt-4.1-mini:org::abc``) and who holds it."""
+    return {"id": id, "provider": provider, **meta}
+
+
+def outcome_path() -> str:
+    """Where this step's outcome goes: ``$ANYTUNE_OUTCOME``, else ``outcome.json`` in the working directory."""
+    return os.environ.get(OUTCOME_ENV) or OUTCOME
+
+
+class Outcome:
+    """Records what a worker produced in the outcome file, whatever happens.
+
+    ``with Outcome(("trl", "torch")) as out:`` yields a dict to fill: ``final``
+    (metrics such as ``train_loss``, ``eval_loss``), ``artifacts`` (name ->
+    :func:`local_artifact` / :func:`remote_artifact`), ``trainable_parameters``,
+    ``train_seconds``, ``scores`` (evaluators) ... On exit it adds versions,
+    hardware, peak memory and worker time (and the error of a failure), writes the
+    file atomically and sets ``code`` to the exit code the worker should return
+    (0, 130 interrupted, 1 failed). Exceptions are recorded and printed, not raised.
+    """
+
+    def __init__(self, dists: tuple[str, ...] = (), path: str | None = None):
+        """:param dists: distributions whose versions are recorded."""
+        self.path, self.code, self.started = path or outcome_path(), 1, time.time()
+        self.data: dict[str, Any] = {"versions": versions(*dists)}
+
+    def __enter__(self) -> dict[str, Any]:
+        return self.data
+
+    def __exit__(self, typ, exc, tb) -> bool:
+        import traceback
+
+        d = self.data
+        if typ is None:
+            self.code = 0
+        elif issubclass(typ, KeyboardInterrupt):
+            self.code = INTERRUPTED
+        else:
+            d["error"] = f"{typ.__name__}: {exc}"
+            d["traceback"] = "".join(traceback.format_exception(typ, exc, tb))[-4000:]
+            traceback.print_exception(typ, exc, tb)
+        d.setdefault("hardware", hardware())
+        d.setdefault("peak_memory_mb", peak_memory_mb())
+        d["worker_seconds"] = round(time.time() - self.started, 3)
+        atomic_write_json(self.path, d)
+        return True

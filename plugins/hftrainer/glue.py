@@ -1,0 +1,99 @@
+"""Worker-side glue for engines built on Hugging Face's ``Trainer`` (TRL, Unsloth, third parties).
+
+Shipped into ``plan/hfglue.py`` beside ``runproto.py`` and ``lossmask.py``; imports
+transformers only inside functions, anytune never, so an ejected plan runs without anytune.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import lossmask
+import runproto
+
+
+def metrics_callback(writer: runproto.MetricsWriter) -> Any:
+    """A ``transformers.TrainerCallback`` writing the Trainer's log rows as ``metrics.jsonl`` rows."""
+    from transformers import TrainerCallback
+
+    class MetricsCallback(TrainerCallback):
+        """One metrics.jsonl row per training log and one per evaluation."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            writer.restart()  # the clock starts with training, not loading
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            tokens = state.num_input_tokens_seen or logs.get("num_tokens")
+            common = {"step": state.global_step, "max_steps": state.max_steps, "epoch": logs.get("epoch")}
+            if "loss" in logs:
+                writer.write(**common, loss=logs["loss"], learning_rate=logs.get("learning_rate"),
+                             grad_norm=logs.get("grad_norm"), tokens=int(tokens) if tokens else None)
+            if "eval_loss" in logs:
+                writer.write(**common, eval_loss=logs["eval_loss"])
+
+    return MetricsCallback()
+
+
+def load_tokenizer(name_or_path: str, template_path: str | None, trust_remote_code: bool = False) -> Any:
+    """The model's tokenizer with the chat template of record (when the plan has one) and a pad token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if template_path and os.path.exists(template_path):
+        with open(template_path) as f:
+            tokenizer.chat_template = f.read()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def tokenize(path: str, tokenizer: Any, kind: str, completion_only: bool, max_length: int) -> list[dict]:
+    """``input_ids`` and ``completion_mask`` of every record in a normalised JSONL file."""
+    return lossmask.tokenize_records(runproto.read_jsonl(path), tokenizer, kind, completion_only, max_length)
+
+
+def config_args(config_class: type, args: dict[str, Any]) -> Any:
+    """``config_class(**args)`` adapted to the installed transformers (before 5.x activation
+    checkpointing is called ``gradient_checkpointing``)."""
+    import dataclasses
+
+    args = dict(args)
+    names = {f.name for f in dataclasses.fields(config_class)}
+    if "activation_checkpointing" in args and "activation_checkpointing" not in names:
+        args["gradient_checkpointing"] = args.pop("activation_checkpointing")
+    return config_class(**args)
+
+
+def train(trainer: Any, out: dict[str, Any], metrics_path: str = runproto.METRICS_FILE) -> None:
+    """Train a ``Trainer`` (TRL's trainers too) and record final metrics in the outcome ``out``."""
+    out["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    loop_start = time.time()
+    result = trainer.train()
+    out["train_seconds"] = round(time.time() - loop_start, 3)
+    final = out["final"] = {"train_loss": result.training_loss, "steps": trainer.state.global_step}
+    if trainer.eval_dataset is not None:
+        metrics = trainer.evaluate()
+        if "eval_loss" in metrics:
+            final["eval_loss"] = metrics["eval_loss"]
+    losses = [r["loss"] for r in runproto.read_jsonl(metrics_path) if "loss" in r]
+    if losses:
+        final.update(first_loss=losses[0], last_loss=losses[-1])
+
+
+def save(trainer: Any, tokenizer: Any, adapter: bool) -> dict[str, dict]:
+    """Save a Trainer's model: the adapter to ``artifacts/adapter`` (PEFT layout) or the whole model to
+    ``artifacts/model``, tokenizer beside it; drop the trainer's output dir if it left nothing there.
+
+    :returns: the outcome's ``artifacts`` entry.
+    """
+    kind = "adapter" if adapter else "model"
+    path = f"{runproto.ARTIFACTS}/{kind}"
+    trainer.model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    try:
+        os.rmdir(trainer.args.output_dir)
+    except OSError:
+        pass
+    return {kind: runproto.local_artifact(path)}

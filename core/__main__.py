@@ -22,11 +22,8 @@ def _task(cfg) -> dict:
     label = f"{cfg.backend.name}:{cfg.method.name}"
     if hc.mode.name == "MULTIRUN":
         label += f" #{hc.job.num}"
-    if cfg.plan_only:
-        result = runner.run(cfg, run_dir)
-    else:
-        with progress.live(label) as update:
-            result = runner.run(cfg, run_dir, progress=update)
+    with progress.Display(label) as display:
+        result = runner.run(cfg, run_dir, display=display)
     progress.summary(result, run_dir, next_steps=hc.mode.name != "MULTIRUN")
     if result["status"] in ("failed", "interrupted"):
         _failed += 1
@@ -42,7 +39,7 @@ def main() -> None:
         reg = plugins.registry()
         config.register()
         sys.argv[1:] = config.open_mappings(sys.argv[1:])
-        config.check_overrides(sys.argv[1:], reg.backends)
+        config.check_overrides(sys.argv[1:], reg)
     except AnytuneError as exc:
         if debug:
             raise

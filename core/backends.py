@@ -1,4 +1,4 @@
-"""``python -m core.backends``: the installed backends, their engines and what they support.
+"""``python -m core.backends``: the installed backends, their engines and what they support; exporters, evaluators.
 
 ``--json`` prints the same as JSON; ``--matrix`` prints the markdown capability matrix.
 Plugins that failed to load are listed with their error.
@@ -11,13 +11,14 @@ import json
 import sys
 from typing import Any
 
-from core.backend import FEATURES, Backend
+from core.capabilities import FEATURES
+from core.step import Step
 
 #: Features shown in the table's compact capability summary, with their labels.
 SUMMARY = {"method.name": "method", "peft.type": "peft", "train.device": "device", "train.precision": "precision"}
 
 
-def probe(name: str, cls: type[Backend]) -> Backend:
+def probe(name: str, cls: type[Step]) -> Step:
     """An instance of ``cls`` for a job that only names it (its config node's defaults)."""
     from omegaconf import OmegaConf
 
@@ -27,7 +28,7 @@ def probe(name: str, cls: type[Backend]) -> Backend:
     return cls(OmegaConf.create({"backend": defaults}))
 
 
-def describe(name: str, cls: type[Backend], source: str = "") -> dict[str, Any]:
+def describe(name: str, cls: type[Step], source: str = "") -> dict[str, Any]:
     """One backend as a JSON-able dict: identity, engine version, interpreter and capabilities."""
     from core.docgen import fmt
 
@@ -55,7 +56,12 @@ def listing(registry=None) -> dict[str, Any]:
         from core import plugins
 
         registry = plugins.registry()
-    return {"backends": [describe(n, c, registry.sources.get(n, "")) for n, c in sorted(registry.backends.items())],
+    steps = {group: [{"name": n, "source": registry.sources.get(f"{group}/{n}", ""), "description": c.description,
+                      "needs": sorted(c.capabilities.needs)} for n, c in sorted(registry.group(group).items())]
+             for group in ("export", "eval")}
+    return {"backends": [describe(n, c, registry.sources.get(f"backend/{n}", ""))
+                         for n, c in sorted(registry.backends.items())],
+            "exporters": steps["export"], "evaluators": steps["eval"],
             "broken": [{"name": n, "error": e} for n, e in sorted(registry.broken.items())]}
 
 
@@ -71,7 +77,7 @@ def render(data: dict[str, Any], console=None) -> None:
     for col in ("from", "engine", "python", "supports"):
         table.add_column(col, overflow="fold")
     for row in data["backends"]:
-        if row["version"]:
+        if row["version"] is not None:
             engine = escape(f"{row['engine'] or ''} {row['version']}".strip())
         else:
             engine = f"[red]not installed[/red]\n{escape(row['install_hint'] or '')}".rstrip()
@@ -87,6 +93,10 @@ def render(data: dict[str, Any], console=None) -> None:
                 console.print(f"  [bold]{escape(row['name'])}[/bold]: {escape(row['description'])}", highlight=False)
     else:
         console.print("No backends installed. Install one, e.g. pip install 'anytune[trl]'.")
+    for group, title in (("exporters", "export"), ("evaluators", "eval")):
+        for row in data.get(group, []):
+            console.print(f"  [dim]{title}=[[/dim][bold]{escape(row['name'])}[/bold][dim]][/dim] "
+                          f"{escape(row['description'])} [dim]({escape(row['source'])})[/dim]", highlight=False)
     for row in data["broken"]:
         console.print(f"[red]failed to load[/red] plugin [bold]{escape(row['name'])}[/bold]: "
                       f"{escape(row['error'])}", highlight=False)

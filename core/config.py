@@ -52,16 +52,41 @@ def open_mappings(argv: list[str]) -> list[str]:
     return [f"++{a}" if is_open(a) else a for a in argv]
 
 
-def check_overrides(overrides: list[str], backend_classes: dict[str, type]) -> None:
-    """Reject unknown keys on the command line (``train.lr=1``) with the allowed fields, before Hydra runs."""
+def _values(override) -> list:
+    """The plain value(s) of a parsed override: one, or each of a sweep (``-m backend=trl,torchtune``)."""
+    if override.is_sweep_override():
+        return [v for v in override.sweep_iterator()]
+    return [override.value()]
+
+
+def _names(value) -> list[str]:
+    """Option names of a group value: ``merged`` or ``[merged, gguf]``."""
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [] if value is None else [str(value)]
+
+
+def check_overrides(overrides: list[str], reg) -> None:
+    """Reject unknown keys and uninstalled steps on the command line, before Hydra runs.
+
+    ``train.lr=1`` names the allowed fields; ``backend=axolotl`` names the installed backends and how
+    to get first-party ones; ``export=[mergd]`` names the installed exporters.
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from core.schema import STEP_GROUPS
 
     try:
         parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("-")])
     except Exception:
         return  # let Hydra report syntax errors
-    backend = next((o.value() for o in parsed if o.key_or_group == "backend" and isinstance(o.value(), str)),
-                   "trl")
+    chosen: dict[str, list[str]] = {"backend": ["trl"], "export": [], "eval": []}
+    for o in parsed:
+        if o.key_or_group in STEP_GROUPS and not o.package and not o.is_delete():
+            names = [n for v in _values(o) for n in _names(v)]
+            for name in names:
+                reg.step(o.key_or_group, name)  # raises the helpful error
+            chosen[o.key_or_group] = names
     top = fields_of(JobConfig)
     for o in parsed:
         key = o.key_or_group
@@ -73,10 +98,16 @@ def check_overrides(overrides: list[str], backend_classes: dict[str, type]) -> N
         if len(parts) == 1:
             continue
         if parts[0] == "backend":
-            cls = backend_classes.get(backend)
-            cls = cls.config_class if cls is not None else BackendConfig
             if parts[1] == "native":
                 continue
+            classes = [reg.backends[n].config_class for n in chosen["backend"] if n in reg.backends]
+            cls = classes[0] if classes else BackendConfig
+        elif parts[0] in STEP_GROUPS:
+            if parts[1] not in chosen[parts[0]]:
+                raise ConfigError(f"{key}: {parts[1]} is not selected; add it: {parts[0]}=[{parts[1]}]")
+            if len(parts) == 2:
+                continue
+            cls, parts = reg.step(parts[0], parts[1]).config_class, [f"{parts[0]}.{parts[1]}", *parts[2:]]
         elif parts[0] in SECTIONS:
             cls = SECTIONS[parts[0]]
         else:
@@ -84,26 +115,6 @@ def check_overrides(overrides: list[str], backend_classes: dict[str, type]) -> N
         allowed = fields_of(cls)
         if parts[1] not in allowed:
             raise ConfigError.unknown_key(key, list(allowed), prefix=f"{parts[0]}.")
-
-
-def check_values(cfg: DictConfig) -> None:
-    """Every field with ``choices`` metadata holds one of them; a missing required field is named."""
-    for section, cls in SECTIONS.items():
-        for name, f in fields_of(cls).items():
-            if OmegaConf.is_missing(cfg[section], name):
-                raise ConfigError(f"{section}.{name} is required (set {section}.{name}=...)")
-            choices = f.metadata.get("choices")
-            value = cfg[section][name]
-            if choices and value not in choices:
-                raise ConfigError.bad_value(f"{section}.{name}", value, choices)
-    for key, lo in (("train.batch_size", 1), ("train.grad_accum", 1), ("train.max_length", 8),
-                    ("peft.r", 1), ("train.logging_steps", 1)):
-        if OmegaConf.select(cfg, key) < lo:
-            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be >= {lo}")
-    if not 0 <= cfg.data.eval_fraction < 1:
-        raise ConfigError(f"data.eval_fraction={cfg.data.eval_fraction} must be in [0, 1)")
-    if cfg.train.max_steps <= 0 and cfg.train.epochs <= 0:
-        raise ConfigError("set train.max_steps > 0 or train.epochs > 0")
 
 
 def redacted(cfg: DictConfig) -> dict[str, Any]:

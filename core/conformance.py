@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from omegaconf import DictConfig
 
-from core import workerlib
+from core import lossmask, runproto
 
 #: Overrides that make every conformance job small, offline and CPU-friendly.
 SMALL = ["offline=true", "train.device=cpu", "train.precision=fp32", "train.max_steps=8",
@@ -44,14 +44,14 @@ def compose(overrides: list[str]) -> DictConfig:
     plugins.registry()
     config.register()
     with initialize_config_module("conf", version_base="1.3"):
-        return hydra_compose("config", overrides=overrides)
+        return hydra_compose("config", overrides=config.open_mappings(list(overrides)))
 
 
 def unsupported(cfg: DictConfig, backend: str) -> list[str]:
     """Features of ``cfg`` that ``backend``'s capability table refuses (as field=value), as validation sees them."""
     from core import data, plugins
+    from core.checks import check_capabilities, resolve_auto
     from core.errors import UnsupportedFeature
-    from core.validate import check_capabilities, resolve_auto
 
     reg = plugins.registry()
     resolve_auto(cfg)
@@ -70,9 +70,9 @@ def load_artifact(run_dir: Path, result: dict[str, Any]):
     if "adapter" in arts:
         from peft import AutoPeftModelForCausalLM
 
-        path = run_dir / arts["adapter"]
+        path = run_dir / arts["adapter"]["path"]
         return AutoPeftModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-    path = run_dir / arts["model"]
+    path = run_dir / arts["model"]["path"]
     return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
 
@@ -101,10 +101,10 @@ def reference_loss(model_path: str, data_dir: Path, max_length: int, completion_
     tok = AutoTokenizer.from_pretrained(model_path)
     tok.chat_template = (data_dir / "chat_template.jinja").read_text()
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-    kind = workerlib.read_json(str(data_dir / "stats.json"))["kind"]
-    records = workerlib.read_jsonl(str(data_dir / "train.jsonl"))[:rows]
+    kind = runproto.read_json(str(data_dir / "stats.json"))["kind"]
+    records = runproto.read_jsonl(str(data_dir / "train.jsonl"))[:rows]
     total, count = 0.0, 0
-    for row in workerlib.tokenize_records(records, tok, kind, completion_only, max_length):
+    for row in lossmask.tokenize_records(records, tok, kind, completion_only, max_length):
         ids, mask = torch.tensor(row["input_ids"]), torch.tensor(row["completion_mask"])
         labels = torch.where(mask.bool(), ids, torch.tensor(-100))
         with torch.no_grad():
@@ -155,8 +155,8 @@ class BackendConformance:
             return self.check_refused(backend, overrides, tmp_path, missing)
         cfg, run_dir, result = self.run_job(backend, overrides, tmp_path)
         assert result["status"] == "succeeded", result.get("error")
-        rows = workerlib.read_jsonl(str(run_dir / "metrics.jsonl"))
-        assert set().union(*rows) <= set(workerlib.METRICS), "metrics outside the schema"
+        rows = runproto.read_jsonl(str(run_dir / "metrics.jsonl"))
+        assert set().union(*rows) <= set(runproto.METRICS), "metrics outside the schema"
         losses = [r["loss"] for r in rows if "loss" in r]
         assert len(losses) >= 4
         assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, f"loss did not fall: {losses}"
@@ -169,7 +169,7 @@ class BackendConformance:
                      "train.save_artifacts=false"]
         cfg, run_dir, result = self.run_job(backend, overrides, tmp_path)
         assert result["status"] == "succeeded", result.get("error")
-        step1 = next(r["loss"] for r in workerlib.read_jsonl(str(run_dir / "metrics.jsonl")) if "loss" in r)
+        step1 = next(r["loss"] for r in runproto.read_jsonl(str(run_dir / "metrics.jsonl")) if "loss" in r)
         ref = reference_loss(cfg.model.name_or_path, run_dir / "data", cfg.train.max_length)
         assert abs(step1 - ref) < 1e-3, (step1, ref)
         assert result["trainable_parameters"] == reference_trainable(cfg.model.name_or_path, cfg.peft)
@@ -183,7 +183,7 @@ class BackendConformance:
             return self.check_refused(backend, overrides, tmp_path, missing)
         cfg, run_dir, result = self.run_job(backend, overrides, tmp_path)
         assert result["status"] == "succeeded", result.get("error")
-        step1 = next(r["loss"] for r in workerlib.read_jsonl(str(run_dir / "metrics.jsonl")) if "loss" in r)
+        step1 = next(r["loss"] for r in runproto.read_jsonl(str(run_dir / "metrics.jsonl")) if "loss" in r)
         first = reference_loss(cfg.model.name_or_path, run_dir / "data", cfg.train.max_length, rows=4)
         later = reference_loss(cfg.model.name_or_path, run_dir / "data", cfg.train.max_length)
         assert abs(step1 - first) < 1e-3 and abs(first - later) > 1e-3, (step1, first, later)

@@ -26,14 +26,25 @@ class ConfigError(AnytuneError):
 
 
 class UnsupportedFeature(ConfigError):
-    """The chosen backend cannot do what the job asks; names the backends that can."""
+    """The chosen step cannot do what the job asks; names the steps that can."""
 
-    def __init__(self, backend: str, field: str, value: object, able: list[str], why: str = ""):
+    def __init__(self, backend: str, field: str, value: object, able: list[str], why: str = "",
+                 kind: str = "backend"):
         self.backend, self.field, self.value, self.able = backend, field, value, able
-        others = (f"backends that support it: {', '.join(able)}" if able
-                  else "no installed backend supports it")
-        super().__init__(f"backend '{backend}' does not support {field}={value}"
+        others = (f"{kind}s that support it: {', '.join(able)}" if able
+                  else f"no installed {kind} supports it")
+        super().__init__(f"{kind} '{backend}' does not support {field}={value}"
                          f"{' (' + why + ')' if why else ''}; {others}")
+
+
+class UnreadField(UnsupportedFeature):
+    """A field is set away from its default but the chosen backend's engine does not read it."""
+
+    def __init__(self, backend: str, field: str, value: object, able: list[str]):
+        self.backend, self.field, self.value, self.able = backend, field, value, able
+        others = f"backends that read it: {', '.join(able)}" if able else "no installed backend reads it"
+        ConfigError.__init__(self, f"backend '{backend}' does not read {field} (set to {value!r}), so it would be "
+                                   f"silently ignored; leave it at its default or use another backend; {others}")
 
 
 class DataError(AnytuneError):

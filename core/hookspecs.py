@@ -1,8 +1,10 @@
 """Every hook anytune calls, in the order a job meets them.
 
 Registration hooks hand the host a ``register`` callback, so new optional
-arguments never break old plugins. Lifecycle hooks observe; they return nothing
-and cannot change the job. Implement them with ``@core.hookimpl``.
+arguments never break old plugins; they are called once, when plugins load,
+before Hydra composes the config. Lifecycle hooks observe: they return nothing,
+cannot change the job, and one that raises is reported once by plugin name while
+the job goes on. Implement them with ``@core.hookimpl``.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import pluggy
 
 if TYPE_CHECKING:
-    from core.backend import Backend
+    from core.step import Evaluator, Exporter, Trainer
 
 hookspec = pluggy.HookspecMarker("anytune")
 
@@ -19,29 +21,29 @@ hookspec = pluggy.HookspecMarker("anytune")
 
 
 @hookspec
-def register_backends(register: Callable[[type["Backend"]], None]) -> None:
-    """Register training backends.
+def register_backends(register: Callable[[type["Trainer"]], None]) -> None:
+    """Register training backends (``core.Trainer`` subclasses).
 
-    Called once when plugins load, before Hydra composes the config.
-
-    :param register: call ``register(BackendClass)`` for each backend; its
-        ``config_class`` is stored in Hydra's ConfigStore as ``backend/<name>``.
+    :param register: call ``register(TrainerClass)`` for each; its ``config_class`` is stored in
+        Hydra's ConfigStore as ``backend/<name>`` (chosen with ``backend=<name>``).
     """
 
 
 @hookspec
-def register_exporters(register: Callable[[type], None]) -> None:
-    """Register exporters (merged model, GGUF, ...) that work on any backend's artefacts.
+def register_exporters(register: Callable[[type["Exporter"]], None]) -> None:
+    """Register exporters (``core.Exporter`` subclasses: merged model, GGUF, ...).
 
-    :param register: call ``register(ExporterClass)`` for each exporter.
+    :param register: call ``register(ExporterClass)`` for each; its ``config_class`` is stored as
+        ``export/<name>`` (chosen with ``export=[<name>,...]``, its node at ``export.<name>``).
     """
 
 
 @hookspec
-def register_evaluators(register: Callable[[type], None]) -> None:
-    """Register evaluators that score a finished run's artefacts.
+def register_evaluators(register: Callable[[type["Evaluator"]], None]) -> None:
+    """Register evaluators (``core.Evaluator`` subclasses) that score a run's artefacts.
 
-    :param register: call ``register(EvaluatorClass)`` for each evaluator.
+    :param register: call ``register(EvaluatorClass)`` for each; its ``config_class`` is stored as
+        ``eval/<name>`` (chosen with ``eval=[<name>,...]``, its node at ``eval.<name>``).
     """
 
 
@@ -50,7 +52,7 @@ def register_evaluators(register: Callable[[type], None]) -> None:
 
 @hookspec
 def on_run_start(run_dir: str, config: dict[str, Any]) -> None:
-    """A job has validated, prepared its data and planned, and its engine is about to start.
+    """A job has validated, prepared its data and planned, and its first step is about to start.
 
     :param run_dir: the run directory.
     :param config: the resolved config, secrets redacted.
@@ -59,10 +61,22 @@ def on_run_start(run_dir: str, config: dict[str, Any]) -> None:
 
 @hookspec
 def on_metrics(run_dir: str, metrics: dict[str, Any]) -> None:
-    """The engine wrote one row to ``metrics.jsonl`` (see ``core.runproto.METRICS``).
+    """A step wrote one row to ``metrics.jsonl`` (schema: ``core.runproto.METRICS``).
 
     :param run_dir: the run directory.
     :param metrics: the row: step, loss, learning_rate, ... (absent values are missing keys).
+    """
+
+
+@hookspec
+def on_step_end(run_dir: str, step: str, kind: str, outcome: dict[str, Any]) -> None:
+    """One step (trainer, exporter or evaluator) ended; an export is done when ``kind == "exporter"``.
+
+    :param run_dir: the run directory.
+    :param step: the step's name (``trl``, ``merged``, ``heldout`` ...).
+    :param kind: trainer, exporter or evaluator.
+    :param outcome: ``status`` (succeeded, failed, interrupted), ``exit_code``, ``seconds``, and what the
+        step's outcome file held (artefacts, scores, final metrics ...).
     """
 
 
@@ -77,8 +91,8 @@ def on_run_end(run_dir: str, result: dict[str, Any]) -> None:
 
 @hookspec
 def on_run_error(run_dir: str, error: BaseException) -> None:
-    """A job failed before or while its engine ran; ``on_run_end`` follows.
+    """A job failed before or while a step ran; ``on_run_end`` follows.
 
     :param run_dir: the run directory.
-    :param error: the exception raised in the core (an engine crash is an ``EngineFailed``).
+    :param error: the exception raised in the core (a step's crash is a ``StepFailed``).
     """

@@ -2,6 +2,7 @@
 
 ``ANYTUNE_DISABLE_PLUGINS=a,b`` skips named entry points; ``ANYTUNE_PLUGINS_AUTOLOAD=0``
 loads none (tests use this to ignore plugins installed in a developer's environment).
+Lifecycle hooks are broadcast with :func:`notify`, which isolates each observer.
 """
 from __future__ import annotations
 
@@ -10,14 +11,29 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass, field
+from typing import Any
 
 import pluggy
 
 from core import hookspecs
-from core.backend import Backend
-from core.errors import AnytuneError, did_you_mean
+from core.errors import AnytuneError, ConfigError, did_you_mean
+from core.schema import STEP_GROUPS
+from core.step import KINDS, Step
 
 GROUP = "anytune"
+"""The entry-point group every plugin, built-in or third-party, registers under."""
+
+FIRST_PARTY = {
+    "trl": "pip install 'anytune[trl]'",
+    "torchtune": "pip install anytune (its own environment is created on first use)",
+    "unsloth": "not released yet: in development for a later anytune release",
+    "axolotl": "not released yet: in development for a later anytune release",
+    "openai": "not released yet: in development for a later anytune release",
+}
+"""First-party backends and how to get each, for the message about a backend that is not installed."""
+
+HOOKS = {"backend": "register_backends", "export": "register_exporters", "eval": "register_evaluators"}
+"""Registration hook of each step group."""
 
 
 @dataclass
@@ -25,40 +41,67 @@ class Registry:
     """Everything the loaded plugins registered."""
 
     pm: pluggy.PluginManager
-    backends: dict[str, type[Backend]] = field(default_factory=dict)
-    exporters: dict[str, type] = field(default_factory=dict)
-    evaluators: dict[str, type] = field(default_factory=dict)
+    backends: dict[str, type[Step]] = field(default_factory=dict)
+    """Trainers by name (group ``backend``)."""
+    exporters: dict[str, type[Step]] = field(default_factory=dict)
+    """Exporters by name (group ``export``)."""
+    evaluators: dict[str, type[Step]] = field(default_factory=dict)
+    """Evaluators by name (group ``eval``)."""
     broken: dict[str, str] = field(default_factory=dict)
     """Entry points that failed to load: name -> one-line reason."""
     sources: dict[str, str] = field(default_factory=dict)
-    """Backend name -> distribution (or module) it came from."""
+    """``group/name`` -> distribution (or module) it came from."""
+    reported: set = field(default_factory=set)
+    """Lifecycle hook implementations that raised, reported once each."""
 
-    def backend(self, name: str) -> type[Backend]:
-        """The backend class called ``name``; a clear error lists the installed ones."""
-        if name not in self.backends:
-            hint = did_you_mean(name, list(self.backends))
-            broken = f"; failed to load: {', '.join(self.broken)}" if self.broken else ""
-            raise AnytuneError(f"no backend '{name}'{hint}; installed: {', '.join(sorted(self.backends)) or 'none'}"
-                               f"{broken}. Install one with pip install 'anytune[{name}]' or a plugin package.")
-        return self.backends[name]
+    def group(self, group: str) -> dict[str, type[Step]]:
+        """The steps of one config group (backend, export, eval)."""
+        return {"backend": self.backends, "export": self.exporters, "eval": self.evaluators}[group]
+
+    def step(self, group: str, name: str) -> type[Step]:
+        """The step class ``name`` of ``group``; a clear error lists the installed ones (and install lines)."""
+        table = self.group(group)
+        if name in table:
+            return table[name]
+        installed = ", ".join(sorted(table)) or "none"
+        if group != "backend":
+            raise ConfigError(f"no {STEP_GROUPS[group]} '{name}'{did_you_mean(name, list(table))}; installed "
+                              f"{STEP_GROUPS[group]}s: {installed}")
+        lines = [f"no backend '{name}'{did_you_mean(name, list(table))} is installed; installed backends: {installed}"]
+        missing = {n: how for n, how in FIRST_PARTY.items() if n not in table}
+        if missing:
+            lines.append("first-party backends not installed here:")
+            lines += [f"  {n}: {how}" for n, how in missing.items()]
+        if self.broken:
+            lines.append(f"plugins that failed to load: {', '.join(f'{n} ({e})' for n, e in self.broken.items())}")
+        lines.append("third-party backends are pip packages registering under the 'anytune' entry-point group "
+                     "(python -m core.backends lists what is installed)")
+        raise ConfigError("\n".join(lines))
+
+    def backend(self, name: str) -> type[Step]:
+        """The trainer called ``name`` (see :meth:`step`)."""
+        return self.step("backend", name)
+
+
+def _register_into(reg: Registry, group: str, source: str):
+    kind = STEP_GROUPS[group]
+
+    def register(cls: type) -> None:
+        name = getattr(cls, "name", None)
+        if not name:
+            raise AnytuneError(f"{source} registered a {kind} without a name: {cls!r}")
+        if not (isinstance(cls, type) and issubclass(cls, KINDS[kind])):
+            raise AnytuneError(f"{source} registered {cls!r} as a {kind}; it must subclass core.{KINDS[kind].__name__}")
+        reg.group(group)[name] = cls
+        reg.sources[f"{group}/{name}"] = source
+    return register
 
 
 _registry: Registry | None = None
 
 
-def _register_into(table: dict, kind: str, source: str, sources: dict | None = None):
-    def register(cls: type) -> None:
-        name = getattr(cls, "name", None)
-        if not name:
-            raise AnytuneError(f"{source} registered a {kind} without a name: {cls!r}")
-        table[name] = cls
-        if sources is not None:
-            sources[name] = source
-    return register
-
-
 def load(extra: list[object] = (), autoload: bool | None = None) -> Registry:
-    """Load plugins from entry points (and ``extra`` plugin objects) and register their configs."""
+    """Load plugins from entry points (and ``extra`` plugin objects) and store their configs in Hydra's ConfigStore."""
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
     reg = Registry(pm)
@@ -68,7 +111,7 @@ def load(extra: list[object] = (), autoload: bool | None = None) -> Registry:
     plugins: list[tuple[str, str, object]] = []
     if autoload:
         for ep in importlib.metadata.entry_points(group=GROUP):
-            if ep.name in disabled or pm.is_registered(ep.name):
+            if ep.name in disabled or pm.is_registered(ep.name) or any(n == ep.name for n, _, _ in plugins):
                 continue
             try:
                 plugins.append((ep.name, ep.dist.name if ep.dist else ep.value, ep.load()))
@@ -85,16 +128,12 @@ def load(extra: list[object] = (), autoload: bool | None = None) -> Registry:
             pm.register(obj, name=name)
         except Exception as exc:
             reg.broken[name] = f"{type(exc).__name__}: {exc}"
-            continue
     pm.check_pending()
-    for hook, table, kind in ((pm.hook.register_backends, reg.backends, "backend"),
-                              (pm.hook.register_exporters, reg.exporters, "exporter"),
-                              (pm.hook.register_evaluators, reg.evaluators, "evaluator")):
-        for impl in hook.get_hookimpls():
+    for group, hook in HOOKS.items():
+        for impl in getattr(pm.hook, hook).get_hookimpls():
             source = next((s for n, s, o in plugins if o is impl.plugin), impl.plugin_name)
             try:
-                impl.function(register=_register_into(table, kind, source,
-                                                      reg.sources if kind == "backend" else None))
+                impl.function(register=_register_into(reg, group, source))
             except Exception as exc:  # one plugin's failure leaves the others registered
                 reg.broken[impl.plugin_name] = f"{type(exc).__name__}: {exc}"
     _store_configs(reg)
@@ -102,11 +141,28 @@ def load(extra: list[object] = (), autoload: bool | None = None) -> Registry:
 
 
 def _store_configs(reg: Registry) -> None:
+    """Each step's config node in Hydra's ConfigStore: ``backend/<name>``; ``export/<name>`` at ``export.<name>``."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
-    for name, cls in reg.backends.items():
-        cs.store(group="backend", name=name, node=cls.config_class(name=name))
+    for group in HOOKS:
+        for name, cls in reg.group(group).items():
+            package = None if group == "backend" else f"{group}.{name}"
+            cs.store(group=group, name=name, node=cls.config_class(name=name), package=package)
+
+
+def notify(reg: Registry, hook: str, **kwargs: Any) -> None:
+    """Broadcast a lifecycle hook; an observer that raises is reported once (by plugin name) and skipped,
+    so no observer can break a job or leave its engine running."""
+    for impl in getattr(reg.pm.hook, hook).get_hookimpls():
+        try:
+            impl.function(*[kwargs[a] for a in impl.argnames])
+        except Exception as exc:
+            key = (impl.plugin_name, hook)
+            if key not in reg.reported:
+                reg.reported.add(key)
+                print(f"anytune: plugin '{impl.plugin_name}' raised in {hook} ({type(exc).__name__}: {exc}); "
+                      "the job goes on without it (reported once)", file=sys.stderr)
 
 
 def registry() -> Registry:

@@ -1,9 +1,8 @@
 """What a person sees: a live progress bar fed by metrics.jsonl, and the closing summary."""
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -11,16 +10,41 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 console = Console(stderr=True)
 
 
-@contextlib.contextmanager
-def live(label: str) -> Iterator[Any]:
-    """Yield a callback that advances a progress bar with each metrics row."""
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console)
-    task = bar.add_task(label, total=None, stats="starting engine…")
+class Display:
+    """The one live progress display of a job: a bar per step, started lazily at the first step.
 
-    last: dict = {}
+    Nothing is drawn before a step starts, so what comes first (a managed environment
+    created on first use, a config error) prints plainly. Use as a context manager and
+    pass it to ``runner.run(display=...)``.
+    """
 
-    def update(row: dict) -> None:
+    def __init__(self, label: str):
+        """:param label: the job's label (``backend:method``, with the sweep job number)."""
+        self.label = label
+        self.bar: Progress | None = None
+        self.tasks: dict[str, Any] = {}
+        self.last: dict[str, dict] = {}
+
+    def __enter__(self) -> "Display":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def __call__(self, step: str, row: dict | None) -> None:
+        """A step started (``row`` None) or wrote a metrics row."""
+        if self.bar is None:
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console)
+            self.bar.start()
+        if step not in self.tasks:
+            what = step.split(":", 1)[-1] if step.startswith("trainer:") else step
+            self.tasks[step] = self.bar.add_task(f"{self.label} {what}", total=None, stats="starting…")
+            self.last[step] = {}
+        if row is None:
+            return
+        last = self.last[step]
         last.update(row)
         fields = []
         if "loss" in last:
@@ -29,11 +53,8 @@ def live(label: str) -> Iterator[Any]:
             fields.append(f"eval {last['eval_loss']:.4f}")
         if last.get("tokens_per_s"):
             fields.append(f"{last['tokens_per_s']:.0f} tok/s")
-        bar.update(task, completed=row.get("step", 0), total=row.get("max_steps") or None,
-                   stats="  ".join(fields) or "running")
-
-    with bar:
-        yield update
+        self.bar.update(self.tasks[step], completed=row.get("step", 0), total=row.get("max_steps") or None,
+                        stats="  ".join(fields) or "running")
 
 
 def summary(result: dict, run_dir: Path, next_steps: bool = True) -> None:
@@ -50,6 +71,9 @@ def summary(result: dict, run_dir: Path, next_steps: bool = True) -> None:
     if final:
         console.print("  " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                        for k, v in final.items()))
+    for name, scores in (result.get("eval") or {}).items():
+        console.print(f"  eval {name}: " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                   for k, v in scores.items()), highlight=False)
     console.print(f"\nRun directory: [bold]{run_dir}[/]")
     if not next_steps:
         return
@@ -58,14 +82,17 @@ def summary(result: dict, run_dir: Path, next_steps: bool = True) -> None:
                        ("plan/", "native engine files and run.sh (runs without anytune)"),
                        ("metrics.jsonl", "one row per logged step"),
                        ("result.json", "status, final metrics, artefacts, versions, hardware"),
-                       ("artifacts/", "adapter or model (safetensors) + tokenizer"),
-                       ("logs/", "the engine's own stdout/stderr")):
+                       ("eval.json", "every evaluator's scores"),
+                       ("artifacts/", "adapter or model (safetensors) + tokenizer; exports"),
+                       ("logs/", "each step's own stdout/stderr")):
         if (run_dir / name.rstrip("/")).exists():
             console.print(f"  {name:<14} {what}")
     if next_steps and status in ("succeeded", "planned"):
         console.print("\nNext:", highlight=False)
         for cmd, what in (("python -m core -m train.learning_rate=1e-3,5e-3", "a sweep, each job isolated"),
                           ("python -m core method=dpo data=demo_pref", "preference tuning"),
+                          (f"python -m core.after {run_dir} export=[merged] eval=[heldout]",
+                           "merge the adapter, score held-out loss, without training again"),
                           ("python -m core data.train=my.jsonl model.name_or_path=/my/model", "your own"),
                           ("python -m core.backends", "engines and what they support")):
             console.print(f"  {cmd}\n      [dim]# {what}[/]", highlight=False, soft_wrap=True)

@@ -1,8 +1,10 @@
-"""The flow of one job: validate, prepare data, plan, run the engine in a child process, finish.
+"""The flow of one job, a straight pipeline: check → prepare data → plan → execute → finish.
 
-``run(cfg, run_dir)`` is pure of Hydra: tests call it with a composed config.
-It never raises for a user error or an engine failure: it returns the result
-(also written to ``result.json``) so a sweep records the failure and goes on.
+``run(cfg, run_dir)`` is pure of Hydra: tests call it with a composed config. It
+never raises for a user error or a step's failure: it returns the result (also
+written to ``result.json``, by the core alone) so a sweep records the failure and
+goes on. ``run_after(run_dir, steps)`` runs exporters and evaluators on a finished
+run through the same path.
 """
 from __future__ import annotations
 
@@ -11,98 +13,397 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from core import data as datalib
-from core import envs
-from core import workerlib
-from core.config import check_values, redacted
+from core import checks, envs, runproto
+from core.config import redacted
 from core.errors import AnytuneError, ConfigError, EngineMissing
-from core.plugins import Registry, registry
-from core.validate import validate
+from core.plugins import Registry, notify, registry
+from core.step import Context, DataInfo, Plan, Step, Trainer
 
-#: Environment for every engine process: no telemetry ever; no hub when offline.
+#: Environment for every step's process: no telemetry ever; no hub when offline.
 QUIET_ENV = {"HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "WANDB_DISABLED": "true",
              "WANDB_MODE": "disabled", "UNSLOTH_DISABLE_STATISTICS": "1", "TOKENIZERS_PARALLELISM": "false",
-             "PYTHONUNBUFFERED": "1", "DISABLE_MLFLOW_INTEGRATION": "TRUE"}
+             "PYTHONUNBUFFERED": "1", "DISABLE_MLFLOW_INTEGRATION": "TRUE", "AXOLOTL_DO_NOT_TRACK": "1"}
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
+Display = Callable[[str, "dict | None"], None]
+"""``display(step_label, row)``: called with ``row=None`` when a step starts, then with each metrics row."""
 
-class EngineFailed(AnytuneError):
-    """The engine's process exited with an error; the message holds its log's tail."""
+
+class StepFailed(AnytuneError):
+    """A step's process exited with an error; the message holds its log's tail."""
 
 
-def run(cfg: DictConfig, run_dir: Path, reg: Registry | None = None,
-        progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
+@dataclass
+class Job:
+    """A checked job: the resolved config and its steps, in the order they run."""
+
+    cfg: DictConfig
+    trainer: Trainer
+    after: list[Step]
+    """Exporters, then evaluators."""
+    kind: str
+    """Canonical record kind of the data."""
+
+    @property
+    def steps(self) -> list[Step]:
+        """``[trainer, *exporters, *evaluators]``."""
+        return [self.trainer, *self.after]
+
+    def needs(self, what: str) -> bool:
+        """True if any step needs ``what`` from the core (tokenizer, template, weights, device)."""
+        return any(what in s.capabilities.needs for s in self.steps)
+
+
+@dataclass
+class Planned:
+    """One step's plan, written into its plan directory."""
+
+    step: Step
+    plan: Plan
+    plan_dir: Path
+
+
+@dataclass
+class StepRun:
+    """How one step's process ended."""
+
+    step: Step
+    status: str
+    """succeeded, failed, interrupted or skipped."""
+    exit_code: int | None = None
+    seconds: float = 0.0
+    outcome: dict[str, Any] = field(default_factory=dict)
+    """What the step's outcome file held."""
+    error: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The step as ``result.json`` lists it."""
+        out = {"name": self.step.name, "kind": self.step.kind, "status": self.status, "exit_code": self.exit_code,
+               "seconds": round(self.seconds, 3)}
+        return {**out, "error": self.error} if self.error else out
+
+
+# -- the pipeline -------------------------------------------------------------------------------------
+
+
+def run(cfg: DictConfig, run_dir: Path, reg: Registry | None = None, display: Display | None = None) -> dict:
     """Run one job into ``run_dir`` and return its result (the content of ``result.json``)."""
     reg = reg or registry()
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("result.json", "metrics.jsonl"):
+    for stale in (runproto.RESULT, runproto.METRICS_FILE, runproto.EVAL_FILE):
         (run_dir / stale).unlink(missing_ok=True)
     started = time.time()
-    name = OmegaConf.select(cfg, "backend.name") or "?"
-    result: dict[str, Any] = {"status": "failed", "backend": name, "run_dir": str(run_dir)}
+    job, data, planned, runs, error, status = None, None, [], [], None, "failed"
     try:
-        backend = prepare(cfg, run_dir, reg, result)
-        plan = backend.plan(run_dir)
-        plan.write(run_dir / "plan")
-        result["plan"] = {"command": plan.command, "files": plan.files}
+        try:
+            job = check(cfg, reg)
+        finally:
+            save_config(job.cfg if job else cfg, run_dir)  # once, as resolved (or as given, if refused)
+        if not cfg.plan_only:
+            ensure_engines(job.steps)
+        data = prepare(job, run_dir)
+        planned = plan(job.steps, job.cfg, data, run_dir, job.trainer.artifacts())
         if cfg.plan_only:
-            result["status"] = "planned"
+            status = "planned"
         else:
-            reg.pm.hook.on_run_start(run_dir=str(run_dir), config=redacted(cfg))
-            execute(plan, cfg, run_dir, reg, result, progress)
+            notify(reg, "on_run_start", run_dir=str(run_dir), config=redacted(job.cfg))
+            runs = execute(planned, job.cfg, run_dir, reg, display)
+            status, error = outcome_of(runs)
     except KeyboardInterrupt:
-        result["status"] = "interrupted"
+        status = "interrupted"
     except Exception as exc:
-        result["status"] = "failed"
-        result["error"] = str(exc)
-        result["error_type"] = type(exc).__name__
-        if not isinstance(exc, AnytuneError) or cfg.get("debug"):
-            import traceback
-
-            result["traceback"] = traceback.format_exc()
-        reg.pm.hook.on_run_error(run_dir=str(run_dir), error=exc)
-    result["wall_seconds"] = round(time.time() - started, 3)
-    workerlib.atomic_write_json(str(run_dir / "result.json"), result)
-    if result["status"] != "planned":
-        reg.pm.hook.on_run_end(run_dir=str(run_dir), result=result)
+        error = exc
+    if error is not None:
+        notify(reg, "on_run_error", run_dir=str(run_dir), error=error)
+    result = finish(run_dir, cfg, status, started, job=job, data=data, planned=planned, runs=runs, error=error)
+    if status != "planned":
+        notify(reg, "on_run_end", run_dir=str(run_dir), result=result)
     return result
 
 
-def prepare(cfg: DictConfig, run_dir: Path, reg: Registry, result: dict):
-    """Validate, save the redacted config and write the normalised data; return the backend."""
+def check(cfg: DictConfig, reg: Registry) -> Job:
+    """Resolve and check the job against the schema, the steps' capability tables and each other.
+
+    Cheap: reads only the data's first row; imports no engine.
+    """
+    from core import data as datalib
+
     backend_cls = reg.backend(cfg.backend.name)
-    save_config(cfg, run_dir)  # first as given, so a refused job still records what it was
-    check_values(cfg)
+    checks.check_values(cfg)
+    checks.check_applies(cfg)
     kind = datalib.detect_kind(cfg.data)
     datalib.check_method(kind, cfg.method.name, cfg.data.train)
-    validate(cfg, backend_cls, reg.backends, kind)
-    backend = backend_cls(cfg)
-    backend.check()
-    version = backend.engine_version()
-    result["engine_version"] = version
-    if version is None and not cfg.plan_only:
-        if backend.environment:
-            raise EngineMissing(envs.missing_message(envs.of(backend)))
-        raise EngineMissing(f"backend '{backend.name}' needs its engine ({backend.engine_distribution}) "
-                            f"in {backend.python()}; install it with: {backend.install_hint}")
-    save_config(cfg, run_dir)  # again, with auto settings resolved
-    result["data"] = datalib.prepare(cfg.data, method=cfg.method.name,
-                                     model_path=tokenizer_files(cfg.model.name_or_path, cfg.offline),
-                                     out_dir=run_dir / "data", max_length=cfg.train.max_length,
-                                     seed=cfg.train.seed)
-    check_loss_tokens(cfg, result["data"])
-    return backend
+    trainer = backend_cls(cfg)
+    after = [reg.step(group, name)(cfg) for group in ("export", "eval") for name in (cfg.get(group) or {})]
+    job = Job(cfg, trainer, after, kind)
+    if job.needs("device"):
+        checks.resolve_auto(cfg)
+    checks.check_reads(cfg, backend_cls, reg.backends)
+    checks.check_capabilities(cfg, backend_cls, reg.backends, kind)
+    for step in after:
+        checks.check_capabilities(cfg, type(step), reg.group(step.group), kind, only_listed=True)
+    checks.check_steps(trainer, after)
+    if job.needs("weights") or job.needs("tokenizer"):
+        checks.check_offline(cfg)
+    for step in job.steps:
+        checks.check_node(step)
+        step.check()
+    return job
+
+
+def ensure_engines(steps: list[Step]) -> None:
+    """Every step's engine is installed, its managed environment created on first use (before any progress
+    display starts), unless ``ANYTUNE_CREATE_ENVS=0``.
+
+    :raises EngineMissing: with the command that installs or creates it.
+    """
+    for step in steps:
+        if step.engine_version() is not None:
+            continue
+        if step.environment and envs.auto_create_enabled():
+            envs.ensure(envs.of(step))
+            if step.engine_version() is not None:
+                continue
+        if step.environment:
+            raise EngineMissing(envs.missing_message(envs.of(step)))
+        raise EngineMissing(f"{step.kind} '{step.name}' needs its engine ({step.engine_distribution}) in "
+                            f"{step.python()}; install it with: {step.install_hint}")
+
+
+def prepare(job: Job, run_dir: Path) -> DataInfo:
+    """Write the normalised data once (from the data cache when identical data was prepared before);
+    tokenizer and template work only where a step needs them."""
+    from core import data as datalib
+
+    cfg = job.cfg
+    model_path = tokenizer_files(cfg.model.name_or_path, cfg.offline) if job.needs("tokenizer") else None
+    stats = datalib.prepare(cfg.data, method=cfg.method.name, model_path=model_path,
+                            out_dir=run_dir / runproto.DATA, max_length=cfg.train.max_length, seed=cfg.train.seed,
+                            templated=job.needs("template"), kind=job.kind, cache=datalib.cache_dir())
+    check_loss_tokens(cfg, stats)
+    return DataInfo.load(run_dir)
+
+
+def plan_dir_of(step: Step, run_dir: Path) -> Path:
+    """``plan/`` for the trainer, ``plan/<group>-<name>/`` for exporters and evaluators."""
+    base = run_dir / runproto.PLAN
+    return base if step.kind == "trainer" else base / f"{step.group}-{step.name}"
+
+
+def plan(steps: list[Step], cfg: DictConfig, data: DataInfo, run_dir: Path, artifacts: dict) -> list[Planned]:
+    """Each step writes its native files into its plan directory; the core adds ``command.json`` and ``run.sh``.
+
+    :param artifacts: what the steps after the trainer get (what the trainer declares it leaves, or what a
+        finished run's result lists).
+    """
+    out = []
+    for step in steps:
+        plan_dir = plan_dir_of(step, run_dir)
+        plan_dir.mkdir(parents=True, exist_ok=True)
+        ctx = Context(job=cfg, run_dir=run_dir, plan_dir=plan_dir, data=data, config=step.config,
+                      artifacts=artifacts)
+        p = step.plan(ctx)
+        p.write(plan_dir, run_dir)
+        out.append(Planned(step, p, plan_dir))
+    return out
+
+
+def execute(planned: list[Planned], cfg: DictConfig, run_dir: Path, reg: Registry,
+            display: Display | None) -> list[StepRun]:
+    """Run the planned steps in order; after a step that did not succeed the rest are skipped."""
+    runs: list[StepRun] = []
+    for p in planned:
+        if runs and runs[-1].status != "succeeded":
+            runs.append(StepRun(p.step, "skipped"))
+            continue
+        r = run_step(p, cfg, run_dir, reg, display)
+        runs.append(r)
+        notify(reg, "on_step_end", run_dir=str(run_dir), step=p.step.name, kind=p.step.kind,
+               outcome={**r.outcome, **r.record()})
+    return runs
+
+
+def outcome_of(runs: list[StepRun]) -> tuple[str, Exception | None]:
+    """The job's status and error from its steps' runs."""
+    for r in runs:
+        if r.status == "interrupted":
+            return "interrupted", None
+        if r.status == "failed":
+            return "failed", StepFailed(r.error or f"{r.step.label} failed")
+    return "succeeded", None
+
+
+def log_name(step: Step) -> str:
+    """``train`` for the trainer, ``<group>-<name>`` for the others: the stem of its logs and outcome file."""
+    return "train" if step.kind == "trainer" else f"{step.group}-{step.name}"
+
+
+def run_step(p: Planned, cfg: DictConfig, run_dir: Path, reg: Registry, display: Display | None) -> StepRun:
+    """Start one step's process, follow ``metrics.jsonl``, read its outcome; never leave it running."""
+    logs = run_dir / runproto.LOGS
+    logs.mkdir(exist_ok=True)
+    stem = log_name(p.step)
+    outcome_file = logs / f"{stem}.outcome.json"
+    outcome_file.unlink(missing_ok=True)
+    env = {**child_env(cfg, p.plan.env), runproto.OUTCOME_ENV: str(outcome_file)}
+    if display:
+        display(p.step.label, None)
+    started = time.time()
+    interrupted = False
+    with open(logs / f"{stem}.stdout.log", "w") as out, open(logs / f"{stem}.stderr.log", "w") as err:
+        try:
+            proc = subprocess.Popen(p.plan.command, cwd=run_dir, stdout=out, stderr=err, env=env)
+        except OSError as exc:
+            raise EngineMissing(f"cannot start {p.plan.command[0]} for {p.step.label}: {exc}") from exc
+        tail = MetricsTail(run_dir / runproto.METRICS_FILE) if p.step.kind == "trainer" else None
+
+        def dispatch() -> None:
+            for row in tail.read() if tail else ():
+                notify(reg, "on_metrics", run_dir=str(run_dir), metrics=row)
+                if display:
+                    display(p.step.label, row)
+
+        try:
+            while proc.poll() is None:
+                dispatch()
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            interrupted = True
+            stop(proc)
+        finally:
+            if proc.poll() is None:  # anything raised here: the engine must not outlive the core
+                stop(proc)
+        dispatch()
+    outcome = runproto.read_json(str(outcome_file)) if outcome_file.is_file() else {}
+    code = proc.returncode
+    if interrupted or code in (runproto.INTERRUPTED, -signal.SIGINT):
+        status = "interrupted"
+    else:
+        status = "succeeded" if code == 0 else "failed"
+    error = None
+    if status == "failed":
+        error = (f"{p.step.label} exited with code {code}"
+                 f"{': ' + outcome['error'] if outcome.get('error') else ''}\n"
+                 f"--- last lines of {logs / (stem + '.stderr.log')} ---\n"
+                 f"{log_tail(logs / (stem + '.stderr.log'))}")
+    return StepRun(p.step, status, code, time.time() - started, outcome, error)
+
+
+# -- the result ---------------------------------------------------------------------------------------
+
+
+def artifacts_of(outcome: dict) -> dict[str, dict]:
+    """An outcome's artefacts, each as ``{"path": ...}`` or ``{"id": ..., "provider": ...}``."""
+    return {k: (runproto.local_artifact(v) if isinstance(v, str) else v)
+            for k, v in (outcome.get("artifacts") or {}).items()}
+
+
+TRAINER_FIELDS = ("final", "trainable_parameters", "versions", "hardware", "peak_memory_mb", "train_seconds",
+                  "worker_seconds")
+"""Outcome fields of the trainer that ``result.json`` carries at its top level."""
+
+
+def finish(run_dir: Path, cfg: DictConfig, status: str, started: float, *, job: Job | None, data: DataInfo | None,
+           planned: list[Planned], runs: list[StepRun], error: BaseException | None,
+           previous: dict | None = None) -> dict:
+    """Build ``result.json`` (and ``eval.json``) from what each stage returned; write them atomically.
+
+    :param previous: an earlier result of the same run directory that this one extends (``run_after``).
+    """
+    result: dict[str, Any] = dict(previous or {})
+    result.update(status=status, backend=OmegaConf.select(cfg, "backend.name") or "?", run_dir=str(run_dir))
+    if job is not None and not previous:
+        result["engine_version"] = job.trainer.engine_version() or None
+    if data is not None and not previous:
+        result["data"] = dict(data.stats)
+    for p in planned:
+        if p.step.kind == "trainer":
+            result["plan"] = {"command": p.plan.command, "files": p.plan.files}
+    steps = {(s["kind"], s["name"]): s for s in result.get("steps", [])}
+    scores = runproto.read_json(str(run_dir / runproto.EVAL_FILE)) if previous and (
+        run_dir / runproto.EVAL_FILE).is_file() else {}
+    for r in runs:
+        steps[(r.step.kind, r.step.name)] = r.record()
+        if r.step.kind == "trainer":
+            result["exit_code"] = r.exit_code
+            result.update({k: r.outcome[k] for k in TRAINER_FIELDS if k in r.outcome})
+            result["artifacts"] = artifacts_of(r.outcome)
+        elif r.status == "succeeded":
+            result.setdefault("artifacts", {}).update(artifacts_of(r.outcome))
+            if r.step.kind == "evaluator":
+                scores[r.step.name] = r.outcome.get("scores", {})
+            else:
+                result.setdefault("exports", {})[r.step.name] = artifacts_of(r.outcome)
+    if steps:
+        result["steps"] = list(steps.values())
+    if scores:
+        runproto.atomic_write_json(str(run_dir / runproto.EVAL_FILE), scores)
+        result["eval"] = scores
+    result.pop("error", None), result.pop("error_type", None), result.pop("traceback", None)
+    if error is not None:
+        result["error"], result["error_type"] = str(error), type(error).__name__
+        if not isinstance(error, AnytuneError) or cfg.get("debug"):
+            result["traceback"] = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    wall = round(time.time() - started, 3)
+    result["wall_seconds"] = round(result.get("wall_seconds", 0) + wall, 3) if previous else wall
+    runproto.atomic_write_json(str(run_dir / runproto.RESULT), result)
+    return result
+
+
+# -- steps on a finished run --------------------------------------------------------------------------
+
+
+def run_after(run_dir: Path, after_cfg: DictConfig, reg: Registry | None = None,
+              display: Display | None = None) -> dict:
+    """Run exporters and evaluators on a finished run directory, without training again.
+
+    :param after_cfg: a config whose ``export`` and ``eval`` nodes name the steps (composed by ``core.after``).
+    :returns: the run's updated result (``result.json`` gains the steps, artefacts and scores; the run's
+        status stays succeeded, each step's own status is in ``steps``).
+    :raises ConfigError: the run did not succeed, or a step cannot run on it (before anything runs).
+    """
+    reg = reg or registry()
+    run_dir = Path(run_dir).resolve()
+    started = time.time()
+    previous = runproto.read_json(str(run_dir / runproto.RESULT))
+    if previous.get("status") != "succeeded":
+        raise ConfigError(f"{run_dir} holds a run whose status is {previous.get('status')}; exporters and "
+                          "evaluators need a finished, succeeded run")
+    cfg = OmegaConf.load(run_dir / runproto.CONFIG)
+    cfg.export, cfg.eval = after_cfg.get("export") or {}, after_cfg.get("eval") or {}
+    trainer = reg.backend(cfg.backend.name)(cfg)
+    after = [reg.step(g, n)(cfg) for g in ("export", "eval") for n in (cfg.get(g) or {})]
+    if not after:
+        raise ConfigError("name the steps to run: export=[merged] and/or eval=[heldout]")
+    data = DataInfo.load(run_dir)
+    for step in after:
+        checks.check_capabilities(cfg, type(step), reg.group(step.group), data.kind, only_listed=True)
+    checks.check_steps(trainer, after)
+    for step in after:
+        checks.check_node(step)
+        step.check()
+    ensure_engines(after)
+    planned = plan(after, cfg, data, run_dir, artifacts_of(previous))
+    runs = execute(planned, cfg, run_dir, reg, display)
+    _, error = outcome_of(runs)
+    return finish(run_dir, cfg, "succeeded", started, job=None, data=None, planned=[], runs=runs, error=error,
+                  previous=previous)
+
+
+# -- helpers --------------------------------------------------------------------------------------------
 
 
 def save_config(cfg: DictConfig, run_dir: Path) -> None:
     """Write the resolved, redacted config as ``config.yaml``."""
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(redacted(cfg))))
+    runproto.atomic_write_text(str(run_dir / runproto.CONFIG), OmegaConf.to_yaml(OmegaConf.create(redacted(cfg))))
 
 
 def check_loss_tokens(cfg: DictConfig, stats: dict) -> None:
@@ -140,59 +441,15 @@ def tokenizer_files(name: str, offline: bool) -> str | None:
 
 
 def child_env(cfg: DictConfig, plan_env: dict[str, str]) -> dict[str, str]:
-    """The engine's environment: ours, the plan's, no telemetry, no hub when offline."""
+    """A step's environment: ours, the plan's, no telemetry, no hub when offline."""
     env = {**os.environ, **QUIET_ENV, **plan_env}
-    if cfg.offline:
+    if cfg.get("offline"):
         env.update(OFFLINE_ENV)
     return env
 
 
-def execute(plan, cfg: DictConfig, run_dir: Path, reg: Registry, result: dict,
-            progress: Callable[[dict], None] | None) -> None:
-    """Start the engine process, follow metrics.jsonl, merge the worker's result.json."""
-    logs = run_dir / "logs"
-    logs.mkdir(exist_ok=True)
-    metrics_path = run_dir / "metrics.jsonl"
-    with open(logs / "stdout.log", "w") as out, open(logs / "stderr.log", "w") as err:
-        try:
-            proc = subprocess.Popen(plan.command, cwd=run_dir, stdout=out, stderr=err,
-                                    env=child_env(cfg, plan.env))
-        except OSError as exc:
-            raise EngineMissing(f"cannot start {plan.command[0]}: {exc}") from exc
-        tail = MetricsTail(metrics_path)
-
-        def dispatch() -> None:
-            for row in tail.read():
-                reg.pm.hook.on_metrics(run_dir=str(run_dir), metrics=row)
-                if progress:
-                    progress(row)
-
-        try:
-            while proc.poll() is None:
-                dispatch()
-                time.sleep(0.2)
-        except KeyboardInterrupt:
-            stop(proc)
-            result["status"] = "interrupted"
-        dispatch()
-    worker = run_dir / "result.json"
-    written = workerlib.read_json(str(worker)) if worker.exists() else {}
-    status = written.pop("status", None)
-    result.update(written)
-    result["exit_code"] = proc.returncode
-    if result["status"] == "interrupted" or status == "interrupted":
-        result["status"] = "interrupted"
-    elif proc.returncode == 0 and status == "succeeded":
-        result["status"] = "succeeded"
-    else:
-        result["status"] = "failed"
-        raise EngineFailed(f"{result['backend']} engine exited with code {proc.returncode}"
-                           f"{': ' + result['error'] if result.get('error') else ''}\n"
-                           f"--- last lines of {logs / 'stderr.log'} ---\n{log_tail(logs / 'stderr.log')}")
-
-
 def stop(proc: subprocess.Popen, grace: float = 15.0) -> None:
-    """Interrupt the engine (it records ``interrupted``), then terminate, then kill."""
+    """Interrupt the step's process (it records ``interrupted``), then terminate, then kill."""
     for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 5.0)):
         if proc.poll() is not None:
             return
@@ -209,6 +466,7 @@ def stop(proc: subprocess.Popen, grace: float = 15.0) -> None:
 
 
 def log_tail(path: Path, lines: int = 25) -> str:
+    """The last ``lines`` lines of a log file."""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -222,6 +480,7 @@ class MetricsTail:
         self.path, self.pos, self.buf = path, 0, ""
 
     def read(self) -> list[dict]:
+        """New complete rows; a malformed line is reported and skipped."""
         import json
 
         if not self.path.exists():

@@ -1,8 +1,11 @@
 """The canonical job: what a fine-tuning job *is*, independent of any engine.
 
 Each field's docstring (the string under it) is its reference documentation;
-``docs/config.md`` is generated from this file. Fields with a fixed set of
-values list it in ``choices`` metadata; validation names them on a bad value.
+``docs/config.md`` is generated from this file. This file is also the one place
+that holds each field's default, its allowed values (``choice``), its range
+(``number``), whether the core itself reads it for every backend (``core``), and
+when it applies at all (``when``); validation and the capability features
+(``core.capabilities.FEATURES``) are derived from it.
 """
 from __future__ import annotations
 
@@ -12,9 +15,32 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING
 
 
-def choice(default: Any, *values: Any) -> Any:
+def choice(default: Any, *values: Any, **meta: Any) -> Any:
     """A field whose value must be one of ``values``."""
-    return field(default=default, metadata={"choices": list(values)})
+    return field(default=default, metadata={"choices": list(values), **meta})
+
+
+def number(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+           lt: float | None = None, **meta: Any) -> Any:
+    """A numeric field that must lie in a range (``ge``/``gt`` below, ``le``/``lt`` above); None stays allowed
+    for Optional fields."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    return field(default=default, metadata={"range": bounds, **meta})
+
+
+def core(default: Any = None, **meta: Any) -> Any:
+    """A field the core reads for every backend (data loading, run control): never refused by capabilities."""
+    if isinstance(default, (dict, list)):
+        value = default
+        return field(default_factory=lambda: type(value)(value), metadata={"core": True, **meta})
+    return field(default=default, metadata={"core": True, **meta})
+
+
+#: ``when`` metadata: the field has an effect only when another field holds one of these values.
+SFT_ONLY = {"method.name": ("sft",)}
+PREFERENCE_ONLY = {"method.name": ("dpo", "orpo")}
+DPO_ONLY = {"method.name": ("dpo",)}
+WITH_ADAPTER = {"peft.type": ("lora", "dora", "qlora")}
 
 
 @dataclass
@@ -29,24 +55,24 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = MISSING
+    train: str = core(MISSING)
     """Training file: .jsonl, .json, .csv, .parquet, optionally .gz."""
-    eval: Optional[str] = None
+    eval: Optional[str] = core(None)
     """Held-out file in the same format; null: split eval_fraction off train."""
     format: str = choice("auto", "auto", "messages", "sharegpt", "alpaca", "prompt_completion",
-                         "preference", "text")
+                         "preference", "text", core=True)
     """Row format; auto detects it from the first row's fields."""
-    columns: Dict[str, str] = field(default_factory=dict)
+    columns: Dict[str, str] = core({})
     """Map canonical field -> column in the file, e.g. {prompt: question, completion: answer}."""
-    eval_fraction: float = 0.0
+    eval_fraction: float = number(0.0, ge=0, lt=1, core=True)
     """Fraction of train rows held out for evaluation when data.eval is null."""
-    max_rows: Optional[int] = None
+    max_rows: Optional[int] = number(None, ge=1, core=True)
     """Use only the first N valid rows of train (null: all)."""
-    on_bad_rows: str = choice("error", "error", "skip")
+    on_bad_rows: str = choice("error", "error", "skip", core=True)
     """error: stop before any model loads and list bad rows; skip: drop them and record how many."""
     chat_template: Optional[str] = None
     """Chat template of record: null = the tokenizer's own; a built-in name (chatml, llama3, zephyr) or a .jinja path."""
-    system_prompt: Optional[str] = None
+    system_prompt: Optional[str] = core(None)
     """System message prepended to conversations that have none (null: none added)."""
 
 
@@ -54,13 +80,13 @@ class DataConfig:
 class MethodConfig:
     name: str = choice("sft", "sft", "dpo", "orpo")
     """Training objective: supervised fine-tuning or a preference method."""
-    completion_only_loss: bool = True
+    completion_only_loss: bool = field(default=True, metadata={"when": SFT_ONLY})
     """SFT: loss on assistant/completion tokens only (false: on every token)."""
-    packing: bool = False
+    packing: bool = field(default=False, metadata={"when": SFT_ONLY})
     """SFT: pack several short examples into each max_length sequence."""
-    beta: float = 0.1
+    beta: float = number(0.1, gt=0, when=PREFERENCE_ONLY)
     """DPO: KL strength; ORPO: weight of the odds-ratio term (lambda)."""
-    loss_type: str = choice("sigmoid", "sigmoid", "ipo", "hinge")
+    loss_type: str = choice("sigmoid", "sigmoid", "ipo", "hinge", when=DPO_ONLY)
     """DPO loss variant."""
 
 
@@ -68,39 +94,39 @@ class MethodConfig:
 class PeftConfig:
     type: str = choice("lora", "none", "lora", "dora", "qlora")
     """none = full fine-tune; lora; dora (weight-decomposed LoRA); qlora (LoRA on a 4-bit base, needs CUDA)."""
-    r: int = 16
+    r: int = number(16, ge=1, when=WITH_ADAPTER)
     """LoRA rank."""
-    alpha: int = 32
+    alpha: int = number(32, gt=0, when=WITH_ADAPTER)
     """LoRA scaling numerator (scale = alpha / r)."""
-    dropout: float = 0.0
+    dropout: float = number(0.0, ge=0, lt=1, when=WITH_ADAPTER)
     """Dropout on the LoRA input."""
-    target_modules: List[str] = field(default_factory=lambda: ["all-linear"])
+    target_modules: List[str] = field(default_factory=lambda: ["all-linear"], metadata={"when": WITH_ADAPTER})
     """Module names to adapt; [all-linear] = every linear layer but the output head."""
 
 
 @dataclass
 class TrainConfig:
-    epochs: float = 1.0
+    epochs: float = number(1.0, ge=0)
     """Passes over the training data (ignored when max_steps > 0)."""
-    max_steps: int = -1
+    max_steps: int = number(-1, ge=-1)
     """Optimiser steps to run; -1 = run epochs."""
-    batch_size: int = 4
+    batch_size: int = number(4, ge=1)
     """Examples per device per micro-step."""
-    grad_accum: int = 1
+    grad_accum: int = number(1, ge=1)
     """Micro-steps accumulated per optimiser step (effective batch = batch_size * grad_accum * devices)."""
-    learning_rate: float = 2e-4
+    learning_rate: float = number(2e-4, gt=0)
     """Peak learning rate."""
     lr_scheduler: str = choice("linear", "linear", "cosine", "constant", "constant_with_warmup")
     """Learning-rate schedule after warm-up."""
-    warmup_ratio: float = 0.0
+    warmup_ratio: float = number(0.0, ge=0, lt=1)
     """Fraction of steps spent warming up linearly from 0."""
-    weight_decay: float = 0.0
+    weight_decay: float = number(0.0, ge=0)
     """Decoupled weight decay."""
     optimizer: str = choice("adamw", "adamw", "sgd")
     """Optimiser (torch's AdamW or SGD)."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = number(1.0, ge=0)
     """Gradient clipping norm (0 = off)."""
-    max_length: int = 512
+    max_length: int = number(512, ge=8)
     """Longest sequence in tokens; longer examples are truncated (counted in data stats)."""
     precision: str = choice("auto", "auto", "fp32", "bf16", "fp16")
     """Compute precision; auto = bf16 on a GPU that has it, else fp32."""
@@ -108,26 +134,32 @@ class TrainConfig:
     """Recompute activations in the backward pass to save memory."""
     device: str = choice("auto", "auto", "cpu", "cuda")
     """Where to train; auto = cuda if available, else cpu."""
-    seed: int = 42
+    seed: int = number(42, ge=0)
     """Seed for initialisation, data order and dropout."""
     shuffle: bool = True
     """Shuffle the examples each epoch (with seed); false: every engine reads data/train.jsonl in order, so engines see the same batches."""
-    logging_steps: int = 1
+    logging_steps: int = number(1, ge=1)
     """Write a metrics row every N optimiser steps."""
-    eval_steps: int = 0
+    eval_steps: int = number(0, ge=0)
     """Evaluate every N steps (0 = only at the end, when there is eval data)."""
     save_artifacts: bool = True
     """Save the adapter / model into artifacts/ at the end."""
 
 
 @dataclass
-class BackendConfig:
-    """Base of every backend's config node; a backend subclasses it with engine fields."""
+class StepConfig:
+    """Base of every step's config node (trainer, exporter, evaluator); a plugin subclasses it."""
 
     name: str = MISSING
-    """Registered backend name (the group option: backend=<name>)."""
+    """Registered name of the step (the group option: backend=<name>, export=[<name>], eval=[<name>])."""
     python: Optional[str] = None
-    """Interpreter that runs the engine; null = the current one if it has the engine, else the backend's managed environment."""
+    """Interpreter that runs the step; null = the current one if it has the engine, else the step's managed environment."""
+
+
+@dataclass
+class BackendConfig(StepConfig):
+    """Base of every backend's (trainer's) config node; a backend subclasses it with engine fields."""
+
     native: Dict[str, Any] = field(default_factory=dict)
     """Raw engine keys passed through untouched, after translation (the escape hatch)."""
 
@@ -146,6 +178,10 @@ class JobConfig:
     """Parameter-efficient fine-tuning."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Hyperparameters and hardware."""
+    export: Dict[str, Any] = field(default_factory=dict)
+    """Exporters run after training, each with its own node: export=[merged] (python -m core.exporters lists them)."""
+    eval: Dict[str, Any] = field(default_factory=dict)
+    """Evaluators run after training and export, each with its own node: eval=[heldout]; scores go to eval.json."""
     plan_only: bool = False
     """Write the native plan into the run directory and stop (run nothing)."""
     offline: bool = False
@@ -156,5 +192,8 @@ class JobConfig:
     """Run directory; null = Hydra's output directory."""
 
 
+#: The canonical sections: each field is checked against the schema and the backend's capabilities.
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig,
             "peft": PeftConfig, "train": TrainConfig}
+#: Config groups whose options are steps, and the kind of step each holds.
+STEP_GROUPS = {"backend": "trainer", "export": "exporter", "eval": "evaluator"}

@@ -1,63 +1,37 @@
 """A minimal backend for testing the core without an engine: its 'engine' is a Python script.
 
-``backend.native.mode`` picks what the child does: ok (writes metrics and result.json),
-crash (exits 3 after printing to stderr), slow (writes a row, then sleeps until interrupted).
+``backend.native.mode`` picks what the child does: ok (writes metrics and an outcome),
+crash (exits 3 after printing to stderr), slow (writes rows, then sleeps until interrupted),
+silent (exits 0 and writes no outcome file at all).
 """
 from __future__ import annotations
 
-import json
-import shutil
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import core
-from core import workerlib
 
 CHILD = r'''
-import json, sys, time, signal
+import json, sys, time
 sys.path.insert(0, "plan")
-import workerlib
+import runproto
 mode = json.load(open("plan/fake.json"))["mode"]
-w = workerlib.MetricsWriter("metrics.jsonl")
+if mode == "silent":
+    sys.exit(0)
+w = runproto.MetricsWriter()
 if mode == "crash":
     print("boom: the engine fell over", file=sys.stderr)
     sys.exit(3)
-try:
+outcome = runproto.Outcome()
+with outcome as out:
     for step in range(1, 4):
         w.write(step=step, max_steps=3, loss=2.0 / step, learning_rate=1e-3, tokens=100 * step)
-    if mode == "slow":
-        while True:
-            time.sleep(0.1)
-    workerlib.atomic_write_json("result.json", {"status": "succeeded", "final": {"last_loss": 2.0 / 3},
-                                                "artifacts": {}})
-except KeyboardInterrupt:
-    workerlib.atomic_write_json("result.json", {"status": "interrupted"})
-    sys.exit(130)
+    while mode == "slow":
+        time.sleep(0.1)
+    out["final"] = {"last_loss": 2.0 / 3}
+sys.exit(outcome.code)
 '''
-
-
-class FakeBackend(core.Backend):
-    """Runs a script instead of an engine; supports SFT with LoRA on CPU only."""
-
-    name: ClassVar[str] = "fake"
-    description: ClassVar[str] = "test double"
-    capabilities: ClassVar[core.Capabilities] = core.Capabilities(supports={
-        "method.name": frozenset({"sft"}), "peft.type": frozenset({"lora"}),
-        "data.kind": frozenset({"messages"}), "train.device": frozenset({"cpu"}),
-        "train.precision": frozenset({"fp32"})})
-
-    def engine_version(self):
-        return "0.0"
-
-    def plan(self, run_dir: Path) -> core.Plan:
-        plan = run_dir / "plan"
-        plan.mkdir(parents=True, exist_ok=True)
-        (plan / "fake.json").write_text(json.dumps({"mode": self.job.backend.native.get("mode", "ok")}))
-        (plan / "child.py").write_text(CHILD)
-        shutil.copy(workerlib.__file__, plan / "workerlib.py")
-        return core.Plan(command=[sys.executable, "plan/child.py"], files=["plan/fake.json", "plan/child.py"])
 
 
 @dataclass
@@ -68,9 +42,27 @@ class FakeConfig(core.BackendConfig):
     """Backend name."""
 
 
-FakeBackend.config_class = FakeConfig
+class FakeBackend(core.Trainer):
+    """Runs a script instead of an engine; supports SFT with LoRA on CPU only."""
+
+    name: ClassVar[str] = "fake"
+    config_class: ClassVar[type] = FakeConfig
+    description: ClassVar[str] = "test double"
+    capabilities: ClassVar[core.Capabilities] = core.Capabilities(
+        supports={"method.name": frozenset({"sft"}), "peft.type": frozenset({"lora"}),
+                  "data.kind": frozenset({"messages"}), "train.device": frozenset({"cpu"}),
+                  "train.precision": frozenset({"fp32"})},
+        reads=core.fields("model.*", "method.*", "train.*", "peft.*", "data.chat_template"),
+        needs=frozenset({"tokenizer", "template", "device", "weights"}))
+
+    def plan(self, ctx: core.Context) -> core.Plan:
+        """Write the mode and the script; ship the run protocol."""
+        files = [ctx.write_json("fake.json", {"mode": self.job.backend.native.get("mode", "ok")}),
+                 ctx.write("child.py", CHILD), *ctx.ship(core.runproto)]
+        return core.Plan(command=[sys.executable, "plan/child.py"], files=files)
 
 
 @core.hookimpl
 def register_backends(register):
+    """Register the fake backend."""
     register(FakeBackend)

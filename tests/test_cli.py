@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from core import plugins, runner, workerlib
+import core
+
+from core import plugins, runner, runproto
 from core.conformance import SMALL, compose
 
 CORE = [sys.executable, "-m", "core", "offline=true"]
@@ -28,18 +30,21 @@ def test_plan_only_translates_job_and_runs_nothing(tmp_path):
 
 
 def test_dpo_translation():
+    from plugins.trl import translate
+
     cfg = compose(SMALL + ["method=dpo", "data=demo_pref", "method.beta=0.3", "method.loss_type=ipo"])
-    backend = plugins.registry().backend("trl")(cfg)
-    spec = backend.native_spec({"kind": "preference", "rows": {"train": 16, "eval": 0}})
+    data = core.DataInfo(dir=Path("data"), kind="preference", stats={}, train=Path("data/train.jsonl"), eval=None,
+                         template=Path("data/chat_template.jinja"))
+    spec = translate.native_spec(cfg, data)
     assert spec["method"] == "dpo" and spec["args"]["beta"] == 0.3 and spec["args"]["loss_type"] == ["ipo"]
-    assert "packing" not in spec["args"]
+    assert "packing" not in spec["args"] and spec["data"]["eval"] is None
 
 
 BLOCK_ANYTUNE = textwrap.dedent("""
     import runpy, sys
     class Block:
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("core", "plugins", "hydra", "omegaconf", "pluggy"):
+            if name.split(".")[0] in ("core", "plugins", "hydra", "omegaconf", "pluggy", "rich"):
                 raise ImportError(f"{name} is not available in an ejected plan")
     sys.meta_path.insert(0, Block())
     sys.argv = ["plan/trl_worker.py", "plan/trl_args.json"]
@@ -55,8 +60,9 @@ def test_ejected_plan_runs_without_anytune(tmp_path):
     p = subprocess.run([sys.executable, "-c", BLOCK_ANYTUNE], cwd=tmp_path, env=env,
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]
-    result = workerlib.read_json(str(tmp_path / "result.json"))
-    assert result["status"] == "succeeded" and result["final"]["steps"] == 3
+    result = runproto.read_json(str(tmp_path / "outcome.json"))  # run by hand: the worker's own outcome
+    assert result["final"]["steps"] == 3
+    assert runproto.read_json(str(tmp_path / "result.json"))["status"] == "planned"  # only the core writes it
     assert (tmp_path / "artifacts/adapter/adapter_model.safetensors").exists()
 
 
@@ -76,7 +82,7 @@ def test_prompt_that_fills_max_length_is_refused_before_the_engine(tmp_path):
                            "train.max_length=256"])
     result = runner.run(cfg, tmp_path)
     assert result["status"] == "failed" and "fills train.max_length=256" in result["error"]
-    stats = workerlib.read_json(str(tmp_path / "data/stats.json"))
+    stats = runproto.read_json(str(tmp_path / "data/stats.json"))
     assert stats["prompt_fills_max_length"]["train"] == 2
     assert not (tmp_path / "plan").exists()
     cfg = compose(SMALL + ["plan_only=true", "method=orpo", "data=demo_pref", "data.max_rows=16",

@@ -17,7 +17,9 @@ from core import plugins
 from core.conformance import BackendConformance, compose
 
 CONTRIB = Path(__file__).resolve().parents[1] / "contrib"
-HF_MODULES = ("anytune_hf", "anytune_hf.translate")
+HF_MODULES = ("anytune_hf", "anytune_hf.backend", "anytune_hf.translate")
+#: What a third-party package may import from anytune: the public API and the shared HF helper.
+ALLOWED_ANYTUNE = {"core", "plugins.hftrainer"}
 
 
 @pytest.fixture(scope="module")
@@ -48,19 +50,50 @@ def backend(installed_hf):
 def test_hf_registered_from_its_distribution(installed_hf):
     """The entry point registers ``hf`` from distribution anytune-hf, with its config node and capabilities."""
     assert "hf" in installed_hf.backends and "trl" in installed_hf.backends
-    assert installed_hf.sources["hf"] == "anytune-hf"
+    assert installed_hf.sources["backend/hf"] == "anytune-hf"
     assert "hf" not in installed_hf.broken
     cls = installed_hf.backend("hf")
     assert str(Path(sys.modules[cls.__module__].__file__)).startswith(sys.path[0])  # the installed copy
-    assert not cls.capabilities.can("method.packing", True)
-    assert not cls.capabilities.can("peft.type", "qlora")
-    assert not cls.capabilities.can("method.name", "dpo")
+    assert cls.__module__ == "anytune_hf.backend" and cls.config_class.__module__ == "anytune_hf.backend"
+    caps = cls.capabilities
+    assert not caps.can("method.packing", True)
+    assert not caps.can("peft.type", "qlora")
+    assert not caps.can("method.name", "dpo")
+    assert caps.can("model.trust_remote_code", True) and caps.can("train.save_artifacts", False)
+    assert "method.beta" not in caps.reads and "method.loss_type" not in caps.reads  # SFT only
+    assert {"train.max_length", "peft.r", "model.dtype", "method.completion_only_loss"} <= caps.reads
+    assert caps.needs == {"tokenizer", "template", "weights", "device"}
     cfg = compose(["backend=hf", "backend.pad_to_multiple_of=8"])
     assert cfg.backend.pad_to_multiple_of == 8
 
 
+def test_hf_imports_only_the_public_api(installed_hf):
+    """The installed package imports from anytune only ``core`` (its public API) and ``plugins.hftrainer``;
+    ``__init__`` holds only the hook."""
+    import core
+
+    pkg = Path(sys.modules["anytune_hf"].__file__).parent
+    for path in pkg.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                if parts[0] not in ("core", "plugins"):
+                    continue
+                public = (name == "core" or (len(parts) == 2 and parts[0] == "core" and parts[1] in core.__all__)
+                          or parts[:2] == ["plugins", "hftrainer"])
+                assert public, f"{path.name} imports {name}: only core's public API and plugins.hftrainer"
+    init = ast.parse((pkg / "__init__.py").read_text())
+    assert [n.name for n in init.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))] == ["register_backends"]
+
+
 def test_hf_plan_only(installed_hf, tmp_path):
-    """plan_only writes hf_args.json, the worker and workerlib; nothing runs."""
+    """plan_only writes hf_args.json, the worker and the shipped modules; nothing runs."""
     from core import runner
 
     cfg = compose(["backend=hf", "plan_only=true", "offline=true", "train.device=cpu", "peft=dora",
@@ -68,7 +101,9 @@ def test_hf_plan_only(installed_hf, tmp_path):
     result = runner.run(cfg, tmp_path / "run")
     assert result["status"] == "planned", result
     plan = tmp_path / "run" / "plan"
-    assert {"hf_args.json", "hf_worker.py", "workerlib.py", "run.sh"} <= {p.name for p in plan.iterdir()}
+    assert {"hf_args.json", "hf_worker.py", "runproto.py", "lossmask.py", "hfglue.py", "run.sh",
+            "command.json"} <= {p.name for p in plan.iterdir()}
+    assert result["plan"]["command"][1:] == ["plan/hf_worker.py", "plan/hf_args.json"]
     spec = json.loads((plan / "hf_args.json").read_text())
     assert spec["peft"]["use_dora"] is True
     assert spec["tokenize"]["completion_only_loss"] is False
@@ -76,15 +111,15 @@ def test_hf_plan_only(installed_hf, tmp_path):
     tree = ast.parse((plan / "hf_worker.py").read_text())
     imported = {(a.name if isinstance(n, ast.Import) else n.module).split(".")[0]
                 for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
-    assert imported - sys.stdlib_module_names <= {"torch", "transformers", "peft", "workerlib"}, imported
+    assert imported - sys.stdlib_module_names <= {"torch", "transformers", "peft", "runproto", "hfglue"}, imported
+    assert "runproto.Outcome(" in (plan / "hf_worker.py").read_text()  # an outcome file; the core writes result.json
 
 
 @pytest.mark.slow
 def test_hf_matches_trl_over_three_steps(installed_hf, tmp_path):
     """Same job on hf and on TRL: identical LoRA init (seeded) and loss for three steps, not just step 1."""
     pytest.importorskip("trl")
-    from core import runner
-    from core import workerlib
+    from core import runner, runproto
 
     losses = {}
     for name in ("hf", "trl"):
@@ -93,7 +128,7 @@ def test_hf_matches_trl_over_three_steps(installed_hf, tmp_path):
                        "train.save_artifacts=false"])
         result = runner.run(cfg, tmp_path / name)
         assert result["status"] == "succeeded", result.get("error")
-        losses[name] = [r["loss"] for r in workerlib.read_jsonl(str(tmp_path / name / "metrics.jsonl"))
+        losses[name] = [r["loss"] for r in runproto.read_jsonl(str(tmp_path / name / "metrics.jsonl"))
                         if "loss" in r]
     assert len(losses["hf"]) == 3
     assert losses["hf"] == pytest.approx(losses["trl"], abs=1e-4), losses

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import gzip
+import importlib
+import os
 import json
 import sys
 import time
@@ -11,7 +13,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from core import data, template
+from core import data
+from core.data import chat_template as template
 from core.errors import ConfigError, DataError
 from core.schema import DataConfig
 from test_template import make_model_dir, train_tokenizer
@@ -19,7 +22,7 @@ from test_template import make_model_dir, train_tokenizer
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 GSM8K = SHARED / "gsm8k" / "train.jsonl"
 HH = SHARED / "hh-rlhf" / "harmless-base-test.jsonl.gz"
-DEMO = Path(template.__file__).parent / "assets" / "demo"
+DEMO = Path(data.__file__).parent.parent / "assets" / "demo"
 
 U = {"role": "user", "content": "What is 2+3?"}
 A = {"role": "assistant", "content": "5"}
@@ -613,3 +616,320 @@ def test_config_forms_and_missing_train(tmp_path):
         data.detect_kind(OmegaConf.structured(DataConfig))
     with pytest.raises(ConfigError, match=r"data.format='csv' is not allowed"):
         data.detect_kind({"train": str(path), "format": "csv"})
+
+
+# --------------------------------------------------------------------------- kind, templated
+
+
+def test_kind_from_the_caller_is_not_checked_again(tmp_path, monkeypatch):
+    path = write_jsonl(tmp_path / "d.jsonl", [GOOD_MSG])
+    kind = data.detect_kind(cfg(path))
+    data.check_method(kind, "sft")
+
+    def checked_twice(*a, **kw):
+        raise AssertionError("check_method ran again")
+
+    monkeypatch.setattr(importlib.import_module("core.data.prepare"), "check_method", checked_twice)
+    stats = data.prepare(cfg(path, chat_template="chatml"), method="sft", model_path=None, out_dir=tmp_path / "out",
+                         max_length=512, seed=0, kind=kind)
+    assert stats["kind"] == "messages"
+    write_jsonl(path, [{"text": "changed since validation"}])
+    with pytest.raises(ConfigError, match=r"is text \(plain text\) data, but it was messages \(chat turns\) data "
+                                          r"when the job was validated"):
+        data.prepare(cfg(path), method="sft", model_path=None, out_dir=tmp_path / "out", max_length=512, seed=0,
+                     kind=kind)
+
+
+@pytest.mark.parametrize("with_model", [False, True])
+def test_untemplated_prepare_keeps_messages_and_writes_no_template(tmp_path, model, with_model):
+    rows = [GOOD_MSG, {"messages": [S, U, A]}, {"messages": [U]}]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "chat_template.jinja").write_text("stale")
+    # no chat_template set and no model: fine, since no template is needed
+    stats = data.prepare(cfg(path, on_bad_rows="skip", system_prompt="Be terse."), method="sft",
+                         model_path=str(model) if with_model else None, out_dir=out, max_length=512, seed=0,
+                         templated=False)
+    assert not (out / "chat_template.jinja").exists()
+    assert stats["chat_template"] is None and json.loads((out / "stats.json").read_text())["chat_template"] is None
+    sys_msg = {"role": "system", "content": "Be terse."}
+    assert read(out / "train.jsonl") == [{"messages": [sys_msg, U, A]}, {"messages": [S, U, A]}]
+    assert stats["skipped"]["count"] == 1 and "no assistant turn" in stats["skipped"]["reasons"][0]["reason"]
+    assert stats["tokens"] is None and stats["tokenizer"] is None  # conversations are not rendered, so not counted
+
+
+def test_untemplated_prompt_completion_still_counts_tokens(tmp_path, model):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "2+3=", "completion": "5"}])
+    kw = dict(method="sft", model_path=str(model), max_length=512, seed=0)
+    plain = data.prepare(cfg(path), out_dir=tmp_path / "a", templated=False, **kw)
+    templated = data.prepare(cfg(path), out_dir=tmp_path / "b", **kw)
+    assert plain["tokens"] == templated["tokens"] and plain["tokens"]["train"]["total"] > 0
+
+
+# --------------------------------------------------------------------------- token bound
+
+
+def _sentencepiece_like(byte_fallback: bool):
+    """A Llama-2-style tokenizer: Prepend + Replace(' ', '▁') normaliser, BPE with byte fallback."""
+    from tokenizers import Tokenizer, models, normalizers, trainers
+
+    tok = Tokenizer(models.BPE(byte_fallback=byte_fallback, unk_token=None if byte_fallback else "<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    bytes_ = [f"<0x{i:02X}>" for i in range(256)] if byte_fallback else []
+    trainer = trainers.BpeTrainer(vocab_size=600 + len(bytes_), special_tokens=["<unk>", "<s>", "</s>", *bytes_],
+                                  show_progress=False)
+    with open(GSM8K) as f:
+        tok.train_from_iterator([json.loads(line)["question"] for _, line in zip(range(300), f)], trainer)
+    return tok
+
+
+def _metaspace():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(vocab_size=300, special_tokens=["<unk>", "</s>"], unk_token="<unk>",
+                                      show_progress=False)
+    with open(GSM8K) as f:
+        tok.train_from_iterator([json.loads(line)["question"] for _, line in zip(range(300), f)], trainer)
+    return tok
+
+
+def _prefix_space():
+    from tokenizers import pre_tokenizers
+
+    tok = train_tokenizer()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=True)])
+    return tok
+
+
+@pytest.mark.parametrize("make", [lambda: data.stats.load_tokenizer(str(TINY)), train_tokenizer, _prefix_space,
+                                  lambda: _sentencepiece_like(True), lambda: _sentencepiece_like(False), _metaspace],
+                         ids=["tiny-llama", "byte-level", "prefix-space", "byte-fallback", "unk", "metaspace"])
+def test_token_bound_is_an_upper_bound(make):
+    tok = make()
+    bound = data.stats.token_bound(tok)
+    assert bound is not None
+    with open(GSM8K) as f:
+        texts = [json.loads(line)["question"] for _, line in zip(range(200), f)]
+    texts += ["", " ", "a", "  x  ", "Ünïcode ✓ 日本語 🙂", "\n\n\t", "<s></s><s>", "</s> a </s>b</s>",
+              "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", "x" * 300, "🙂" * 50, " 1 2 3 " * 20]
+    for text, enc in zip(texts, tok.encode_batch(texts, add_special_tokens=False)):
+        assert len(enc) <= bound(text), text
+
+
+def test_token_bound_refuses_what_it_cannot_reason_about():
+    from tokenizers import Regex, normalizers
+
+    tok = train_tokenizer()
+    tok.normalizer = normalizers.Replace(Regex(r"\d"), "digit")
+    assert data.stats.token_bound(tok) is None
+    tok.normalizer = normalizers.NFKC()
+    assert data.stats.token_bound(tok)("ﷺ") == float("inf")  # not ASCII: NFKC may expand it, so encode it
+
+
+def test_prompt_fills_max_length_counts_like_encoding_every_prompt(tmp_path, model):
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(model))
+    with open(GSM8K) as f:
+        raw = [json.loads(line) for _, line in zip(range(200), f)]
+    path = write_jsonl(tmp_path / "g.jsonl", raw)
+    prompts = [len(hf.apply_chat_template([{"role": "user", "content": r["question"]}], add_generation_prompt=True,
+                                          return_dict=False)) for r in raw]
+    max_length = sorted(prompts)[150]  # about a quarter of the prompts reach it
+    stats, _, _ = prep(tmp_path, cfg(path, columns={"instruction": "question", "output": "answer"}), model=model,
+                       max_length=max_length)
+    assert stats["prompt_fills_max_length"]["train"] == sum(n >= max_length for n in prompts) > 0
+
+
+# --------------------------------------------------------------------------- cache
+
+TINY = Path(data.__file__).parent.parent / "assets" / "tiny-llama"
+
+
+def cached(tmp_path, c, out="out", cache="cache", **kw):
+    """prepare() into tmp_path/out with the cache tmp_path/cache; returns (stats, out_dir)."""
+    args = dict(method="sft", model_path=None, max_length=512, seed=0)
+    args.update(kw)
+    if args["model_path"] is not None:
+        args["model_path"] = str(args["model_path"])
+    stats = data.prepare(c, out_dir=tmp_path / out, cache=tmp_path / cache, **args)
+    return stats, tmp_path / out
+
+
+def entries(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+
+
+VOLATILE = ("cache", "cache_key", "seconds")
+
+
+def same_stats(a: dict, b: dict) -> bool:
+    return {k: v for k, v in a.items() if k not in VOLATILE} == {k: v for k, v in b.items() if k not in VOLATILE}
+
+
+def test_cache_hit_gives_identical_files_and_stats(tmp_path, model):
+    rows = [GOOD_MSG, {"messages": [S, U, A]}] * 10 + [{"messages": [U]}]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    c = cfg(path, eval_fraction=0.2, on_bad_rows="skip")
+    first, out1 = cached(tmp_path, c, out="one", model_path=model)
+    assert first["cache"] == "miss" and len(first["cache_key"]) == 64
+    assert entries(tmp_path / "cache") == [first["cache_key"]]
+    second, out2 = cached(tmp_path, c, out="two", model_path=model)
+    assert second["cache"] == "hit" and second["cache_key"] == first["cache_key"]
+    assert same_stats(first, second) and second["tokens"]["train"]["total"] > 0 and second["skipped"]["count"] == 1
+    for name in ("train.jsonl", "eval.jsonl", "chat_template.jinja"):
+        assert (out1 / name).read_bytes() == (out2 / name).read_bytes()
+    assert sorted(p.name for p in out2.iterdir()) == ["chat_template.jinja", "eval.jsonl", "stats.json", "train.jsonl"]
+    assert json.loads((out2 / "stats.json").read_text()) == second
+    # a hit into a directory that holds another job's data replaces all of it, stale files included
+    text = write_jsonl(tmp_path / "t.jsonl", [{"text": "x"}])
+    cached(tmp_path, cfg(text), out="three")
+    third, out3 = cached(tmp_path, c, out="three", model_path=model)
+    assert third["cache"] == "hit" and (out3 / "eval.jsonl").read_bytes() == (out1 / "eval.jsonl").read_bytes()
+    hit_text, _ = cached(tmp_path, cfg(text), out="three")
+    assert hit_text["cache"] == "hit" and sorted(p.name for p in out3.iterdir()) == ["stats.json", "train.jsonl"]
+
+
+CHANGES = {
+    "data.system_prompt": (dict(), dict(system_prompt="Be terse.")),
+    "data.eval_fraction": (dict(), dict(eval_fraction=0.5)),
+    "data.max_rows": (dict(), dict(max_rows=3)),
+    "data.on_bad_rows": (dict(), dict(on_bad_rows="skip")),
+    "data.format": (dict(), dict(format="messages")),
+    "data.chat_template": (dict(chat_template="chatml"), dict(chat_template="zephyr")),
+    "train.max_length": (dict(), dict(max_length=64)),
+    "train.seed": (dict(eval_fraction=0.5), dict(eval_fraction=0.5, seed=1)),
+    "method.name": (dict(format="preference"), dict(format="preference", method="orpo")),
+    "templated": (dict(), dict(templated=False)),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_cache_misses_when_one_input_changes(tmp_path, model, change):
+    path = write_jsonl(tmp_path / "d.jsonl", [GOOD_PREF if "preference" in str(CHANGES[change]) else GOOD_MSG] * 4)
+    before, after = CHANGES[change]
+    args = {"method": "dpo" if "preference" in str(before) else "sft"}
+
+    def run(opts, out):
+        opts = dict(opts)
+        kw = {k: opts.pop(k) for k in ("max_length", "seed", "method", "templated") if k in opts}
+        return cached(tmp_path, cfg(path, **opts), out=out, model_path=model, **{**args, **kw})[0]
+
+    a, b = run(before, "a"), run(after, "b")
+    assert (a["cache"], b["cache"]) == ("miss", "miss") and a["cache_key"] != b["cache_key"]
+    assert run(before, "c")["cache"] == run(after, "d")["cache"] == "hit"
+
+
+def test_cache_misses_when_a_file_or_the_template_changes(tmp_path, model):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"messages": [U, {"role": "assistant", "content": "5"}]}])
+    tmpl = tmp_path / "t.jinja"
+    tmpl.write_text("{% for m in messages %}{{ m.content }}|{% endfor %}")
+    c = cfg(path, chat_template=str(tmpl))
+    first, _ = cached(tmp_path, c, out="a", model_path=model)
+    # the same size, written at once (within one tick of the file system's clock): the bytes decide
+    path.write_text(path.read_text().replace('"5"', '"6"'))
+    second, out = cached(tmp_path, c, out="b", model_path=model)
+    assert second["cache"] == "miss" and read(out / "train.jsonl")[0]["messages"][1]["content"] == "6"
+    tmpl.write_text("{% for m in messages %}{{ m.content }}#{% endfor %}")  # same path, other template
+    third, out = cached(tmp_path, c, out="c", model_path=model)
+    assert third["cache"] == "miss" and "#" in (out / "chat_template.jinja").read_text()
+    other_model = make_model_dir(tmp_path / "m2", chat_template=template.resolve("chatml", None),
+                                 tokenizer=train_tokenizer(rows=50, vocab_size=400))
+    fourth, _ = cached(tmp_path, c, out="d", model_path=other_model)
+    assert fourth["cache"] == "miss" and fourth["tokenizer"] == str(other_model / "tokenizer.json")
+    evals = write_jsonl(tmp_path / "e.jsonl", [GOOD_MSG])
+    fifth, _ = cached(tmp_path, cfg(path, chat_template=str(tmpl), eval=str(evals)), out="e", model_path=model)
+    assert fifth["cache"] == "miss" and len({first["cache_key"], second["cache_key"], third["cache_key"],
+                                              fourth["cache_key"], fifth["cache_key"]}) == 5
+
+
+def test_bad_rows_are_the_same_with_the_cache_and_not_cached(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [GOOD_MSG, '{"messages": [', {"messages": [U]}])
+    c = cfg(path, chat_template="chatml")
+    with pytest.raises(DataError) as plain:
+        prep(tmp_path, c)
+    for _ in range(2):
+        with pytest.raises(DataError) as with_cache:
+            cached(tmp_path, c)
+        assert str(with_cache.value) == str(plain.value) and with_cache.value.problems == plain.value.problems
+    assert entries(tmp_path / "cache") == []
+    skipped, _ = cached(tmp_path, cfg(path, chat_template="chatml", on_bad_rows="skip"))
+    again, _ = cached(tmp_path, cfg(path, chat_template="chatml", on_bad_rows="skip"), out="again")
+    assert again["cache"] == "hit" and again["skipped"] == skipped["skipped"] and again["skipped"]["count"] == 2
+
+
+def test_concurrent_prepares_of_the_same_data_both_succeed(tmp_path, model):
+    import threading
+
+    with open(GSM8K) as f:
+        raw = [json.loads(line) for _, line in zip(range(300), f)]
+    path = write_jsonl(tmp_path / "g.jsonl", raw)
+    c = cfg(path, columns={"instruction": "question", "output": "answer"}, eval_fraction=0.1)
+    n = 4
+    barrier, results, errors = threading.Barrier(n), [None] * n, []
+
+    def job(i):
+        try:
+            barrier.wait()
+            results[i] = cached(tmp_path, c, out=f"out{i}", model_path=model)[0]
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=job, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len({r["cache_key"] for r in results}) == 1 and all(same_stats(results[0], r) for r in results)
+    assert entries(tmp_path / "cache") == [results[0]["cache_key"]]  # one entry, no temporary left
+    for i in range(1, n):
+        for name in ("train.jsonl", "eval.jsonl", "chat_template.jinja"):
+            assert (tmp_path / f"out{i}" / name).read_bytes() == (tmp_path / "out0" / name).read_bytes()
+
+
+def test_losing_the_race_to_store_discards_the_copy(tmp_path):
+    from core.data import cache as datacache
+
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "x"}])
+    stats, out = cached(tmp_path, cfg(path))
+    entry = tmp_path / "cache" / stats["cache_key"]
+    assert datacache.store(tmp_path / "cache", stats["cache_key"], out, stats) is False  # already there
+    other = "0" * 64
+    (tmp_path / "cache" / other).mkdir()
+    (tmp_path / "cache" / other / "stats.json").write_text("{}")  # a winner that renamed first
+    real_is_dir = Path.is_dir
+    with pytest.MonkeyPatch.context() as mp:  # the check before copying passes, the rename then fails
+        mp.setattr(Path, "is_dir", lambda self: False if self.name == other else real_is_dir(self))
+        assert datacache.store(tmp_path / "cache", other, out, stats) is False
+    assert entries(tmp_path / "cache") == sorted([entry.name, other])
+
+
+def test_a_damaged_entry_is_a_miss(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": f"row {i}"} for i in range(5)])
+    first, out = cached(tmp_path, cfg(path))
+    stored = tmp_path / "cache" / first["cache_key"] / "train.jsonl"
+    os.chmod(stored, 0o644)
+    stored.write_text('{"text": "tampered"}\n')  # e.g. a hard-linked copy edited in place
+    second, out = cached(tmp_path, cfg(path), out="again")
+    assert second["cache"] == "miss" and read(out / "train.jsonl") == [{"text": f"row {i}"} for i in range(5)]
+    assert cached(tmp_path, cfg(path), out="third")[0]["cache"] == "hit"
+
+
+def test_cache_off_and_default_place(tmp_path, monkeypatch):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "x"}])
+    monkeypatch.setenv("ANYTUNE_DATA_CACHE", "0")
+    stats, out = cached(tmp_path, cfg(path))
+    assert stats["cache"] is None and stats["cache_key"] is None and entries(tmp_path / "cache") == []
+    assert prep(tmp_path, cfg(path))[0]["cache"] is None  # no cache given: none used
+    monkeypatch.setenv("ANYTUNE_HOME", str(tmp_path / "home"))
+    assert data.cache_dir() == tmp_path / "home" / "cache" / "data"
+    monkeypatch.delenv("ANYTUNE_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data.cache_dir() == tmp_path / "xdg" / "anytune" / "cache" / "data"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert data.cache_dir() == Path("~/.cache/anytune/cache/data").expanduser()

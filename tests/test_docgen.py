@@ -26,7 +26,7 @@ class GhostConfig(core.BackendConfig):
     """Use the <fast> kernels | always."""
 
 
-class Ghost(core.Backend):
+class Ghost(core.Trainer):
     """A backend whose engine is not installed; qlora needs cuda."""
 
     name: ClassVar[str] = "ghost"
@@ -39,7 +39,7 @@ class Ghost(core.Backend):
                   "train.device": frozenset({"cpu", "cuda"}), "method.packing": frozenset({False, True})},
         requires={"peft.type=qlora": "cuda"})
 
-    def plan(self, run_dir):
+    def plan(self, ctx):
         raise NotImplementedError
 
 
@@ -130,12 +130,14 @@ def test_field_docs_pair_each_field_with_its_docstring():
 
 
 def test_config_reference_content():
-    text = docgen.config_reference({"ghost": Ghost})
-    for section in ("## Job", "## model", "## data", "## method", "## peft", "## train", "## backend", "### ghost"):
+    text = docgen.config_reference({"ghost": Ghost}, {"export": {}, "eval": {}})
+    for section in ("## Job", "## model", "## data", "## method", "## peft", "## train", "## backend", "### ghost",
+                    "## export", "## eval"):
         assert f"\n{section}\n" in text
     row = next(line for line in text.splitlines() if line.startswith("| `peft.type`"))
     assert "`lora`" in row and "`none`, `lora`, `dora`, `qlora`" in row and "needs CUDA" in row
     assert "| `model.name_or_path` | `str` | *required* |" in text
+    assert "| `peft.dropout` | `float` | `0.0` | `>= 0` and `< 1` |" in text  # ranges come from the schema
     assert "| `peft.target_modules` | `List[str]` | `[all-linear]` |" in text
     assert "| `backend.flash` | `bool` | `true` |  | Use the &lt;fast> kernels \\| always. |" in text
     assert "`backend=ghost`" in text and "Config node `backend=ghost`." in text
@@ -148,7 +150,14 @@ def test_capability_matrix(fake_registry):
     assert "| `peft.type` | lora, qlora (qlora needs cuda) | lora, qlora (qlora needs cuda) |" in lines
     assert "| `method.packing` | false, true | false, true |" in lines
     assert "| `train.precision` | fp32 | fp32 |" in lines  # left out: only the default
-    assert len(lines) == 2 + len(core.backend.FEATURES)
+    assert "| needs | — | — |" in lines
+    assert len(lines) == 3 + len(core.capabilities.FEATURES)
+
+
+def test_reads_matrix():
+    text = docgen.reads_matrix({"ghost": Ghost, "trl": plugins.registry().backend("trl")})
+    assert "| `peft.r` | — | reads |" in text.splitlines()
+    assert "data.train" not in text  # read by the core for every backend
 
 
 # -- python -m core.backends ------------------------------------------------------------------

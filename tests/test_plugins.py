@@ -9,7 +9,7 @@ import core
 from core import plugins
 from core.conformance import compose
 from core.errors import UnsupportedFeature
-from core.validate import check_capabilities
+from core.checks import check_capabilities
 
 DIST = {
     "pyproject.toml": """
@@ -29,18 +29,17 @@ DIST = {
         from dataclasses import dataclass
         import core
 
-        class DemoBackend(core.Backend):
-            name = "demo"
-            capabilities = core.Capabilities(supports={"method.name": frozenset({"sft", "dpo"})})
-            def plan(self, run_dir):
-                return core.Plan(command=["true"])
-
         @dataclass
         class DemoConfig(core.BackendConfig):
             name: str = "demo"
             flavour: str = "vanilla"
 
-        DemoBackend.config_class = DemoConfig
+        class DemoBackend(core.Trainer):
+            name = "demo"
+            config_class = DemoConfig
+            capabilities = core.Capabilities(supports={"method.name": frozenset({"sft", "dpo"})})
+            def plan(self, ctx):
+                return core.Plan(command=["true"])
 
         @core.hookimpl
         def register_backends(register):
@@ -70,7 +69,7 @@ def installed_plugin(tmp_path_factory):
 def test_entry_point_plugin_registers_backend_and_config(installed_plugin, capsys):
     reg = installed_plugin
     assert "demo" in reg.backends and "trl" in reg.backends
-    assert reg.sources["demo"] == "anytune-thirdparty-demo"
+    assert reg.sources["backend/demo"] == "anytune-thirdparty-demo"
     cfg = compose(["backend=demo", "backend.flavour=mint"])  # its node is in the ConfigStore
     assert cfg.backend.flavour == "mint"
 
@@ -91,10 +90,23 @@ def test_disable_plugins_env(monkeypatch):
 
 
 def test_unknown_backend_lists_installed():
-    with pytest.raises(core.errors.AnytuneError, match="installed: .*trl"):
+    with pytest.raises(core.errors.AnytuneError, match="installed backends: .*trl"):
         plugins.registry().backend("trll")
     with pytest.raises(core.errors.AnytuneError, match="did you mean 'trl'"):
         plugins.registry().backend("trll")
+
+
+def test_registering_a_non_step_is_refused():
+    class Wrong:
+        @core.hookimpl
+        def register_backends(self, register):
+            register(type("NotATrainer", (), {"name": "nope"}))
+
+    reg = plugins.reset(extra=[Wrong()], autoload=False)
+    try:
+        assert "nope" not in reg.backends and "must subclass core.Trainer" in str(reg.broken)
+    finally:
+        plugins.reset()
 
 
 def test_capability_refusal_names_able_backends():

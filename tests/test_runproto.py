@@ -1,4 +1,5 @@
-"""The run protocol with a scripted engine: crash -> failed with log tail; interrupt -> interrupted."""
+"""The run protocol with a scripted engine: the core alone writes result.json, status from the exit code,
+crash -> failed with log tail, interrupt -> interrupted, observers that raise cannot break a job."""
 import json
 import os
 import signal
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+import core
 import fake_backend
-from core import plugins, runner, workerlib
+from core import plugins, runner, runproto
 from core.conformance import compose
 
 BASE = ["backend=fake", "train.device=cpu", "train.precision=fp32", "data.max_rows=8", "data.eval_fraction=0"]
@@ -25,22 +27,34 @@ def reg():
 
 def test_success_writes_contract_files(reg, tmp_path):
     seen = []
-    result = runner.run(compose(BASE), tmp_path, reg, progress=seen.append)
+    result = runner.run(compose(BASE), tmp_path, reg, display=lambda step, row: seen.append((step, row)))
     assert result["status"] == "succeeded", result
     for name in ("config.yaml", "data/train.jsonl", "data/stats.json", "plan/run.sh", "plan/command.json",
-                 "metrics.jsonl", "result.json", "logs/stdout.log", "logs/stderr.log"):
+                 "plan/runproto.py", "metrics.jsonl", "result.json", "logs/train.stdout.log",
+                 "logs/train.stderr.log", "logs/train.outcome.json"):
         assert (tmp_path / name).exists(), name
-    assert [r["step"] for r in seen] == [1, 2, 3]
-    on_disk = workerlib.read_json(str(tmp_path / "result.json"))
+    assert seen[0] == ("trainer:fake", None)
+    assert [r["step"] for _, r in seen[1:]] == [1, 2, 3]
+    on_disk = runproto.read_json(str(tmp_path / "result.json"))
     assert on_disk["status"] == "succeeded" and on_disk["wall_seconds"] > 0
+    assert on_disk["final"] == {"last_loss": 2.0 / 3} and on_disk["exit_code"] == 0
+    assert on_disk["steps"] == [{"name": "fake", "kind": "trainer", "status": "succeeded", "exit_code": 0,
+                                 "seconds": on_disk["steps"][0]["seconds"]}]
+
+
+def test_status_comes_from_the_exit_code_not_the_worker(reg, tmp_path):
+    """A worker that exits 0 and writes no outcome file succeeded; it never has to write result.json."""
+    result = runner.run(compose(BASE + ["backend.native.mode=silent"]), tmp_path, reg)
+    assert result["status"] == "succeeded" and result["exit_code"] == 0
+    assert "final" not in result
 
 
 def test_crash_gives_failed_with_log_tail(reg, tmp_path):
-    result = runner.run(compose(BASE + ["+backend.native.mode=crash"]), tmp_path, reg)
-    assert result["status"] == "failed"
+    result = runner.run(compose(BASE + ["backend.native.mode=crash"]), tmp_path, reg)
+    assert result["status"] == "failed" and result["error_type"] == "StepFailed"
     assert result["exit_code"] == 3
     assert "boom: the engine fell over" in result["error"]
-    assert workerlib.read_json(str(tmp_path / "result.json"))["status"] == "failed"
+    assert runproto.read_json(str(tmp_path / "result.json"))["status"] == "failed"
 
 
 def test_validation_failure_recorded_before_engine(reg, tmp_path):
@@ -48,12 +62,45 @@ def test_validation_failure_recorded_before_engine(reg, tmp_path):
     assert result["status"] == "failed" and result["error_type"] == "UnsupportedFeature"
     assert "trl" in result["error"]
     assert not (tmp_path / "plan").exists() and not (tmp_path / "metrics.jsonl").exists()
+    assert (tmp_path / "config.yaml").exists()
 
 
 def test_plan_only_runs_nothing(reg, tmp_path):
     result = runner.run(compose(BASE + ["plan_only=true"]), tmp_path, reg)
     assert result["status"] == "planned"
     assert (tmp_path / "plan" / "child.py").exists() and not (tmp_path / "metrics.jsonl").exists()
+
+
+class Raising:
+    """An observer whose every lifecycle hook raises."""
+
+    calls = 0
+
+    @core.hookimpl
+    def on_metrics(self, run_dir, metrics):
+        Raising.calls += 1
+        raise RuntimeError("tracker is down")
+
+    @core.hookimpl
+    def on_run_start(self, run_dir, config):
+        raise RuntimeError("tracker is down")
+
+    @core.hookimpl
+    def on_run_end(self, run_dir, result):
+        raise RuntimeError("tracker is down")
+
+
+def test_raising_observer_cannot_break_the_job(tmp_path, capfd):
+    reg = plugins.reset(extra=[fake_backend, Raising()])
+    try:
+        result = runner.run(compose(BASE), tmp_path, reg)
+    finally:
+        plugins.reset()
+    assert result["status"] == "succeeded", result
+    assert Raising.calls == 3  # called for every row, never unregistered, never fatal
+    err = capfd.readouterr().err
+    assert err.count("raised in on_metrics") == 1  # reported once
+    assert "tracker is down" in err
 
 
 def test_ctrl_c_stops_child_and_records_interrupted(tmp_path):
@@ -63,7 +110,7 @@ def test_ctrl_c_stops_child_and_records_interrupted(tmp_path):
         from core import plugins, runner
         from core.conformance import compose
         reg = plugins.reset(extra=[fake_backend])
-        runner.run(compose({BASE + ['+backend.native.mode=slow']!r}), {str(tmp_path)!r}, reg)
+        runner.run(compose({BASE + ['backend.native.mode=slow']!r}), {str(tmp_path)!r}, reg)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     metrics = tmp_path / "metrics.jsonl"
@@ -72,7 +119,8 @@ def test_ctrl_c_stops_child_and_records_interrupted(tmp_path):
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGINT)  # like Ctrl-C: the whole foreground group
     assert proc.wait(timeout=60) == 0
-    assert json.loads((tmp_path / "result.json").read_text())["status"] == "interrupted"
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "interrupted" and result["exit_code"] in (130, -signal.SIGINT)
 
 
 def test_metrics_tail_reads_only_complete_lines(tmp_path):
@@ -86,15 +134,14 @@ def test_metrics_tail_reads_only_complete_lines(tmp_path):
     assert tail.read() == [{"step": 2}]
 
 
-@pytest.mark.parametrize("raise_, status, code", [(None, "succeeded", 0), (KeyboardInterrupt, "interrupted", 130),
-                                                  (RuntimeError, "failed", 1)])
-def test_recorder_writes_result_whatever_happens(tmp_path, raise_, status, code):
-    rec = workerlib.Recorder("x", ("pytest",), path=str(tmp_path / "result.json"))
-    with rec as result:
-        result["final"] = {"steps": 3}
+@pytest.mark.parametrize("raise_, code", [(None, 0), (KeyboardInterrupt, 130), (RuntimeError, 1)])
+def test_outcome_is_written_whatever_happens(tmp_path, raise_, code):
+    outcome = runproto.Outcome(("pytest",), path=str(tmp_path / "outcome.json"))
+    with outcome as out:
+        out["final"] = {"steps": 3}
         if raise_:
             raise raise_("engine fell over")
-    on_disk = workerlib.read_json(str(tmp_path / "result.json"))
-    assert (on_disk["status"], rec.code) == (status, code)
+    on_disk = runproto.read_json(str(tmp_path / "outcome.json"))
+    assert outcome.code == code
     assert on_disk["final"] == {"steps": 3} and on_disk["versions"]["pytest"]
     assert ("engine fell over" in on_disk.get("error", "")) == (raise_ is RuntimeError)

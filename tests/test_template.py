@@ -7,7 +7,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from core import template
+from core.data import chat_template as template
 from core.errors import ConfigError
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"

@@ -20,14 +20,16 @@ import pytest
 from omegaconf import OmegaConf
 
 import plugins.torchtune as tt_plugin
-from core import envs, plugins, runner, template, workerlib
-from core.conformance import SMALL, BackendConformance, compose, load_artifact, generates
+from core import envs, lossmask, plugins, runner, runproto
+from core.conformance import SMALL, BackendConformance, compose, generates, load_artifact
+from core.data import chat_template as template
 from core.errors import ConfigError
 from plugins.torchtune import translate
-from plugins.torchtune.translate import TorchtuneBackend
+from plugins.torchtune.backend import TorchtuneBackend
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "core" / "assets" / "tiny-llama"
+PLAN_FILE = f"plan/{translate.PLAN_FILE}"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,8 +68,8 @@ def plan_only(tmp_path: Path, *overrides: str, tiny_path: Path | None = None):
     run_dir = tmp_path / "run"
     result = runner.run(job("plan_only=true", *overrides, tiny_path=tiny_path), run_dir)
     config = None
-    if (run_dir / translate.PLAN_FILE).is_file():
-        config = OmegaConf.to_container(OmegaConf.load(run_dir / translate.PLAN_FILE))
+    if (run_dir / PLAN_FILE).is_file():
+        config = OmegaConf.to_container(OmegaConf.load(run_dir / PLAN_FILE))
     return result, run_dir, config
 
 
@@ -83,7 +85,7 @@ def test_plan_sft_lora(tmp_path, tiny):
     command = json.loads((run_dir / "plan" / "command.json").read_text())["command"]
     assert command[1:] == ["-m", "torchtune._cli.tune", "run", "lora_finetune_single_device",
                            "--config", "plan/torchtune.yaml"]
-    text = (run_dir / translate.PLAN_FILE).read_text()
+    text = (run_dir / PLAN_FILE).read_text()
     assert text.startswith("# torchtune 0.6.1") and "tune run lora_finetune_single_device" in text
     hf = json.loads((tiny / "config.json").read_text())
     m = cfg["model"]
@@ -110,8 +112,10 @@ def test_plan_sft_lora(tmp_path, tiny):
     assert cfg["clip_grad_norm"] == 1.0 and cfg["enable_activation_checkpointing"] is True
     assert (cfg["device"], cfg["dtype"]) == ("cpu", "fp32")
     assert cfg["metric_logger"]["artifacts"] == "adapter" and cfg["metric_logger"]["max_steps"] == 8
-    for name in ("anytune_torchtune.py", "workerlib.py", "chatrender.py", "run.sh"):
+    for name in ("anytune_torchtune.py", "runproto.py", "lossmask.py", "chatrender.py", "run.sh"):
         assert (run_dir / "plan" / name).is_file()
+    assert result["plan"]["files"] == ["plan/torchtune.yaml", "plan/anytune_torchtune.py", "plan/runproto.py",
+                                       "plan/lossmask.py", "plan/chatrender.py"]
 
 
 def test_plan_full_and_native_keys(tmp_path, tiny):
@@ -179,8 +183,11 @@ def test_plan_dpo(tmp_path, tiny):
     (["peft.target_modules=[q_proj,lm_head]"], "ConfigError", "ties it to the embeddings"),
     (["peft.target_modules=[qkv]"], "ConfigError", "all-linear"),
     (["model.dtype=bfloat16"], "ConfigError", "one dtype"),
+    (["model.dtype=float16"], "UnsupportedFeature", "model.dtype=float16"),
+    (["model.trust_remote_code=true"], "UnreadField", "model.trust_remote_code"),
+    (["train.eval_steps=5"], "UnreadField", "train.eval_steps"),
     (["method=orpo", "data=demo_pref"], "UnsupportedFeature", "method.name=orpo"),
-    (["method=dpo", "data=demo_pref", "method.packing=true"], "ConfigError", "packs SFT data only"),
+    (["method=dpo", "data=demo_pref", "method.packing=true"], "ConfigError", "applies to method.name=sft only"),
     (["data.eval_fraction=0.1"], "UnsupportedFeature", "data.eval=True"),
     (["method=dpo", "data=demo_pref", "method.loss_type=ipo"], "UnsupportedFeature", "ipo"),
 ])
@@ -189,6 +196,81 @@ def test_refused_before_data(tmp_path, tiny, overrides, error_type, words):
     assert result["status"] == "failed" and result["error_type"] == error_type, result
     assert words in result["error"]
     assert not (run_dir / "data").exists(), "refused at validation, before any data is written"
+
+
+#: Every canonical field the backend declares it reads: (the job it is changed in, the change). Each must
+#: change the recipe config (or, data.chat_template, the template of record the recipe's tokenizer loads).
+BASES = {"sft": [], "dpo": ["method=dpo", "data=demo_pref", "data.max_rows=16"], "epochs": ["train.max_steps=-1"]}
+READS = {
+    "model.name_or_path": ("sft", []),  # a copy of the model elsewhere (below)
+    "model.dtype": ("sft", ["model.dtype=float32"]),  # the precision's dtype: the same job (below)
+    "data.chat_template": ("sft", ["data.chat_template=zephyr"]),
+    "method.name": ("sft", ["method=dpo", "data=demo_pref", "data.max_rows=16"]),
+    "method.completion_only_loss": ("sft", ["method.completion_only_loss=false"]),
+    "method.packing": ("sft", ["method.packing=true"]),
+    "method.beta": ("dpo", ["method.beta=0.3"]),
+    "method.loss_type": ("dpo", ["method.loss_type=hinge"]),
+    "peft.type": ("sft", ["peft=dora"]),
+    "peft.r": ("sft", ["peft.r=8"]),
+    "peft.alpha": ("sft", ["peft.alpha=8"]),
+    "peft.dropout": ("sft", ["peft.dropout=0.1"]),
+    "peft.target_modules": ("sft", ["peft.target_modules=[q_proj,v_proj]"]),
+    "train.epochs": ("epochs", ["train.epochs=2"]),
+    "train.max_steps": ("sft", ["train.max_steps=4"]),
+    "train.batch_size": ("sft", ["train.batch_size=2"]),
+    "train.grad_accum": ("sft", ["train.grad_accum=2"]),
+    "train.learning_rate": ("sft", ["train.learning_rate=1e-3"]),
+    "train.lr_scheduler": ("sft", ["train.lr_scheduler=cosine"]),
+    "train.warmup_ratio": ("sft", ["train.warmup_ratio=0.1"]),
+    "train.weight_decay": ("sft", ["train.weight_decay=0.01"]),
+    "train.optimizer": ("sft", ["train.optimizer=sgd"]),
+    "train.max_grad_norm": ("sft", ["train.max_grad_norm=0.5"]),
+    "train.max_length": ("sft", ["train.max_length=256"]),
+    "train.precision": ("sft", ["train.precision=bf16"]),
+    "train.gradient_checkpointing": ("sft", ["train.gradient_checkpointing=true"]),
+    "train.device": ("sft", ["train.device=cuda"]),
+    "train.seed": ("sft", ["train.seed=7"]),
+    "train.shuffle": ("sft", ["train.shuffle=false"]),
+    "train.logging_steps": ("sft", ["train.logging_steps=2"]),
+    "train.save_artifacts": ("sft", ["train.save_artifacts=false"]),
+}
+
+
+def test_reads_table_is_exact():
+    """The table below covers exactly the fields the backend declares it reads (and it reads no others)."""
+    assert set(READS) == set(TorchtuneBackend.capabilities.reads)
+    assert "train.eval_steps" not in READS and "model.trust_remote_code" not in READS
+
+
+@pytest.fixture(scope="module")
+def base_plans(tmp_path_factory, tiny):
+    """The recipe config and template of record of each base job of READS."""
+    out = {}
+    for name, overrides in BASES.items():
+        result, run_dir, cfg = plan_only(tmp_path_factory.mktemp(name), *overrides, tiny_path=tiny)
+        assert result["status"] == "planned", result.get("error")
+        out[name] = (cfg, (run_dir / "data" / "chat_template.jinja").read_text())
+    return out
+
+
+@pytest.mark.parametrize("field", list(READS))
+def test_every_field_read_arrives_in_the_recipe(tmp_path, tiny, base_plans, field):
+    """Changing a field the backend reads changes what torchtune runs: nothing declared read is ignored."""
+    base, overrides = READS[field]
+    model = tiny
+    if field == "model.name_or_path":
+        model = tmp_path / "elsewhere"
+        shutil.copytree(tiny, model)
+    result, run_dir, cfg = plan_only(tmp_path, *BASES[base], *overrides, tiny_path=model)
+    assert result["status"] == "planned", result.get("error")
+    before_cfg, before_template = base_plans[base]
+    if field == "model.dtype":  # accepted only as the training precision's dtype, which the recipe's dtype is
+        assert cfg == before_cfg and cfg["dtype"] == "fp32"
+        return
+    after = (cfg, (run_dir / "data" / "chat_template.jinja").read_text())
+    assert after != (before_cfg, before_template), f"{field} changed nothing torchtune reads"
+    if field == "data.chat_template":
+        assert cfg["tokenizer"]["chat_template"] == "data/chat_template.jinja"
 
 
 def test_unknown_architecture_names_supported_families(tmp_path, tiny):
@@ -234,6 +316,7 @@ def test_steps_and_passes():
 
 def test_missing_engine_prints_the_create_command(tmp_path, tiny, monkeypatch):
     monkeypatch.setenv("ANYTUNE_HOME", str(tmp_path / "empty"))
+    monkeypatch.setenv(envs.CREATE_VARIABLE, "0")  # not created on first use
     if envs.has_distribution(sys.executable, "torchtune"):
         pytest.skip("this interpreter has torchtune")
     result = runner.run(job(tiny_path=tiny), tmp_path / "run")
@@ -265,9 +348,9 @@ def hf_example(tok, kind, record, completion_only, max_length):
     def render(messages, add_generation_prompt):
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
-    text, spans = workerlib.loss_spans(kind, record, render, completion_only, eos=tok.eos_token or "")
+    text, spans = lossmask.loss_spans(kind, record, render, completion_only, eos=tok.eos_token or "")
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True, truncation=True, max_length=max_length)
-    return enc["input_ids"], workerlib.mask_from_offsets(enc["offset_mapping"], spans)
+    return enc["input_ids"], lossmask.mask_from_offsets(enc["offset_mapping"], spans)
 
 
 def test_tokenizer_matches_transformers(components, tiny):
@@ -277,7 +360,7 @@ def test_tokenizer_matches_transformers(components, tiny):
     chat_template = run_dir / "data" / "chat_template.jinja"
     hf = AutoTokenizer.from_pretrained(tiny)
     hf.chat_template = chat_template.read_text()
-    records = workerlib.read_jsonl(str(run_dir / "data" / "train.jsonl"))[:6]
+    records = runproto.read_jsonl(str(run_dir / "data" / "train.jsonl"))[:6]
     for max_len in (512, 24):
         ours = module.ChatTemplateTokenizer(str(tiny), str(chat_template), max_len)
         for rec in records:
@@ -357,7 +440,7 @@ class TestTorchtuneBeyondConformance:
                                                       "train.batch_size=8", "train.max_steps=1",
                                                       "train.save_artifacts=false"], tmp_path)
         assert result["status"] == "succeeded", result.get("error")
-        step1 = workerlib.read_jsonl(str(run_dir / "metrics.jsonl"))[0]["loss"]
+        step1 = runproto.read_jsonl(str(run_dir / "metrics.jsonl"))[0]["loss"]
         assert abs(step1 - reference_loss(cfg.model.name_or_path, run_dir / "data", cfg.train.max_length)) < 1e-3
         assert result["trainable_parameters"] == reference_trainable(cfg.model.name_or_path, cfg.peft)
         assert not (run_dir / "artifacts" / "torchtune").exists()
@@ -418,7 +501,7 @@ def test_adapter_round_trip(tt_env, tiny, tmp_path, peft):
     proc = subprocess.run([str(tt_env.python), "-c", ROUND_TRIP, json.dumps(ids)], cwd=run_dir,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"adapter": "artifacts/adapter"}
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"adapter": {"path": "artifacts/adapter"}}
     adapter = run_dir / "artifacts" / "adapter"
     assert sorted(p.name for p in adapter.iterdir() if "token" not in p.name) == [
         "adapter_config.json", "adapter_model.safetensors", "chat_template.jinja"]
@@ -442,6 +525,7 @@ def test_full_model_artifact(tt_env, tiny, tmp_path):
     result = runner.run(job("peft=none", "train.max_steps=2", tiny_path=tiny), run_dir)
     assert result["status"] == "succeeded", result.get("error")
     assert set(os.listdir(run_dir / "artifacts")) == {"model"}
+    assert result["artifacts"] == {"model": {"path": "artifacts/model"}}
     names = set(os.listdir(run_dir / "artifacts" / "model"))
     assert {"config.json", "model.safetensors.index.json", "tokenizer.json", "chat_template.jinja"} <= names
     assert "adapter_config.json" not in names
@@ -456,14 +540,15 @@ def test_bf16_on_cpu(tt_env, tiny, tmp_path):
     run_dir = tmp_path / "run"
     result = runner.run(job("peft=none", "train.precision=bf16", "train.learning_rate=1e-3", tiny_path=tiny), run_dir)
     assert result["status"] == "succeeded", result.get("error")
-    losses = [r["loss"] for r in workerlib.read_jsonl(str(run_dir / "metrics.jsonl"))]
+    losses = [r["loss"] for r in runproto.read_jsonl(str(run_dir / "metrics.jsonl"))]
     assert sum(losses[-2:]) < sum(losses[:2]), losses
     assert json.loads((run_dir / "artifacts" / "model" / "config.json").read_text())["dtype"] == "bfloat16"
 
 
 @pytest.mark.slow
 def test_ejected_plan_runs_without_anytune(tt_env, tiny, tmp_path):
-    """plan_only writes plan/run.sh; moved elsewhere, it trains in the torchtune environment, which has no anytune."""
+    """plan_only writes plan/run.sh; moved elsewhere, it trains in the torchtune environment, which has no anytune,
+    and leaves its outcome in outcome.json (result.json is the core's alone: it still says planned)."""
     planned = tmp_path / "planned"
     result = runner.run(job("plan_only=true", "train.max_steps=3", tiny_path=tiny), planned)
     assert result["status"] == "planned", result.get("error")
@@ -476,21 +561,25 @@ def test_ejected_plan_runs_without_anytune(tt_env, tiny, tmp_path):
     proc = subprocess.run(["sh", str(moved / "plan" / "run.sh")], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = workerlib.read_json(str(moved / "result.json"))
-    assert out["status"] == "succeeded" and out["artifacts"] == {"adapter": "artifacts/adapter"}
-    assert len(workerlib.read_jsonl(str(moved / "metrics.jsonl"))) == 3
+    out = runproto.read_json(str(moved / runproto.OUTCOME))
+    assert out["artifacts"] == {"adapter": {"path": "artifacts/adapter"}} and out["final"]["steps"] == 3
+    assert out["versions"]["torchtune"] == "0.6.1" and out["trainable_parameters"] > 0
+    assert runproto.read_json(str(moved / runproto.RESULT))["status"] == "planned", "the worker never writes it"
+    assert len(runproto.read_jsonl(str(moved / "metrics.jsonl"))) == 3
     assert (moved / "artifacts" / "adapter" / "adapter_model.safetensors").is_file()
 
 
 @pytest.mark.slow
 def test_engine_failure_is_recorded(tt_env, tiny, tmp_path):
-    """A recipe that raises leaves result.json with status failed and the error (the metric logger's hook)."""
+    """A recipe that raises: its exit code makes the run failed; the error comes from logs/train.stderr.log."""
     run_dir = tmp_path / "run"
     result = runner.run(job("train.max_steps=2", "++backend.native.model.lora_attn_modules=[nonsense]",
                             tiny_path=tiny), run_dir)
-    assert result["status"] == "failed" and result["error_type"] == "EngineFailed"
-    worker = workerlib.read_json(str(run_dir / "result.json"))
-    assert "nonsense" in worker.get("error", "") + result["error"]
+    assert result["status"] == "failed" and result["error_type"] == "StepFailed"
+    assert result["exit_code"] not in (0, None) and "nonsense" in result["error"]
+    assert "nonsense" in (run_dir / "logs" / "train.stderr.log").read_text()
+    assert not (run_dir / "logs" / "train.outcome.json").exists(), "a crash records no outcome"
+    assert result["artifacts"] == {}
 
 
 def test_plan_packing(tmp_path, tiny):
@@ -525,7 +614,7 @@ def test_packing_parity_step1(tt_env, tiny, tmp_path, completion_only):
         "train.batch_size=1", "train.max_steps=1", "train.save_artifacts=false",
         f"method.completion_only_loss={str(completion_only).lower()}"], tmp_path)
     assert result["status"] == "succeeded", result.get("error")
-    row = workerlib.read_jsonl(str(run_dir / "metrics.jsonl"))[0]
+    row = runproto.read_jsonl(str(run_dir / "metrics.jsonl"))[0]
     assert row["epoch"] == 1.0, "8 short examples make one pack of 4096 tokens"
     ref = reference_loss(cfg.model.name_or_path, run_dir / "data", cfg.train.max_length, completion_only)
     assert abs(row["loss"] - ref) < 1e-4, (row["loss"], ref)
@@ -551,7 +640,7 @@ def test_qlora_trains(tt_env, tiny, tmp_path):
     result, run_dir, cfg = plan_only(tmp_path, "peft=qlora", "train.device=cuda", "train.precision=bf16",
                                      tiny_path=model)
     assert result["status"] == "planned", result.get("error")
-    plan = run_dir / translate.PLAN_FILE
+    plan = run_dir / PLAN_FILE
     plan.write_text(plan.read_text().replace("\ndevice: cuda\n", "\ndevice: cpu\n"))
     proc = subprocess.run([str(tt_env.python), "-c", "from omegaconf import OmegaConf; from torchtune import config; "
                            "m = config.instantiate(OmegaConf.load('plan/torchtune.yaml').model); "
@@ -560,10 +649,10 @@ def test_qlora_trains(tt_env, tiny, tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == "NF4Tensor", proc.stderr[-2000:]
     proc = subprocess.run(["sh", "plan/run.sh"], cwd=run_dir, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    losses = [r["loss"] for r in workerlib.read_jsonl(str(run_dir / "metrics.jsonl"))]
+    losses = [r["loss"] for r in runproto.read_jsonl(str(run_dir / "metrics.jsonl"))]
     assert len(losses) == 8 and sum(losses[-2:]) < sum(losses[:2]), losses
-    out = workerlib.read_json(str(run_dir / "result.json"))
-    assert out["status"] == "succeeded" and out["artifacts"] == {"adapter": "artifacts/adapter"}
+    out = runproto.read_json(str(run_dir / runproto.OUTCOME))
+    assert out["artifacts"] == {"adapter": {"path": "artifacts/adapter"}}
     config = json.loads((run_dir / "artifacts" / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(model.resolve()) and "quantization_config" not in config
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32),

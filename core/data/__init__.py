@@ -5,15 +5,23 @@ Public API:
 - :func:`detect_kind` — the canonical kind of ``data.train``, cheaply (before the full pass).
 - :func:`check_method` — refuse a method that cannot train on that kind.
 - :func:`prepare` — the full pass, writing ``train.jsonl``, ``eval.jsonl``, ``chat_template.jinja``
-  and ``stats.json`` into the run's ``data/`` directory.
+  and ``stats.json`` into the run's ``data/`` directory; with ``cache=``, identical inputs are
+  prepared once (:mod:`core.data.cache`).
+- :func:`cache_dir` — the default cache folder, ``$ANYTUNE_HOME/cache/data``.
+
+Modules: ``readers`` (file types), ``formats`` (row formats -> canonical records),
+``conversation`` (checks on turns), ``chat_template`` (the template of record: resolve, render),
+``stats`` (token counts), ``cache`` (the prepared-data cache), ``prepare`` (the pass itself).
 
 Formats read (``data.format``): messages, sharegpt, alpaca, prompt_completion, preference, text.
 Kinds written: messages, prompt_completion, preference, text. See ``docs/data.md``.
 """
+from core.data.cache import cache_dir
 from core.data.formats import FIELDS as FORMATS
 from core.data.formats import KIND as FORMAT_KIND
 from core.data.prepare import METHOD_KINDS, check_method, detect_kind, prepare, split
 
 KINDS = ("messages", "prompt_completion", "preference", "text")
 
-__all__ = ["KINDS", "FORMATS", "FORMAT_KIND", "METHOD_KINDS", "detect_kind", "check_method", "prepare", "split"]
+__all__ = ["KINDS", "FORMATS", "FORMAT_KIND", "METHOD_KINDS", "cache_dir", "detect_kind", "check_method", "prepare",
+           "split"]

@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any, Callable
 
-from core.data import validate
+from core.data import conversation
 from core.data.readers import BadRow, _json_type
 from core.errors import ConfigError, did_you_mean
 
@@ -77,10 +77,10 @@ def normaliser(fmt: str, columns: dict[str, str], system_prompt: str | None) -> 
     if fmt in conv:
         return lambda row: conv[fmt](row, fields, system_prompt)
     if fmt == "prompt_completion":
-        return lambda row: {"prompt": validate.text_field(fields.need(row, "prompt"), "prompt"),
-                            "completion": validate.text_field(fields.need(row, "completion"), "completion")}
+        return lambda row: {"prompt": conversation.text_field(fields.need(row, "prompt"), "prompt"),
+                            "completion": conversation.text_field(fields.need(row, "completion"), "completion")}
     if fmt == "text":
-        return lambda row: {"text": validate.text_field(fields.need(row, "text"), "text")}
+        return lambda row: {"text": conversation.text_field(fields.need(row, "text"), "text")}
     raise ConfigError(f"unknown data format {fmt!r}; known: {', '.join(FIELDS)}")
 
 
@@ -121,24 +121,24 @@ def _maybe_json_list(value: Any) -> Any:
 
 
 def _messages(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
-    msgs = validate.turns(_maybe_json_list(fields.need(row, "messages")), "messages")
-    validate.order(msgs, "messages")
+    msgs = conversation.turns(_maybe_json_list(fields.need(row, "messages")), "messages")
+    conversation.order(msgs, "messages")
     return {"messages": _with_system(msgs, system_prompt)}
 
 
 def _sharegpt(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
-    msgs = validate.turns(_maybe_json_list(fields.need(row, "conversations")), "conversations",
+    msgs = conversation.turns(_maybe_json_list(fields.need(row, "conversations")), "conversations",
                           roles=SHAREGPT_ROLES, keys=("from", "value"))
-    validate.order(msgs, "conversations")
+    conversation.order(msgs, "conversations")
     return {"messages": _with_system(msgs, system_prompt)}
 
 
 def _alpaca(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
-    instruction = validate.text_field(fields.need(row, "instruction"), "instruction")
+    instruction = conversation.text_field(fields.need(row, "instruction"), "instruction")
     extra = fields.get(row, "input")
     if extra is not None and not isinstance(extra, str):
         raise BadRow(f"wrong type: input must be a string, got {_json_type(extra)}")
-    output = validate.text_field(fields.need(row, "output"), "output")
+    output = conversation.text_field(fields.need(row, "output"), "output")
     user = instruction + "\n\n" + extra if extra and extra.strip() else instruction
     msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
     return {"messages": _with_system(msgs, system_prompt)}
@@ -154,24 +154,24 @@ def _preference(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
         prompt, chosen, rejected = _split_shared(chosen_d, rejected_d)
     else:
         if isinstance(prompt_v, str):
-            prompt = [{"role": "user", "content": validate.text_field(prompt_v, "prompt")}]
+            prompt = [{"role": "user", "content": conversation.text_field(prompt_v, "prompt")}]
         else:
             _string_or_turns(prompt_v, "prompt")
-            prompt = validate.turns(prompt_v, "prompt")
-        validate.order(prompt, "prompt", ends_with="user")
+            prompt = conversation.turns(prompt_v, "prompt")
+        conversation.order(prompt, "prompt", ends_with="user")
         chosen, rejected = _answer(chosen_v, "chosen"), _answer(rejected_v, "rejected")
         if chosen == rejected:
             raise BadRow("chosen and rejected are identical")
-        validate.order(prompt + chosen, "prompt + chosen")
-        validate.order(prompt + rejected, "prompt + rejected")
+        conversation.order(prompt + chosen, "prompt + chosen")
+        conversation.order(prompt + rejected, "prompt + rejected")
     return {"prompt": _with_system(prompt, system_prompt), "chosen": chosen, "rejected": rejected}
 
 
 def _answer(value: Any, name: str) -> list[dict]:
     if isinstance(value, str):
-        return [{"role": "assistant", "content": validate.text_field(value, name)}]
+        return [{"role": "assistant", "content": conversation.text_field(value, name)}]
     _string_or_turns(value, name)
-    return validate.turns(value, name)
+    return conversation.turns(value, name)
 
 
 def _string_or_turns(value: Any, name: str) -> None:
@@ -183,7 +183,7 @@ def _dialogue(value: Any, name: str) -> list[dict]:
     """A whole dialogue: a message list, or ``\\n\\nHuman: ... \\n\\nAssistant: ...`` text."""
     _string_or_turns(value, name)
     if not isinstance(value, str):
-        return validate.turns(value, name)
+        return conversation.turns(value, name)
     parts = _DIALOGUE.split(value)
     if len(parts) < 3:
         raise BadRow(f"{name} is not a dialogue: with no prompt field, chosen and rejected must be whole "
@@ -204,7 +204,7 @@ def _split_shared(chosen: list[dict], rejected: list[dict]) -> tuple[list[dict],
     """Split two whole dialogues into the shared prompt turns and their differing last assistant turns."""
     for name, d in (("chosen", chosen), ("rejected", rejected)):
         if d[-1]["role"] != "assistant":
-            raise BadRow(f"{name} ends with {validate.article(d[-1]['role'])} {d[-1]['role']} turn; "
+            raise BadRow(f"{name} ends with {conversation.article(d[-1]['role'])} {d[-1]['role']} turn; "
                          "its last turn must be assistant")
     shared = 0
     while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
@@ -212,6 +212,6 @@ def _split_shared(chosen: list[dict], rejected: list[dict]) -> tuple[list[dict],
     if shared < len(chosen) - 1 or shared < len(rejected) - 1:
         raise BadRow(f"chosen and rejected differ before their last assistant turn (at turn {shared + 1}; "
                      f"{len(chosen)} vs {len(rejected)} turns); only the last assistant turn may differ")
-    validate.order(chosen, "chosen")
-    validate.order(rejected, "rejected")
+    conversation.order(chosen, "chosen")
+    conversation.order(rejected, "rejected")
     return chosen[:-1], chosen[-1:], rejected[-1:]

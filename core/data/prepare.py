@@ -5,12 +5,12 @@ import hashlib
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from core import template
-from core.data import formats, stats as tokstats
+from core.data import cache as datacache
+from core.data import chat_template, formats, stats as tokstats
 from core.data.readers import BadRow, check_exists, first_row, iter_rows
 from core.errors import ConfigError, DataError
 from core.runproto import atomic_write_json, atomic_write_text
@@ -44,6 +44,7 @@ class _Row:
     where: Any
     record: dict
     texts: list[str] | None  # rendered training text(s), when already known
+    prompt: str | None = None  # rendered prompt, when already known
 
 
 def detect_kind(data_cfg) -> str:
@@ -72,22 +73,39 @@ def check_method(kind: str, method_name: str, train: str | None = None) -> None:
                       f"{KIND_DESCRIPTION.get(kind, kind)}; {hint}")
 
 
-def prepare(data_cfg, *, method: str, model_path: str | None, out_dir: Path, max_length: int,
-            seed: int) -> dict[str, Any]:
+def prepare(data_cfg, *, method: str, model_path: str | None, out_dir: Path, max_length: int, seed: int,
+            kind: str | None = None, templated: bool = True, cache: Path | None = None) -> dict[str, Any]:
     """Load, validate, normalise and split the data; write ``out_dir``; return the content of ``stats.json``.
 
     Writes ``train.jsonl``, ``eval.jsonl`` (when there is eval data), ``chat_template.jinja`` (messages and
-    preference kinds) and ``stats.json``, each atomically.
-    :param model_path: local model directory (its chat template and tokenizer), or None.
-    :raises DataError: bad rows and ``data.on_bad_rows=error``; lists every one with file and line.
+    preference kinds, when ``templated``) and ``stats.json``, each atomically; stale ones are removed.
+
+    :param model_path: local model directory (its chat template, special tokens and ``tokenizer.json``), or
+        None: no token statistics, and conversations need ``data.chat_template``.
+    :param kind: the kind :func:`detect_kind` returned, when the caller has already run it and
+        :func:`check_method`; they are then not repeated (the file is only checked to still be of that kind).
+    :param templated: False for a step that needs no template of record (a remote API that renders
+        conversations itself): none is resolved, compiled or rendered, no ``chat_template.jinja`` is
+        written, ``stats.json`` says ``"chat_template": null``, and conversations have no token statistics.
+        Records are normalised and validated the same.
+    :param cache: a cache folder (:func:`core.data.cache_dir`), or None for none. Identical inputs (the
+        files' bytes, every data option, the template, method, seed, max_length, templated, the tokenizer)
+        are then prepared once: a hit links or copies the stored files into ``out_dir``. ``stats.json``
+        says ``"cache": "hit"`` or ``"miss"`` and ``"cache_key"``. ``ANYTUNE_DATA_CACHE=0`` turns it off.
+    :raises DataError: bad rows and ``data.on_bad_rows=error``; lists every one with file and line (never cached).
     :raises ConfigError: the config cannot work (missing file, method/kind mismatch, no template, no rows).
     """
     started = time.perf_counter()
     opts = _options(data_cfg)
     out_dir = Path(out_dir)
     train_fmt = _format_of(opts.train, "data.train", opts)
-    kind = formats.KIND[train_fmt]
-    check_method(kind, method, opts.train)
+    found = formats.KIND[train_fmt]
+    if kind is None:
+        check_method(found, method, opts.train)
+    elif kind != found:
+        raise ConfigError(f"data.train={opts.train} is {KIND_DESCRIPTION.get(found, found)} data, but it was "
+                          f"{KIND_DESCRIPTION.get(kind, kind)} data when the job was validated; did the file change?")
+    kind = found
     eval_fmt = None
     if opts.eval:
         eval_fmt = _format_of(opts.eval, "data.eval", opts)
@@ -95,23 +113,42 @@ def prepare(data_cfg, *, method: str, model_path: str | None, out_dir: Path, max
             raise ConfigError(f"data.eval={opts.eval} is {formats.KIND[eval_fmt]} data but "
                               f"data.train={opts.train} is {kind}; both must be the same kind")
 
-    tmpl, tmpl_source, render = None, None, None
-    specials = template.special_tokens(model_path)
-    if kind in TEMPLATED:
-        tmpl, tmpl_source = template.resolve_with_source(opts.chat_template, model_path)
+    tmpl, tmpl_source = None, None
+    specials = chat_template.special_tokens(model_path)
+    if templated and kind in TEMPLATED:
+        tmpl, tmpl_source = chat_template.resolve_with_source(opts.chat_template, model_path)
         if tmpl is None:
             where = (f"the model at {model_path} has no chat template" if model_path else
                      "the model is not a local directory, so its chat template cannot be read")
             raise ConfigError(f"{kind} data needs a chat template and {where}; set data.chat_template=chatml "
-                              f"(or another built-in: {', '.join(template.BUILTIN)}; or a .jinja path)")
-        template.compile_template(tmpl)
+                              f"(or another built-in: {', '.join(chat_template.BUILTIN)}; or a .jinja path)")
+
+    entry_key = None
+    if cache is not None and datacache.enabled():
+        entry_key = datacache.key({
+            "train": datacache.file_identity(opts.train),
+            "eval": datacache.file_identity(opts.eval) if opts.eval else None,
+            "options": asdict(opts), "method": method, "seed": seed, "max_length": max_length,
+            "templated": templated, "template": tmpl, "template_source": tmpl_source,
+            "tokenizer": datacache.stat_identity(tokstats.tokenizer_file(model_path)), "special_tokens": specials})
+        hit = datacache.load(Path(cache), entry_key, out_dir)
+        if hit is not None:
+            hit.update(cache="hit", cache_key=entry_key, seconds=round(time.perf_counter() - started, 3))
+            atomic_write_json(str(out_dir / "stats.json"), hit)
+            return hit
+
+    render = None
+    if tmpl is not None:
+        chat_template.compile_template(tmpl)
 
         def render(messages, add_generation_prompt):
-            return template.render(tmpl, messages, add_generation_prompt, specials)
+            return chat_template.render(tmpl, messages, add_generation_prompt, specials)
 
+    tokenizer = tokstats.load_tokenizer(model_path) if render is not None or kind not in TEMPLATED else None
     problems: list[tuple[str, Any, str]] = []
-    train = _load(opts.train, train_fmt, opts, kind, render, problems)
-    evals = _load(opts.eval, eval_fmt, opts, kind, render, problems) if opts.eval else []
+    prompts = tokenizer is not None and kind in TEMPLATED  # render prompts now, so a refusal is a bad row
+    train = _load(opts.train, train_fmt, opts, kind, render, prompts, problems)
+    evals = _load(opts.eval, eval_fmt, opts, kind, render, prompts, problems) if opts.eval else []
     if problems and opts.on_bad_rows == "error":
         raise DataError(problems)
     for name, path, rows in (("data.train", opts.train, train), ("data.eval", opts.eval, evals)):
@@ -140,7 +177,7 @@ def prepare(data_cfg, *, method: str, model_path: str | None, out_dir: Path, max
         "chat_template": {"source": tmpl_source, "file": "chat_template.jinja"} if tmpl else None,
         "system_prompt": opts.system_prompt,
         "max_length": max_length,
-        **_token_stats(kind, {"train": train, "eval": evals}, model_path, render, specials, max_length),
+        **_token_stats(kind, {"train": train, "eval": evals}, tokenizer, model_path, specials, max_length),
     }
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,6 +190,9 @@ def prepare(data_cfg, *, method: str, model_path: str | None, out_dir: Path, max
     else:
         (out_dir / "chat_template.jinja").unlink(missing_ok=True)
     result["seconds"] = round(time.perf_counter() - started, 3)
+    if entry_key is not None:
+        datacache.store(Path(cache), entry_key, out_dir, result)
+    result.update(cache="miss" if entry_key else None, cache_key=entry_key)
     atomic_write_json(str(out_dir / "stats.json"), result)
     return result
 
@@ -218,48 +258,72 @@ def _format_of(path: str, field_name: str, opts: _Options) -> str:
     return fmt
 
 
-def _load(path: str, fmt: str, opts: _Options, kind: str, render: Callable | None,
+def _load(path: str, fmt: str, opts: _Options, kind: str, render: Callable | None, prompts: bool,
           problems: list) -> list[_Row]:
-    """Valid canonical rows of one file; bad rows are appended to ``problems`` as (file, line, reason)."""
-    import jinja2
+    """Valid canonical rows of one file; bad rows are appended to ``problems`` as (file, line, reason).
 
+    With ``render`` (conversation kinds), each row's training texts are rendered here, and its
+    prompt too when ``prompts`` (token statistics will need it): a template that refuses either
+    makes the row a bad row.
+    """
     normalise = formats.normaliser(fmt, opts.columns, opts.system_prompt)
+    template_error = _template_error() if render is not None else ()
     rows = []
     for where, raw in iter_rows(path):
         try:
             if isinstance(raw, BadRow):
                 raise raw
             record = normalise(raw)
-            texts = None
+            texts = prompt = None
             if render is not None:
                 try:
                     texts = tokstats.texts(kind, record, render, "")
-                except jinja2.TemplateError as exc:
+                    if prompts:
+                        prompt = tokstats.prompt_text(kind, record, render)
+                except template_error as exc:
                     raise BadRow(f"the chat template refused it: {exc}") from exc
                 except Exception as exc:  # a template may fail on data in other ways
                     raise BadRow(f"the chat template failed on it: {type(exc).__name__}: {exc}") from exc
         except BadRow as bad:
             problems.append((path, where, str(bad)))
             continue
-        rows.append(_Row(where, record, texts))
+        rows.append(_Row(where, record, texts, prompt))
     return rows
 
 
-def _token_stats(kind: str, splits: dict[str, list[_Row]], model_path: str | None, render,
+def _template_error() -> type:
+    import jinja2
+
+    return jinja2.TemplateError
+
+
+def _token_stats(kind: str, splits: dict[str, list[_Row]], tokenizer, model_path: str | None,
                  specials: dict[str, str], max_length: int) -> dict[str, Any]:
-    tokenizer = tokstats.load_tokenizer(model_path)
+    """tokens, truncated and prompt_fills_max_length of each split, all texts encoded in one batch.
+
+    A prompt is encoded only when :func:`stats.token_bound` cannot rule out that it reaches
+    ``max_length``; the others cannot fill it.
+    """
     if tokenizer is None:
         return {"tokenizer": None, "tokens": None, "truncated": None, "prompt_fills_max_length": None}
     eos = specials.get("eos_token", "")
-    tokens, truncated, fills = {}, {}, {}
+    bound = tokstats.token_bound(tokenizer)
+    batch: list[list[str]] = []
+    spans = {}
     for name, rows in splits.items():
-        texts = [r.texts if r.texts is not None else tokstats.texts(kind, r.record, render, eos) for r in rows]
-        summary = tokstats.summary(tokstats.token_lengths(tokenizer, texts), max_length) if rows else None
+        start = len(batch)
+        batch.extend(r.texts if r.texts is not None else tokstats.texts(kind, r.record, None, eos) for r in rows)
+        full = (start, len(batch))
+        prompts = [r.prompt if r.prompt is not None else tokstats.prompt_text(kind, r.record, None) for r in rows]
+        batch.extend([p] for p in prompts if p is not None and (bound is None or bound(p) >= max_length))
+        spans[name] = (full, (full[1], len(batch)), any(p is not None for p in prompts))
+    lengths = tokstats.token_lengths(tokenizer, batch)
+    tokens, truncated, fills = {}, {}, {}
+    for name, ((a, b), (c, d), has_prompts) in spans.items():
+        summary = tokstats.summary(lengths[a:b], max_length) if b > a else None
         truncated[name] = summary.pop("truncated") if summary else None
         tokens[name] = summary
-        prompts = [[p] for p in (tokstats.prompt_text(kind, r.record, render) for r in rows) if p is not None]
-        fills[name] = (sum(n >= max_length for n in tokstats.token_lengths(tokenizer, prompts))
-                       if prompts else (0 if rows else None))
+        fills[name] = sum(n >= max_length for n in lengths[c:d]) if has_prompts else (0 if b > a else None)
     return {"tokenizer": str(Path(model_path) / "tokenizer.json"), "tokens": tokens, "truncated": truncated,
             "prompt_fills_max_length": fills}
 
@@ -268,8 +332,14 @@ def _token_stats(kind: str, splits: dict[str, list[_Row]], model_path: str | Non
 _LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
+#: ``json.dumps(obj, ensure_ascii=False)``, built once.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
+
+
 def _write_jsonl(path: Path, rows: list[_Row]) -> str:
-    text = "".join(json.dumps(r.record, ensure_ascii=False) + "\n" for r in rows)
+    """Write one record per line (UTF-8, atomically); return the file's sha256."""
+    encode = _ENCODE
+    text = "".join([encode(r.record) + "\n" for r in rows])
     for char, escaped in _LINE_BREAKS.items():
         if char in text:
             text = text.replace(char, escaped)

@@ -1,11 +1,24 @@
-"""Translation shared by backends built on Hugging Face's ``Trainer`` (TRL, and third parties').
+"""Shared by backends built on Hugging Face's ``Trainer`` (TRL, Unsloth, the contrib template).
 
-Plain dicts only: nothing here imports transformers. A backend adds its own keys
-(TRL's ``packing``, ``beta`` ...) on top and applies ``backend.native`` last.
+Translation here is plain dicts: nothing imports transformers. A backend adds its own
+keys (TRL's ``packing``, ``beta`` ...) on top and applies ``backend.native`` last.
+Worker-side glue (metrics callback, tokenising with the loss masks, training, saving)
+is ``glue.py``, shipped into the plan as ``hfglue.py`` by :func:`ship`.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+GLUE = Path(__file__).parent / "glue.py"
+"""The worker-side glue module (runs in the engine's process; imports ``runproto`` and ``lossmask``)."""
+
+
+def ship(ctx: Any) -> list[str]:
+    """Copy ``runproto.py``, ``lossmask.py`` and ``hfglue.py`` into the plan directory; their relative paths."""
+    from core import lossmask, runproto
+
+    return ctx.ship(runproto, lossmask, GLUE, rename={"glue.py": "hfglue.py"})
 
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant",
               "constant_with_warmup": "constant_with_warmup"}

@@ -1,9 +1,10 @@
 """TRL worker: runs one planned job inside the engine's process.
 
 Usage (from the run directory): ``python plan/trl_worker.py plan/trl_args.json``.
-Imports only TRL, its dependencies and the standard library (plus ``workerlib``,
-copied beside this file), so an ejected plan runs where anytune is not installed.
-Writes ``metrics.jsonl`` while training, ``artifacts/`` and ``result.json`` at the end.
+Imports only TRL, its dependencies and the standard library (plus ``runproto``,
+``lossmask`` and ``hfglue``, shipped beside this file), so an ejected plan runs
+where anytune is not installed. Writes ``metrics.jsonl`` while training,
+``artifacts/`` and the outcome file at the end; exits 0, 1 or 130.
 """
 from __future__ import annotations
 
@@ -11,41 +12,19 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import workerlib  # noqa: E402
-
-
-def tokenize_sft(records, tokenizer, kind, completion_only, max_length):
-    """SFT records as a Dataset of ``input_ids`` and ``completion_mask``, which TRL takes as processed."""
-    from datasets import Dataset
-
-    return Dataset.from_list(workerlib.tokenize_records(records, tokenizer, kind, completion_only, max_length))
-
-
-def config_args(config_class, args):
-    """``args`` adapted to the installed TRL/transformers (older releases name activation checkpointing
-    ``gradient_checkpointing``)."""
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(config_class)}
-    if "activation_checkpointing" in args and "activation_checkpointing" not in names:
-        args["gradient_checkpointing"] = args.pop("activation_checkpointing")
-    return config_class(**args)
+import hfglue  # noqa: E402
+import runproto  # noqa: E402
 
 
 def build_trainer(spec, writer):
     """Model, tokenizer, data and the TRL trainer for ``spec`` (plan/trl_args.json)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
 
     mspec, method, kind, args = spec["model"], spec["method"], spec["kind"], dict(spec["args"])
-    tokenizer = AutoTokenizer.from_pretrained(mspec["name_or_path"], trust_remote_code=mspec["trust_remote_code"])
-    template_path = spec["data"]["chat_template"]
-    if template_path and os.path.exists(template_path):
-        with open(template_path) as f:
-            tokenizer.chat_template = f.read()
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-
+    tokenizer = hfglue.load_tokenizer(mspec["name_or_path"], spec["data"]["chat_template"],
+                                      mspec["trust_remote_code"])
     load_kwargs = {"dtype": getattr(torch, mspec["dtype"]), "trust_remote_code": mspec["trust_remote_code"]}
     if mspec["load_in_4bit"]:
         from transformers import BitsAndBytesConfig
@@ -61,46 +40,43 @@ def build_trainer(spec, writer):
 
         peft_config = LoraConfig(**spec["peft"])
 
-    train = workerlib.read_jsonl(spec["data"]["train"])
-    evals = workerlib.read_jsonl(spec["data"]["eval"]) if spec["data"]["eval"] else None
     common = {"model": model, "processing_class": tokenizer, "peft_config": peft_config,
-              "callbacks": [workerlib.hf_metrics_callback(writer)]}
+              "callbacks": [hfglue.metrics_callback(writer)]}
+    train, evals = spec["data"]["train"], spec["data"]["eval"]
     if method == "sft":
         from trl import SFTConfig, SFTTrainer
 
         completion_only = args.get("completion_only_loss", True)
         args.setdefault("include_num_input_tokens_seen", "non_padding")
-        data = {"train_dataset": tokenize_sft(train, tokenizer, kind, completion_only, args["max_length"])}
-        if evals:
-            data["eval_dataset"] = tokenize_sft(evals, tokenizer, kind, completion_only, args["max_length"])
-        return SFTTrainer(args=config_args(SFTConfig, args), **data, **common), tokenizer
-    from datasets import Dataset
 
-    data = {"train_dataset": Dataset.from_list(train)}
-    if evals:
-        data["eval_dataset"] = Dataset.from_list(evals)
+        def tokenized(path):  # input_ids + completion_mask, which TRL takes as already processed
+            return Dataset.from_list(hfglue.tokenize(path, tokenizer, kind, completion_only, args["max_length"]))
+
+        data = {"train_dataset": tokenized(train), "eval_dataset": tokenized(evals) if evals else None}
+        return SFTTrainer(args=hfglue.config_args(SFTConfig, args), **data, **common), tokenizer
+    data = {"train_dataset": Dataset.from_list(runproto.read_jsonl(train)),
+            "eval_dataset": Dataset.from_list(runproto.read_jsonl(evals)) if evals else None}
     if method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        return DPOTrainer(args=config_args(DPOConfig, args), **data, **common), tokenizer
+        return DPOTrainer(args=hfglue.config_args(DPOConfig, args), **data, **common), tokenizer
     if method == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        return ORPOTrainer(args=config_args(ORPOConfig, args), **data, **common), tokenizer
+        return ORPOTrainer(args=hfglue.config_args(ORPOConfig, args), **data, **common), tokenizer
     raise ValueError(f"unknown method {method!r}")
 
 
 def main(argv):
-    spec = workerlib.read_json(argv[1])
-    writer = workerlib.MetricsWriter("metrics.jsonl")
-    rec = workerlib.Recorder("trl", ("trl", "transformers", "peft", "torch", "datasets", "accelerate",
-                                     "bitsandbytes"))
-    with rec as result:
+    """Run the job in ``argv[1]``; record the outcome; exit 0, 1 (failed) or 130 (interrupted)."""
+    spec = runproto.read_json(argv[1])
+    writer = runproto.MetricsWriter()
+    outcome = runproto.Outcome(("trl", "transformers", "peft", "torch", "datasets", "accelerate", "bitsandbytes"))
+    with outcome as out:
         trainer, tokenizer = build_trainer(spec, writer)
-        workerlib.train_hf(trainer, result)
-        result["artifacts"] = (workerlib.save_hf(trainer, tokenizer, bool(spec["peft"]))
-                               if spec.get("save", True) else {})
-    return rec.code
+        hfglue.train(trainer, out)
+        out["artifacts"] = hfglue.save(trainer, tokenizer, bool(spec["peft"])) if spec.get("save", True) else {}
+    return outcome.code
 
 
 if __name__ == "__main__":

@@ -7,17 +7,23 @@ venv of its own under ``$ANYTUNE_HOME/envs`` (default ``~/.cache/anytune/envs``)
 named ``<backend>-<hash of the pins and Python version>``: changing a pin makes a new
 environment, never a half-upgraded one.
 
-Creation follows the user's pip configuration (``pip.conf``, ``PIP_*`` variables),
-installs torch first, alone and pinned, so the user's torch source (a CPU wheel
-on local disk, a CUDA index) is what is used and nothing later pulls another
-build, then everything else. ``uv`` is used when it is on ``PATH`` (set
-``ANYTUNE_INSTALLER=pip`` to refuse it); it is given pip's settings.
+An environment is created on first use (``ensure``), unless ``ANYTUNE_CREATE_ENVS=0``;
+creation holds an exclusive file lock (``<home>/<env>.lock``), so two jobs of a sweep
+that start at once build it once. Creation follows the user's pip configuration
+(``pip.conf``, ``PIP_*`` variables), installs torch first, alone and pinned, so the
+user's torch source (a CPU wheel on local disk, a CUDA index) is what is used and
+nothing later pulls another build, then everything else. ``uv`` is used when it is on
+``PATH`` (set ``ANYTUNE_INSTALLER=pip`` to refuse it); it is given pip's settings. A
+wheel directory (``ANYTUNE_WHEELS=/dir`` or ``wheels=``) installs from that directory
+alone (``--no-index --find-links``), for machines without a package index.
 
-``python -m core.envs create|list|check|remove [backend]``.
+This module imports no other anytune module but ``core.errors`` (the backend module
+imports it); the command line, ``python -m core.envs create|list|check|path|remove``,
+is ``core/envs/__main__.py``.
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -28,9 +34,19 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: creation is not locked
+    fcntl = None  # type: ignore[assignment]
 
 from core.errors import AnytuneError, EngineMissing
+
+__all__ = ["EngineEnv", "EngineMissing", "MARKER", "LOG", "FIRST", "auto_create_enabled", "check", "create",
+           "distribution_version", "ensure", "extra_requirements", "has_distribution", "home", "installer",
+           "interpreter", "is_current", "list_envs", "locked", "missing_message", "of", "pinned_version",
+           "pip_settings", "project", "python_variable", "remove", "remove_paths", "steps", "wheels_dir"]
 
 MARKER = "anytune-env.json"
 """Written last into an environment: its presence means creation finished."""
@@ -38,7 +54,15 @@ LOG = "create.log"
 """The installer's output of the last creation, kept in the environment."""
 FIRST = ("torch", "torchvision", "torchaudio")
 """Projects installed alone, before the rest, so nothing else chooses their build."""
+CREATE_VARIABLE = "ANYTUNE_CREATE_ENVS"
+"""Environment variable that turns first-use creation off (``0``, ``false``, ``no``, ``off``)."""
+WHEELS_VARIABLE = "ANYTUNE_WHEELS"
+"""Environment variable naming a wheel directory to install from, without a package index."""
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+_OFF = ("0", "false", "no", "off")
+
+Runner = Callable[..., subprocess.CompletedProcess]
+"""Replacement for ``subprocess.run`` (tests): called as ``run(argv, capture_output=True, text=True, env=...)``."""
 
 
 def home() -> Path:
@@ -87,6 +111,11 @@ class EngineEnv:
         return home() / f"{self.backend}-{self.key}"
 
     @property
+    def lock_path(self) -> Path:
+        """``<home>/<backend>-<key>.lock``: the file whose exclusive lock guards creation and removal."""
+        return self.path.with_name(self.path.name + ".lock")
+
+    @property
     def python(self) -> Path:
         """The environment's interpreter."""
         return self.path / "bin" / "python"
@@ -113,7 +142,13 @@ def extra_requirements(dist: str, extra: str) -> list[str]:
 
 
 def of(backend: Any) -> EngineEnv:
-    """The managed environment of a backend class or instance (its ``environment`` list)."""
+    """The managed environment of a backend class or instance (its ``environment`` list).
+
+    :param backend: a backend class or instance; an ``EngineEnv`` is returned as is.
+    :raises AnytuneError: the backend declares no environment.
+    """
+    if isinstance(backend, EngineEnv):
+        return backend
     reqs = tuple(getattr(backend, "environment", ()) or ())
     if not reqs:
         raise AnytuneError(f"backend '{backend.name}' declares no environment (no 'environment' packages); "
@@ -174,8 +209,8 @@ def interpreter(backend: Any, strict: bool = True) -> str:
         environment's interpreter path anyway (False: a plan can still be written).
     :raises EngineMissing: no interpreter has the engine; the message holds the command that creates it.
     """
-    job = getattr(backend, "job", None)
-    configured = job.backend.get("python") if job is not None else None
+    node = getattr(backend, "config", None)  # the step's own config node (job.backend for a trainer)
+    configured = node.get("python") if node is not None and hasattr(node, "get") else None
     configured = configured or os.environ.get(python_variable(backend.name))
     if configured:
         return str(configured)
@@ -192,12 +227,26 @@ def interpreter(backend: Any, strict: bool = True) -> str:
     return str(env.python)
 
 
+def auto_create_enabled() -> bool:
+    """True unless ``$ANYTUNE_CREATE_ENVS`` is ``0``, ``false``, ``no`` or ``off`` (any case): first-use creation."""
+    return os.environ.get(CREATE_VARIABLE, "1").strip().lower() not in _OFF
+
+
 def missing_message(env: EngineEnv) -> str:
-    """Why the engine is missing and the one command that fixes it."""
+    """Why the engine is missing, the one command that fixes it, and whether first-use creation is on.
+
+    :param env: the backend's managed environment (``of(backend)``).
+    """
+    if auto_create_enabled():
+        auto = (f"anytune creates it on first use (set {CREATE_VARIABLE}=0 to turn that off "
+                f"and create it yourself)")
+    else:
+        auto = (f"first-use creation is off ({CREATE_VARIABLE}="
+                f"{os.environ.get(CREATE_VARIABLE, '')}); unset it to let anytune create it")
     return (f"backend '{env.backend}' needs its engine ({env.engine}), which this interpreter "
             f"({sys.executable}) lacks and whose environment ({env.path}) does not exist; create it with:\n"
             f"    {env.create_command()}\n"
-            f"(or set backend.python=/path/to/python of an environment that has {env.engine})")
+            f"({auto}; or set backend.python=/path/to/python of an environment that has {env.engine})")
 
 
 # -- create, check, list, remove ------------------------------------------------------------------
@@ -215,6 +264,22 @@ def installer() -> str:
     if choice == "uv":
         raise AnytuneError("ANYTUNE_INSTALLER=uv but uv is not on PATH")
     return "pip"
+
+
+def wheels_dir(wheels: str | os.PathLike | None = None) -> Path | None:
+    """The wheel directory to install from without an index: ``wheels``, else ``$ANYTUNE_WHEELS``, else None.
+
+    :param wheels: an explicit directory (the ``--wheels`` option, ``ensure(wheels=...)``); wins over the variable.
+    :raises AnytuneError: the directory does not exist.
+    """
+    chosen = wheels if wheels not in (None, "") else os.environ.get(WHEELS_VARIABLE) or None
+    if chosen is None:
+        return None
+    path = Path(chosen).expanduser().absolute()
+    if not path.is_dir():
+        source = "--wheels" if wheels not in (None, "") else WHEELS_VARIABLE
+        raise AnytuneError(f"{source}={chosen}: not a directory (it should hold the wheels to install from)")
+    return path
 
 
 def pip_settings() -> dict[str, list[str]]:
@@ -249,18 +314,25 @@ def _uv_env() -> dict[str, str]:
     return env
 
 
-def steps(env: EngineEnv, tool: str) -> list[tuple[str, list[str], dict[str, str] | None]]:
-    """(label, argv, environment) of each creation step, in order."""
+def steps(env: EngineEnv, tool: str,
+          wheels: str | os.PathLike | None = None) -> list[tuple[str, list[str], dict[str, str] | None]]:
+    """(label, argv, environment) of each creation step, in order.
+
+    :param tool: ``pip`` or ``uv`` (``installer()``).
+    :param wheels: a wheel directory: every install step gets ``--no-index --find-links <dir>``
+        (the venv step is unchanged). Taken as given; ``wheels_dir()`` resolves ``$ANYTUNE_WHEELS``.
+    """
     py = str(env.python)
     first = [r for r in env.requirements if project(r) in FIRST]
+    offline = ["--no-index", "--find-links", str(wheels)] if wheels else []
     if tool == "uv":
         uv_env = _uv_env()
         make = ("create venv (uv)", ["uv", "venv", "--quiet", "--python", sys.executable, str(env.path)], uv_env)
-        install = lambda reqs: ["uv", "pip", "install", "--python", py, *reqs]  # noqa: E731
+        install = lambda reqs: ["uv", "pip", "install", "--python", py, *offline, *reqs]  # noqa: E731
     else:
         uv_env = None
         make = ("create venv", [sys.executable, "-m", "venv", str(env.path)], None)
-        install = lambda reqs: [py, "-m", "pip", "install", "--progress-bar", "off", *reqs]  # noqa: E731
+        install = lambda reqs: [py, "-m", "pip", "install", "--progress-bar", "off", *offline, *reqs]  # noqa: E731
     out = [make]
     if first:
         out.append((f"install {' '.join(first)}", install(first), uv_env))
@@ -271,43 +343,113 @@ def steps(env: EngineEnv, tool: str) -> list[tuple[str, list[str], dict[str, str
     return out
 
 
-def create(backend: Any, force: bool = False, console: Any = None,
-           run: Callable[..., subprocess.CompletedProcess] | None = None) -> EngineEnv:
-    """Create ``backend``'s environment (a no-op when it already exists, unless ``force``).
+@contextlib.contextmanager
+def locked(env: EngineEnv, console: Any = None) -> Iterator[None]:
+    """Hold the exclusive lock on ``env``'s creation (``fcntl.flock`` on ``env.lock_path``) inside the block.
 
-    Shows each step with a spinner on ``console`` (a rich Console; None: stderr). The
-    installer's output goes to ``<env>/create.log``; on failure the environment is
-    removed and the log's tail is in the error.
-    :raises AnytuneError: a step failed.
+    Blocks while another process holds it (or another thread: a flock belongs to an open file,
+    not to a process). The lock file stays behind on purpose: deleting it would race.
+    :param console: where to say that it waits for another job (a rich Console; None: silent).
     """
+    with _flock(env.lock_path, console, f"{env.backend}: waiting for another job{{holder}} "
+                                         f"that is creating {env.path} …"):
+        yield
+
+
+@contextlib.contextmanager
+def _flock(lock: Path, console: Any = None, waiting: str = "") -> Iterator[None]:
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as fh:
+        if fcntl is None:  # not POSIX: unlocked
+            yield
+            return
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if console is not None and waiting:
+                fh.seek(0)
+                holder = fh.read().strip()
+                console.print(waiting.replace("{holder}", f" (pid {holder})" if holder else ""),
+                              markup=False, highlight=False, soft_wrap=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class _Progress:
+    """Spinner text of one step: its label, the seconds so far, the installer's latest line."""
+
+    def __init__(self, label: str):
+        self.label, self.started, self.line = label, time.time(), ""
+
+    def __rich__(self):
+        from rich.text import Text
+
+        text = Text(f"{self.label} … {time.time() - self.started:.0f}s", no_wrap=True, overflow="ellipsis")
+        if self.line:
+            text.append(f"  {self.line}", style="dim")
+        return text
+
+
+def _stream(argv: list[str], step_env: dict[str, str] | None, progress: _Progress) -> subprocess.CompletedProcess:
+    """Run ``argv``, its stderr merged into stdout, each line shown as ``progress.line`` as it comes."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            text=True, errors="replace", env=step_env, bufsize=1)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.strip():
+                progress.line = line.strip()
+    except BaseException:  # Ctrl-C: the installer goes too
+        proc.kill()
+        proc.wait()
+        raise
+    return subprocess.CompletedProcess(argv, proc.wait(), "".join(lines), "")
+
+
+def _console(console: Any):
+    if console is not None:
+        return console
     from rich.console import Console
 
-    env = of(backend) if not isinstance(backend, EngineEnv) else backend
-    console = console or Console(stderr=True)
-    if env.exists() and not force:
-        console.print(f"[green]✓[/] {env.backend}: environment exists at {env.path}")
-        return env
-    if env.path.exists():
-        shutil.rmtree(env.path)
+    return Console(stderr=True)
+
+
+def _build(env: EngineEnv, console: Any, tool: str, wheels: Path | None, run: Runner | None) -> None:
+    """Build ``env`` from scratch (the caller holds the lock and has printed the header line)."""
+    if env.path.exists() or env.path.is_symlink():
+        if env.path.is_symlink():
+            env.path.unlink()
+        else:
+            shutil.rmtree(env.path)
     env.path.parent.mkdir(parents=True, exist_ok=True)
-    tool = installer()
     started = time.time()
     log_lines: list[str] = []
-    console.print(f"[bold]{env.backend}[/]: creating {env.path} with {tool} "
-                  f"({len(env.requirements)} pinned requirement(s))")
     try:
-        for label, argv, step_env in steps(env, tool):
-            t0 = time.time()
-            with console.status(f"{label} …", spinner="dots"):
-                proc = (run or subprocess.run)(argv, capture_output=True, text=True, env=step_env)
+        for label, argv, step_env in steps(env, tool, wheels):
+            progress = _Progress(label)
+            with console.status(progress, spinner="dots"):
+                if run is None:
+                    proc = _stream(argv, step_env, progress)
+                else:
+                    proc = run(argv, capture_output=True, text=True, env=step_env)
             log_lines += [f"$ {' '.join(argv)}", proc.stdout or "", proc.stderr or ""]
             if proc.returncode != 0:
                 tail = "\n".join(((proc.stdout or "") + (proc.stderr or "")).strip().splitlines()[-15:])
                 raise AnytuneError(f"creating the {env.backend} environment failed at '{label}' "
                                    f"(exit {proc.returncode}):\n{tail}")
-            console.print(f"  [green]✓[/] {label} [dim]{time.time() - t0:.1f}s[/]")
+            console.print(f"  [green]✓[/] {_esc(label)} [dim]{time.time() - progress.started:.1f}s[/]")
         marker = {"backend": env.backend, "requirements": list(env.requirements), "engine": env.engine,
                   "python": f"{sys.version_info.major}.{sys.version_info.minor}", "installer": tool,
+                  "wheels": str(wheels) if wheels else None,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - started, 1)}
         (env.path / LOG).write_text("\n".join(log_lines))
         (env.path / MARKER).write_text(json.dumps(marker, indent=2))
@@ -315,7 +457,92 @@ def create(backend: Any, force: bool = False, console: Any = None,
         if env.path.exists():
             shutil.rmtree(env.path, ignore_errors=True)
         raise
-    console.print(f"[bold green]ready[/] in {time.time() - started:.0f}s: {env.python}")
+    console.print(f"[bold green]ready[/] in {_took(time.time() - started)}: {_esc(env.python)}", highlight=False)
+
+
+def _took(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    return f"{whole // 60}m {whole % 60:02d}s"
+
+
+def _esc(value: Any) -> str:
+    """``value`` as text that rich prints literally (``pkg[extra]`` is not a style tag)."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
+def _source(tool: str, wheels: Path | None) -> str:
+    return f"with {tool}" + (f", from the wheels in {wheels} (no index)" if wheels else "")
+
+
+def create(backend: Any, force: bool = False, console: Any = None, run: Runner | None = None,
+           wheels: str | os.PathLike | None = None) -> EngineEnv:
+    """Create ``backend``'s environment (a no-op when it already exists, unless ``force``), under its lock.
+
+    Shows each step with a spinner, the installer's latest line and the step's time on
+    ``console``, then the total. The installer's output goes to ``<env>/create.log``; on
+    failure the environment is removed and the log's tail is in the error.
+    :param backend: a backend class or instance, or an ``EngineEnv``.
+    :param force: rebuild it even if it exists.
+    :param console: a rich Console (None: stderr).
+    :param run: replaces ``subprocess.run`` for each step (tests); None streams the installer's output.
+    :param wheels: install from this wheel directory alone (``--no-index --find-links``); None: ``$ANYTUNE_WHEELS``.
+    :raises AnytuneError: a step failed, or the wheel directory does not exist.
+    """
+    env = of(backend)
+    console = _console(console)
+    wheel_path = wheels_dir(wheels)
+    with locked(env, console):
+        if env.exists() and not force:
+            console.print(f"[green]✓[/] {_esc(env.backend)}: environment exists at {_esc(env.path)}")
+            return env
+        tool = installer()
+        console.print(f"[bold]{_esc(env.backend)}[/]: creating {_esc(env.path)} {_esc(_source(tool, wheel_path))} "
+                      f"({len(env.requirements)} pinned requirement(s))")
+        _build(env, console, tool, wheel_path, run)
+    return env
+
+
+def _pins(env: EngineEnv) -> str:
+    engine = [r for r in env.requirements if env.engine and project(r) == project(env.engine)]
+    shown = engine or list(env.requirements[:1])
+    more = len(env.requirements) - len(shown)
+    return " ".join(shown) + (f" +{more}" if more else "")
+
+
+def ensure(backend_or_env: Any, console: Any = None, wheels: str | os.PathLike | None = None,
+           run: Runner | None = None) -> EngineEnv:
+    """The backend's environment, created first if it does not exist yet (first use).
+
+    Returns at once when it exists. Otherwise takes the lock; if another job built it
+    meanwhile, says so in one line; else prints one notice line and creates it as
+    ``create`` does (each step and its time, then the total). Callers check
+    ``auto_create_enabled()`` first.
+    :param backend_or_env: a backend class or instance, or an ``EngineEnv``.
+    :param console: a rich Console (None: stderr).
+    :param wheels: install from this wheel directory alone; None: ``$ANYTUNE_WHEELS``.
+    :param run: replaces ``subprocess.run`` for each step (tests).
+    :raises AnytuneError: creation failed (nothing is left behind), or the wheel directory does not exist.
+    """
+    env = of(backend_or_env)
+    if env.exists():
+        return env
+    console = _console(console)
+    wheel_path = wheels_dir(wheels)
+    with locked(env, console):
+        if env.exists():
+            console.print(f"[green]✓[/] {_esc(env.backend)}: environment {_esc(env.path)} was built by another "
+                          f"job meanwhile",
+                          highlight=False, soft_wrap=True)
+            return env
+        tool = installer()
+        console.print(f"[bold]{_esc(env.backend)}[/]: first use — creating its environment {_esc(env.path)} "
+                      f"(pinned: {_esc(_pins(env))}; {_esc(_source(tool, wheel_path))}); "
+                      f"turn this off with {CREATE_VARIABLE}=0", highlight=False, soft_wrap=True)
+        _build(env, console, tool, wheel_path, run)
     return env
 
 
@@ -325,7 +552,7 @@ def check(backend: Any) -> list[str]:
     Checks the marker, the interpreter, and that every exact pin (``name==version``)
     is installed at that version (other requirements: that the project is installed).
     """
-    env = of(backend) if not isinstance(backend, EngineEnv) else backend
+    env = of(backend)
     if not env.path.exists():
         return [f"{env.path} does not exist; create it with: {env.create_command()}"]
     if not (env.path / MARKER).is_file():
@@ -355,7 +582,7 @@ def check(backend: Any) -> list[str]:
 
 def list_envs(backend: str | None = None) -> list[dict[str, Any]]:
     """Every environment under ``home()`` (or only ``backend``'s): name, backend, path, state, size, marker data."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     if not home().is_dir():
         return rows
     for path in sorted(home().iterdir()):
@@ -368,19 +595,37 @@ def list_envs(backend: str | None = None) -> list[dict[str, Any]]:
             continue
         rows.append({"name": path.name, "backend": name, "path": str(path),
                      "state": "ready" if info else "incomplete", "size_mb": round(_size(path) / 2**20),
-                     **{k: info[k] for k in ("created", "installer", "seconds", "requirements") if k in info}})
+                     **{k: info[k] for k in ("created", "installer", "seconds", "requirements", "wheels")
+                        if k in info}})
     return rows
 
 
 def remove(backend: str, everything: bool = True, current: EngineEnv | None = None) -> list[Path]:
-    """Delete ``backend``'s environments: all of them, or only ``current`` (``everything=False``)."""
+    """Delete ``backend``'s environments: all of them, or only ``current`` (``everything=False``).
+
+    Each is deleted under its lock, so a creation in progress finishes first.
+    """
     gone = []
     for row in list_envs(backend):
         path = Path(row["path"])
         if everything or (current is not None and path == current.path):
-            shutil.rmtree(path)
+            _remove_path(path)
             gone.append(path)
     return gone
+
+
+def remove_paths(paths: list[Path]) -> None:
+    """Delete these environment folders, each under its lock."""
+    for path in paths:
+        _remove_path(path)
+
+
+def _remove_path(path: Path) -> None:
+    with _flock(path.with_name(path.name + ".lock")):
+        if path.is_symlink():
+            path.unlink()
+        elif path.exists():
+            shutil.rmtree(path)
 
 
 def _size(path: Path) -> int:
@@ -393,84 +638,3 @@ def _size(path: Path) -> int:
                 pass
     return total
 
-
-# -- command line -----------------------------------------------------------------------------------
-
-
-def _backend_class(name: str):
-    from core import plugins
-
-    return plugins.registry().backend(name)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m core.envs create|list|check|remove [backend]``."""
-    from rich.console import Console
-    from rich.table import Table
-
-    parser = argparse.ArgumentParser(prog="python -m core.envs",
-                                     description="Engine environments: one venv per backend, from its pins.")
-    sub = parser.add_subparsers(dest="verb", required=True)
-    p = sub.add_parser("create", help="create a backend's environment (no-op if it exists)")
-    p.add_argument("backend")
-    p.add_argument("--force", action="store_true", help="recreate it even if it exists")
-    p = sub.add_parser("check", help="check that a backend's environment has every pinned version")
-    p.add_argument("backend")
-    p = sub.add_parser("list", help="list environments (all, or one backend's)")
-    p.add_argument("backend", nargs="?")
-    p = sub.add_parser("remove", help="delete a backend's environments")
-    p.add_argument("backend")
-    p.add_argument("--stale", action="store_true", help="only those not matching the current pins")
-    p = sub.add_parser("path", help="print the interpreter of a backend's environment")
-    p.add_argument("backend")
-    args = parser.parse_args(argv)
-    console = Console(stderr=True)
-    out = Console()
-    try:
-        if args.verb == "list":
-            rows = list_envs(args.backend)
-            if not rows:
-                console.print(f"no environments under {home()}")
-                return 0
-            table = Table("environment", "state", "size", "created", "installer", "pins", title=str(home()))
-            for r in rows:
-                table.add_row(r["name"], r["state"], f"{r['size_mb']} MB", r.get("created", ""),
-                              r.get("installer", ""), " ".join(r.get("requirements", [])))
-            out.print(table)
-            return 0
-        env = of(_backend_class(args.backend))
-        if args.verb == "create":
-            create(env, force=args.force, console=console)
-            return 0
-        if args.verb == "path":
-            out.print(str(env.python))
-            return 0 if env.exists() else 1
-        if args.verb == "check":
-            problems = check(env)
-            for problem in problems:
-                console.print("✗", style="red", end=" ")
-                console.print(problem, markup=False, highlight=False)
-            if not problems:
-                console.print(f"[green]✓[/] {env.backend}: {env.python} has every pinned version")
-            return 1 if problems else 0
-        if args.verb == "remove":
-            if args.stale:
-                gone = [Path(r["path"]) for r in list_envs(env.backend) if Path(r["path"]) != env.path]
-                for path in gone:
-                    shutil.rmtree(path)
-            else:
-                gone = remove(env.backend)
-            for path in gone:
-                console.print(f"removed {path}")
-            if not gone:
-                console.print(f"nothing to remove for {env.backend}")
-            return 0
-    except AnytuneError as exc:
-        console.print("anytune: error:", style="bold red", end=" ")
-        console.print(str(exc), markup=False, highlight=False)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

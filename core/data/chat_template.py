@@ -1,10 +1,11 @@
 """The chat template of record: which Jinja template turns a conversation into text, and rendering it.
 
-Every engine renders conversations with the one template the core resolves
-here and writes to ``data/chat_template.jinja``, so all engines train on the
-same text. :func:`render` reproduces ``transformers``' ``apply_chat_template(...,
-tokenize=False)`` byte for byte (same sandbox, options and globals) without
-importing transformers; the sandbox itself is :mod:`core.chatrender`, which plans carry.
+Part of the data step: every engine renders conversations with the one template
+resolved here and written to ``data/chat_template.jinja``, so all engines train on
+the same text. :func:`render` reproduces ``transformers``' ``apply_chat_template(...,
+tokenize=False)`` byte for byte (same sandbox, options and globals) without importing
+transformers; the sandbox itself is :mod:`core.chatrender` (standard library and jinja2
+only), which plans carry so an ejected plan renders the same text.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 from core import chatrender
 from core.errors import ConfigError, did_you_mean
 
-TEMPLATES_DIR = Path(__file__).parent / "assets" / "templates"
+TEMPLATES_DIR = Path(__file__).parent.parent / "assets" / "templates"
 #: Built-in templates (``data.chat_template=<name>``), copied from the Hugging Face models that made them known.
 BUILTIN = ("chatml", "llama3", "zephyr")
 #: The named special tokens transformers passes to every chat template.

@@ -48,7 +48,9 @@ def _features() -> dict[str, list[Any]]:
         if f.metadata.get("core"):
             continue
         default = default_of(f)
-        if "choices" in f.metadata:
+        if f.metadata.get("resolved"):  # auto is replaced by a concrete value before capabilities are checked
+            out[key] = [v for v in f.metadata["choices"] if v != "auto"]
+        elif "choices" in f.metadata:
             out[key] = [default] + [v for v in f.metadata["choices"] if v != default]
         elif f.type in ("bool", bool):
             out[key] = [default, not default]
@@ -58,7 +60,8 @@ def _features() -> dict[str, list[Any]]:
 
 
 FEATURES: dict[str, list[Any]] = _features()
-"""Value features: field -> allowed values, the schema's default first. ``data.kind`` is the canonical
+"""Value features: field -> allowed values, the schema's default first (for ``train.device`` and
+``train.precision``, whose ``auto`` is resolved first, the first concrete value). ``data.kind`` is the canonical
 record kind of the data; ``data.eval`` whether there is held-out data."""
 
 READABLE: tuple[str, ...] = tuple(k for k, f in schema_fields().items() if not f.metadata.get("core"))
@@ -103,6 +106,11 @@ class Capabilities:
         if unknown:
             raise ValueError(f"unknown capability field(s) {unknown}; features: {', '.join(FEATURES)}; "
                              f"readable: {', '.join(READABLE)}; needs: {', '.join(NEEDS)}")
+        unread = [f for f, values in self.supports.items()
+                  if f in READABLE and f not in self.reads and set(values) - set(FEATURES[f][:1])]
+        if unread:
+            raise ValueError(f"capabilities support non-default values of {unread} but do not list them in reads: "
+                             "an engine that does not read a field cannot honour its value")
 
     def allowed(self, feature: str) -> frozenset:
         """Values of ``feature`` this step accepts."""

@@ -95,8 +95,10 @@ def applies(cfg: DictConfig, key: str) -> bool:
 
 def check_reads(cfg: DictConfig, backend: type[Step], backends: dict[str, type[Step]]) -> None:
     """Refuse a canonical field set away from its default that the backend's engine does not read,
-    naming the backends that do."""
+    naming the backends that do. Value features are left to :func:`check_capabilities`."""
     for key in READABLE:
+        if key in FEATURES:  # value features: the capability table says which values the backend accepts
+            continue
         if backend.capabilities.reads_field(key) or is_default(cfg, key):
             continue
         if not applies(cfg, key):
@@ -131,6 +133,8 @@ def check_capabilities(cfg: DictConfig, step: type[Step], peers: dict[str, type[
         if only_listed and feature not in caps.supports:
             continue
         if feature in schema_fields() and not applies(cfg, feature):
+            continue
+        if value == "auto":  # left to the step (a step that needs no device keeps train.device=auto)
             continue
         if not caps.can(feature, value):
             able = sorted(n for n, b in peers.items() if b.capabilities.can(feature, value))

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=True)
@@ -95,4 +96,4 @@ def summary(result: dict, run_dir: Path, next_steps: bool = True) -> None:
                            "merge the adapter, score held-out loss, without training again"),
                           ("python -m core data.train=my.jsonl model.name_or_path=/my/model", "your own"),
                           ("python -m core.backends", "engines and what they support")):
-            console.print(f"  {cmd}\n      [dim]# {what}[/]", highlight=False, soft_wrap=True)
+            console.print(f"  {escape(cmd)}\n      [dim]# {what}[/]", highlight=False, soft_wrap=True)

@@ -144,9 +144,9 @@ def check(cfg: DictConfig, reg: Registry) -> Job:
     trainer = backend_cls(cfg)
     after = [reg.step(group, name)(cfg) for group in ("export", "eval") for name in (cfg.get(group) or {})]
     job = Job(cfg, trainer, after, kind)
+    checks.check_reads(cfg, backend_cls, reg.backends)
     if job.needs("device"):
         checks.resolve_auto(cfg)
-    checks.check_reads(cfg, backend_cls, reg.backends)
     checks.check_capabilities(cfg, backend_cls, reg.backends, kind)
     for step in after:
         checks.check_capabilities(cfg, type(step), reg.group(step.group), kind, only_listed=True)

@@ -128,11 +128,11 @@ class TrainConfig:
     """Gradient clipping norm (0 = off)."""
     max_length: int = number(512, ge=8)
     """Longest sequence in tokens; longer examples are truncated (counted in data stats)."""
-    precision: str = choice("auto", "auto", "fp32", "bf16", "fp16")
+    precision: str = choice("auto", "auto", "fp32", "bf16", "fp16", resolved=True)
     """Compute precision; auto = bf16 on a GPU that has it, else fp32."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
-    device: str = choice("auto", "auto", "cpu", "cuda")
+    device: str = choice("auto", "auto", "cpu", "cuda", resolved=True)
     """Where to train; auto = cuda if available, else cpu."""
     seed: int = number(42, ge=0)
     """Seed for initialisation, data order and dropout."""
@@ -179,7 +179,7 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     """Hyperparameters and hardware."""
     export: Dict[str, Any] = field(default_factory=dict)
-    """Exporters run after training, each with its own node: export=[merged] (python -m core.exporters lists them)."""
+    """Exporters run after training, each with its own node: export=[merged] (python -m core.backends lists them)."""
     eval: Dict[str, Any] = field(default_factory=dict)
     """Evaluators run after training and export, each with its own node: eval=[heldout]; scores go to eval.json."""
     plan_only: bool = False

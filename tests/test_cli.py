@@ -44,7 +44,7 @@ BLOCK_ANYTUNE = textwrap.dedent("""
     import runpy, sys
     class Block:
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("core", "plugins", "hydra", "omegaconf", "pluggy", "rich"):
+            if name.split(".")[0] in ("core", "plugins", "hydra", "omegaconf", "pluggy"):
                 raise ImportError(f"{name} is not available in an ejected plan")
     sys.meta_path.insert(0, Block())
     sys.argv = ["plan/trl_worker.py", "plan/trl_args.json"]

@@ -162,3 +162,13 @@ def test_config_error_path_imports_no_engine(tmp_path):
     loaded = json.loads(p.stdout.split("MODULES=")[1])
     assert loaded == [], loaded
     assert json.loads((tmp_path / "result.json").read_text())["error_type"] == "ConfigError"
+
+
+def test_a_capability_table_cannot_support_values_of_a_field_it_does_not_read():
+    import core
+
+    with pytest.raises(ValueError, match="method.packing"):
+        core.Capabilities(supports={"method.packing": frozenset({False, True})})
+    core.Capabilities(supports={"method.packing": frozenset({False, True})}, reads=core.fields("method.packing"))
+    with pytest.raises(ValueError, match="matches no readable field"):
+        core.fields("train.lr")

@@ -785,6 +785,8 @@ def test_cache_hit_gives_identical_files_and_stats(tmp_path, model):
         assert (out1 / name).read_bytes() == (out2 / name).read_bytes()
     assert sorted(p.name for p in out2.iterdir()) == ["chat_template.jinja", "eval.jsonl", "stats.json", "train.jsonl"]
     assert json.loads((out2 / "stats.json").read_text()) == second
+    entry = tmp_path / "cache" / second["cache_key"]
+    assert os.stat(out2 / "train.jsonl").st_ino == os.stat(entry / "train.jsonl").st_ino  # hard-linked
     # a hit into a directory that holds another job's data replaces all of it, stale files included
     text = write_jsonl(tmp_path / "t.jsonl", [{"text": "x"}])
     cached(tmp_path, cfg(text), out="three")
@@ -913,7 +915,6 @@ def test_a_damaged_entry_is_a_miss(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": f"row {i}"} for i in range(5)])
     first, out = cached(tmp_path, cfg(path))
     stored = tmp_path / "cache" / first["cache_key"] / "train.jsonl"
-    os.chmod(stored, 0o644)
     stored.write_text('{"text": "tampered"}\n')  # e.g. a hard-linked copy edited in place
     second, out = cached(tmp_path, cfg(path), out="again")
     assert second["cache"] == "miss" and read(out / "train.jsonl") == [{"text": f"row {i}"} for i in range(5)]

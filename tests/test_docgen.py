@@ -37,6 +37,7 @@ class Ghost(core.Trainer):
     capabilities: ClassVar[core.Capabilities] = core.Capabilities(
         supports={"method.name": frozenset({"sft", "dpo"}), "peft.type": frozenset({"lora", "qlora"}),
                   "train.device": frozenset({"cpu", "cuda"}), "method.packing": frozenset({False, True})},
+        reads=core.fields("method.*", "peft.type", "train.device"),
         requires={"peft.type=qlora": "cuda"})
 
     def plan(self, ctx):

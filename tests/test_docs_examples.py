@@ -124,7 +124,10 @@ def test_steps_on_a_finished_run(toy, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, error_type, words", [
-    (["backend.decay=2"], "ConfigError", "backend.decay=2"),  # check(): the backend's own field
+    (["backend.decay=2"], "ConfigError", "backend.decay=2.0 is out of range"),  # core.number in its node
+    (["train.batch_size=128"], "ConfigError", "at most 64"),  # check(): an engine limit
+    (["eval=[rowcount]", "eval.rowcount.max_rows=-1", "data.eval_fraction=0.25"], "ConfigError",
+     "eval.rowcount.max_rows=-1 is out of range"),
     (["train.learning_rate=1e-3"], "UnreadField", "train.learning_rate"),  # not in reads
     (["method=dpo", "data=demo_pref"], "UnreadField", "method.name"),  # the toy engine does not read it
     (["eval=[rowcount]"], "UnsupportedFeature", "data.eval=False"),  # the evaluator needs held-out data

@@ -77,11 +77,9 @@ def fake_backend(wheel: Path, name: str = "fakeeng"):
     return Fake
 
 
-class Job:
-    """The part of a job config that ``envs.interpreter`` reads."""
-
-    def __init__(self, python=None):
-        self.backend = {"python": python}
+def node(python=None):
+    """The part of a step's config node that ``envs.interpreter`` reads."""
+    return {"python": python}
 
 
 def test_home_follows_anytune_home(monkeypatch, tmp_path):
@@ -177,9 +175,9 @@ def test_failed_creation_leaves_nothing(home, tmp_path):
 def test_interpreter_order(home, wheel):
     backend_cls = fake_backend(wheel)
     backend = backend_cls()
-    backend.job = Job(python="/opt/my/python")
+    backend.config = node(python="/opt/my/python")
     assert envs.interpreter(backend) == "/opt/my/python", "backend.python wins"
-    backend.job = Job()
+    backend.config = node()
     with pytest.raises(EngineMissing) as err:
         envs.interpreter(backend)
     assert "python -m core.envs create fakeeng" in str(err.value)
@@ -197,8 +195,7 @@ def test_cli(home, wheel, capsys):
     import core
 
     Fake = fake_backend(wheel, "fakecli")
-    base = getattr(core, "Trainer", None) or core.Backend  # core.Backend became core.Trainer
-    cls = type("FakeCli", (base,), {"name": "fakecli", "environment": Fake.environment,
+    cls = type("FakeCli", (core.Trainer,), {"name": "fakecli", "environment": Fake.environment,
                                             "engine_distribution": "fakeengine", "plan": lambda self, d: None,
                                             "capabilities": core.Capabilities()})
     module.register_backends = core.hookimpl(lambda register: register(cls))

@@ -154,7 +154,6 @@ def store(cache: Path, entry_key: str, out_dir: Path, stats: dict[str, Any]) -> 
         for name in FILES:
             if (out_dir / name).is_file():
                 shutil.copyfile(out_dir / name, tmp / name)
-                os.chmod(tmp / name, 0o444)  # shared by hard links: not to be edited in place
         atomic_write_json(str(tmp / "stats.json"), stats)
         os.rename(tmp, final)  # fails when final exists (another writer won): keep theirs
         return True

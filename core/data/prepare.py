@@ -6,9 +6,11 @@ import json
 import random
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
+from core import chatrender
 from core.data import cache as datacache
 from core.data import chat_template, formats, stats as tokstats
 from core.data.readers import BadRow, check_exists, first_row, iter_rows
@@ -137,12 +139,9 @@ def prepare(data_cfg, *, method: str, model_path: str | None, out_dir: Path, max
             atomic_write_json(str(out_dir / "stats.json"), hit)
             return hit
 
-    render = None
+    render = None  # (messages, add_generation_prompt) -> text, as chat_template.render gives it
     if tmpl is not None:
-        chat_template.compile_template(tmpl)
-
-        def render(messages, add_generation_prompt):
-            return chat_template.render(tmpl, messages, add_generation_prompt, specials)
+        render = partial(chatrender.render, chat_template.compile_template(tmpl), special_tokens=specials)
 
     tokenizer = tokstats.load_tokenizer(model_path) if render is not None or kind not in TEMPLATED else None
     problems: list[tuple[str, Any, str]] = []

@@ -1,20 +1,23 @@
 """anytune's components for torchtune recipes, named by ``_component_`` in ``plan/torchtune.yaml``.
 
-Copied into ``plan/anytune_torchtune.py`` beside ``workerlib.py`` and ``chatrender.py``. ``tune run``
-puts the run directory on ``sys.path``, so the recipe config names them ``plan.anytune_torchtune.X``.
-Imports only torch, torchtune's own dependencies (tokenizers, jinja2, safetensors), the standard
-library and those two copies, never anytune: an ejected plan runs where anytune is not installed.
+Copied into ``plan/anytune_torchtune.py`` beside ``runproto.py``, ``lossmask.py`` and ``chatrender.py``.
+``tune run`` puts the run directory on ``sys.path``, so the recipe config names them
+``plan.anytune_torchtune.X``. Imports only torch, torchtune's own dependencies (tokenizers, jinja2,
+safetensors), the standard library and those three copies, never anytune: an ejected plan runs where
+anytune is not installed.
 
 - ``ChatTemplateTokenizer``: the model's ``tokenizer.json`` plus the chat template of record,
   rendered as transformers renders it (``chatrender``, the core's own renderer).
 - ``sft_dataset`` / ``preference_dataset``: the run's normalised records, tokenised with the
-  loss mask every anytune engine uses (``workerlib.loss_spans`` + ``mask_from_offsets``);
+  loss mask every anytune engine uses (``lossmask.loss_spans`` + ``mask_from_offsets``);
   ``packed_sft_dataset``: the same SFT examples packed by torchtune's ``PackedDataset``.
 - ``AdamW`` / ``SGD``: torch's optimisers that record the trainable-parameter count and
   can clip gradients (for recipes that do not).
 - ``lr_schedule``: Hugging Face's schedules (linear, cosine, constant, constant_with_warmup).
 - ``MetricLogger``: writes ``metrics.jsonl`` rows; when the recipe closes it, moves the
-  checkpoint into ``artifacts/`` in Hugging Face / PEFT layout and writes ``result.json``.
+  checkpoint into ``artifacts/`` in Hugging Face / PEFT layout and writes the outcome file
+  (``runproto.outcome_path()``). It records nothing on a crash: the exit code says the run
+  failed, and the core reads the error from the recipe's stderr.
 """
 from __future__ import annotations
 
@@ -26,12 +29,12 @@ import random
 import shutil
 import sys
 import time
-import traceback
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import chatrender  # noqa: E402
-import workerlib  # noqa: E402
+import lossmask  # noqa: E402
+import runproto  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -96,7 +99,7 @@ class ChatTemplateTokenizer:
     def masked(self, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
         """Token ids of ``text`` and their loss mask (1 = the token's first character is in a span), truncated."""
         enc = self.tokenizer.encode(text, add_special_tokens=False)
-        mask = workerlib.mask_from_offsets(enc.offsets, spans)
+        mask = lossmask.mask_from_offsets(enc.offsets, spans)
         ids = list(enc.ids)
         if self.max_seq_len:
             ids, mask = ids[:self.max_seq_len], mask[:self.max_seq_len]
@@ -104,7 +107,7 @@ class ChatTemplateTokenizer:
 
     def example(self, kind: str, record: dict, completion_only: bool = True) -> tuple[list[int], list[int]]:
         """Tokens and loss mask of one SFT record (messages, prompt_completion or text)."""
-        text, spans = workerlib.loss_spans(kind, record, self.render, completion_only, eos=self.eos)
+        text, spans = lossmask.loss_spans(kind, record, self.render, completion_only, eos=self.eos)
         return self.masked(text, spans)
 
     def preference(self, record: dict) -> dict[str, list[int]]:
@@ -164,7 +167,7 @@ def sft_dataset(tokenizer: ChatTemplateTokenizer, source: str, kind: str, comple
     :param shuffle: false: every pass in file order (``train.shuffle=false``).
     """
     examples = []
-    for rec in workerlib.read_jsonl(source):
+    for rec in runproto.read_jsonl(source):
         ids, mask = tokenizer.example(kind, rec, completion_only_loss)
         examples.append({"tokens": ids, "labels": [t if m else IGNORE for t, m in zip(ids, mask)]})
     return _Records(examples, passes, seed, shuffle)
@@ -212,7 +215,7 @@ def packed_sft_dataset(tokenizer: ChatTemplateTokenizer, source: str, kind: str,
     from torchtune.datasets import PackedDataset
 
     examples = []
-    for rec in workerlib.read_jsonl(source):
+    for rec in runproto.read_jsonl(source):
         ids, mask = tokenizer.example(kind, rec, completion_only_loss)
         labels = [t if m else IGNORE for t, m in zip(ids, mask)]
         if labels:
@@ -240,7 +243,7 @@ def packed_sft_dataset(tokenizer: ChatTemplateTokenizer, source: str, kind: str,
 def preference_dataset(tokenizer: ChatTemplateTokenizer, source: str, passes: int = 1,
                        seed: int = 0, shuffle: bool = True) -> torch.utils.data.Dataset:
     """DPO examples (``chosen_input_ids``, ``chosen_labels``, ``rejected_*``) from normalised preference records."""
-    return _Records([tokenizer.preference(rec) for rec in workerlib.read_jsonl(source)], passes, seed, shuffle)
+    return _Records([tokenizer.preference(rec) for rec in runproto.read_jsonl(source)], passes, seed, shuffle)
 
 
 # -- optimisers and schedules ------------------------------------------------------------------------
@@ -303,7 +306,7 @@ def lr_schedule(optimizer, name: str, num_training_steps: int, warmup_ratio: flo
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch)
 
 
-# -- metrics, artefacts, result ----------------------------------------------------------------------
+# -- metrics, artefacts, outcome ---------------------------------------------------------------------
 
 
 def _scalar(value):
@@ -315,35 +318,25 @@ def _scalar(value):
 
 
 class MetricLogger:
-    """torchtune metric logger writing anytune's ``metrics.jsonl``; on close, artefacts and ``result.json``.
+    """torchtune metric logger writing anytune's ``metrics.jsonl``; on close, artefacts and the outcome file.
 
     :param filename: metrics file, relative to the run directory.
     :param max_steps: optimiser steps planned.
     :param train_rows: training records (for the ``epoch`` column).
     :param examples_per_step: batch_size * gradient_accumulation_steps.
     :param artifacts: ``adapter`` (PEFT layout into artifacts/adapter), ``model`` (artifacts/model) or ``none``.
-    :param result: result file written at the end.
     """
 
-    def __init__(self, filename: str = "metrics.jsonl", max_steps: int | None = None, train_rows: int | None = None,
-                 examples_per_step: int = 1, artifacts: str = "adapter", result: str = "result.json", **_):
-        self.writer = workerlib.MetricsWriter(filename)
+    def __init__(self, filename: str = runproto.METRICS_FILE, max_steps: int | None = None,
+                 train_rows: int | None = None, examples_per_step: int = 1, artifacts: str = "adapter", **_):
+        self.writer = runproto.MetricsWriter(filename)
         self.max_steps, self.train_rows, self.examples_per_step = max_steps, train_rows, examples_per_step
-        self.artifacts, self.result_path = artifacts, result
+        self.artifacts = artifacts
         self.config = None
         self.rows: list[dict] = []
         self.started = time.time()
         self.closed = False
         STATE["logger"] = self
-        previous = sys.excepthook
-
-        def on_crash(kind, exc, tb):  # the recipe raised: record it, then let Python report it
-            self._write_result("interrupted" if issubclass(kind, KeyboardInterrupt) else "failed",
-                               error=f"{kind.__name__}: {exc}",
-                               traceback="".join(traceback.format_exception(kind, exc, tb))[-4000:])
-            previous(kind, exc, tb)
-
-        sys.excepthook = on_crash
 
     def log_config(self, config) -> None:
         """Keep the resolved recipe config (the artefact step reads the checkpointer and model from it)."""
@@ -368,31 +361,29 @@ class MetricLogger:
         self.rows.append(row)
 
     def close(self) -> None:
-        """The recipe finished: move its checkpoint into artifacts/ and write result.json."""
+        """The recipe finished: move its checkpoint into artifacts/ and write the outcome file.
+
+        Anything raised here propagates: the recipe's process fails, and its exit code says so.
+        """
         if self.closed:
             return
         self.closed = True
-        try:
-            artifacts = finish(self.config, self.artifacts)
-        except BaseException as exc:
-            self._write_result("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
-            raise
-        self._write_result("succeeded", artifacts=artifacts)
+        artifacts = finish(self.config, self.artifacts)
+        runproto.atomic_write_json(runproto.outcome_path(), self.outcome(artifacts))
 
-    def _write_result(self, status: str, **extra) -> None:
+    def outcome(self, artifacts: dict[str, dict]) -> dict[str, Any]:
+        """What the run produced: final metrics, artefacts, trainable parameters, versions, hardware, time."""
         losses = [r["loss"] for r in self.rows if "loss" in r]
         final: dict[str, Any] = {"steps": self.rows[-1]["step"] if self.rows else 0}
         if self.rows:
-            final.update({k: v for k, v in self.rows[-1].items() if k in workerlib.METRICS})
+            final.update({k: v for k, v in self.rows[-1].items() if k in runproto.METRICS})
         if losses:
             final.update(first_loss=losses[0], last_loss=losses[-1],
                          train_loss=sum(losses) / len(losses))
-        result = {"status": status, "engine": "torchtune", "final": final, "artifacts": {},
-                  "trainable_parameters": STATE["trainable"],
-                  "versions": workerlib.versions("torchtune", "torch", "torchao", "torchdata", "tokenizers"),
-                  "hardware": workerlib.hardware(), "peak_memory_mb": workerlib.peak_memory_mb(),
-                  "train_seconds": round(time.time() - self.started, 3), **extra}
-        workerlib.atomic_write_json(self.result_path, result)
+        return {"final": final, "artifacts": artifacts, "trainable_parameters": STATE["trainable"],
+                "versions": runproto.versions("torchtune", "torch", "torchao", "torchdata", "tokenizers"),
+                "hardware": runproto.hardware(), "peak_memory_mb": runproto.peak_memory_mb(),
+                "train_seconds": round(time.time() - self.started, 3)}
 
 
 def _last_epoch_dir(output_dir: str) -> str:
@@ -436,25 +427,27 @@ def peft_adapter(tune_state: dict, hf_config: dict) -> dict:
     return tune_to_peft_adapter_weights(state, num_heads=heads, num_kv_heads=kv_heads, dim=dim, head_dim=head_dim)
 
 
-def finish(cfg, artifacts: str) -> dict[str, str]:
+def finish(cfg, artifacts: str) -> dict[str, dict]:
     """Move torchtune's last checkpoint into anytune's artefact layout; remove torchtune's folder.
 
     ``adapter``: artifacts/adapter with adapter_model.safetensors (PEFT keys),
     adapter_config.json (base_model_name_or_path = the base model's directory) and the
     tokenizer; never merged weights beside it. ``model``: artifacts/model with the
     Hugging Face config, safetensors shards and the tokenizer.
+
+    :returns: the artefact written, as the outcome file lists it: ``{"adapter": {"path": "artifacts/adapter"}}``.
     """
     from safetensors.torch import save_file
 
     ckpt = cfg.checkpointer
     tune_dir, model_dir = ckpt.output_dir, os.path.abspath(ckpt.checkpoint_dir)
     chat_template = cfg.tokenizer.get("chat_template")
-    out: dict[str, str] = {}
+    out: dict[str, dict] = {}
     if artifacts == "adapter":
         last = _last_epoch_dir(tune_dir)
         hf_config = chatrender.read_json(os.path.join(model_dir, "config.json"))
         tune_state = torch.load(os.path.join(last, "adapter_model.pt"), map_location="cpu", weights_only=True)
-        dest = os.path.join("artifacts", "adapter")
+        dest = os.path.join(runproto.ARTIFACTS, "adapter")
         os.makedirs(dest, exist_ok=True)
         tensors = {k: v.contiguous() for k, v in peft_adapter(tune_state, hf_config).items()}
         save_file(tensors, os.path.join(dest, "adapter_model.safetensors"), metadata={"format": "pt"})
@@ -470,10 +463,10 @@ def finish(cfg, artifacts: str) -> dict[str, str]:
         with open(os.path.join(dest, "adapter_config.json"), "w") as f:
             json.dump(adapter_config, f, indent=2)
         _copy_tokenizer(model_dir, dest, chat_template)
-        out["adapter"] = dest
+        out["adapter"] = runproto.local_artifact(f"{runproto.ARTIFACTS}/adapter")
     elif artifacts == "model":
         last = _last_epoch_dir(tune_dir)
-        dest = os.path.join("artifacts", "model")
+        dest = os.path.join(runproto.ARTIFACTS, "model")
         os.makedirs(dest, exist_ok=True)
         dtype = None
         for path in glob.glob(os.path.join(last, "*.safetensors")) + glob.glob(os.path.join(last, "*.index.json")):
@@ -496,6 +489,6 @@ def finish(cfg, artifacts: str) -> dict[str, str]:
             with open(config_path, "w") as f:
                 json.dump(config, f, indent=2)
         _copy_tokenizer(model_dir, dest, chat_template)
-        out["model"] = dest
+        out["model"] = runproto.local_artifact(f"{runproto.ARTIFACTS}/model")
     shutil.rmtree(tune_dir, ignore_errors=True)
     return out

@@ -1,4 +1,5 @@
-"""Translation of the canonical job into a torchtune 0.6.1 recipe config (``plan/torchtune.yaml``).
+"""Translation of the canonical job into a torchtune 0.6.1 recipe config (``plan/torchtune.yaml``):
+plain dicts, no engine import.
 
 The model's family comes from its Hugging Face ``config.json`` (``architectures``);
 its dimensions become the arguments of torchtune's model builder, and torchtune's
@@ -10,20 +11,23 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
-import core
-from core import chatrender, envs, workerlib
+from core import runproto
 from core.errors import ConfigError
 
-HERE = Path(__file__).parent
-PLAN_FILE = "plan/torchtune.yaml"
-COMPONENTS = "plan.anytune_torchtune"
+PLAN_FILE = "torchtune.yaml"
+"""The recipe config, in the trainer's plan directory."""
+COMPONENTS = "anytune_torchtune.py"
+"""The shipped components (``components.py``), in the trainer's plan directory."""
+TUNE_DIR = f"{runproto.ARTIFACTS}/torchtune"
+"""Where the recipe checkpoints; the metric logger moves its last checkpoint into anytune's layout and removes it."""
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+"""canonical train.precision -> the model.dtype it equals"""
 
 #: canonical name -> torchtune recipe, per (method, full fine-tune?)
 RECIPES = {("sft", False): "lora_finetune_single_device", ("sft", True): "full_finetune_single_device",
@@ -200,179 +204,143 @@ def total_steps(rows: int, batch: int, accum: int, max_steps: int, epochs: float
     return steps, passes
 
 
-class TorchtuneBackend(core.Backend):
-    """torchtune 0.6.1: native PyTorch recipes configured by YAML, run by ``tune run``."""
+def hf_config(name_or_path: str) -> tuple[Path, dict]:
+    """The model's local directory and its ``config.json``.
 
-    name: ClassVar[str] = "torchtune"
-    engine_distribution: ClassVar[str] = "torchtune"
-    install_hint: ClassVar[str] = "python -m core.envs create torchtune"
-    description: ClassVar[str] = "torchtune 0.6.1 recipes (tune run), in an environment of its own"
-    environment: ClassVar[list[str]] = envs.extra_requirements("anytune", "torchtune")
-    """The engine's environment: anytune's ``[torchtune]`` extra, as tested (torchao must stay below 0.17)."""
-    capabilities: ClassVar[core.Capabilities] = core.Capabilities(
-        supports={
-            "method.name": frozenset({"sft", "dpo"}),
-            "train.shuffle": frozenset({True, False}),
-            "peft.type": frozenset({"none", "lora", "dora", "qlora"}),
-            "data.kind": frozenset({"messages", "prompt_completion", "preference", "text"}),
-            "train.device": frozenset({"cpu", "cuda"}),
-            "train.precision": frozenset({"fp32", "bf16"}),
-            "train.optimizer": frozenset({"adamw", "sgd"}),
-            "train.lr_scheduler": frozenset({"linear", "cosine", "constant", "constant_with_warmup"}),
-            "method.loss_type": frozenset({"sigmoid", "hinge"}),
-            "method.packing": frozenset({False, True}),
-            "method.completion_only_loss": frozenset({True, False}),
-            "train.gradient_checkpointing": frozenset({False, True}),
-            "data.eval": frozenset({False}),
-        },
-        requires={"peft.type=qlora": "cuda"},
-    )
+    :raises ConfigError: no local directory (see :func:`model_dir`) or an unreadable ``config.json``.
+    """
+    path = model_dir(name_or_path)
+    try:
+        return path, json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path / 'config.json'}: {exc}") from exc
 
-    def hf_config(self) -> tuple[Path, dict]:
-        """The model's directory and its ``config.json``."""
-        path = model_dir(str(self.job.model.name_or_path))
-        try:
-            return path, json.loads((path / "config.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read {path / 'config.json'}: {exc}") from exc
 
-    def check(self) -> None:
-        """Model family, LoRA targets, method/PEFT combinations and dtype, before any data is read."""
-        j = self.job
-        path, hf = self.hf_config()
-        family_of(hf, str(j.model.name_or_path))
-        model_args(hf, j.train.max_length)
-        if j.method.name == "dpo" and j.peft.type == "none":
-            raise ConfigError("method.name=dpo with peft.type=none: torchtune's full-weight DPO recipe is "
-                              "distributed-only; use peft.type=lora")
-        if j.method.name == "dpo" and j.peft.type == "dora":
-            raise ConfigError("method.name=dpo with peft.type=dora: torchtune's lora_dpo_single_device "
-                              "does not initialise DoRA magnitudes; use peft.type=lora")
-        if j.method.name == "dpo" and j.method.packing:
-            raise ConfigError("method.packing=true with method.name=dpo: torchtune's PackedDataset packs SFT data "
-                              "only (packs SFT data only); set method.packing=false")
-        if j.peft.type == "qlora" and nf4_problems(hf):
-            raise ConfigError(f"peft.type=qlora: torchao's NF4 (torchtune's quantize_base) needs every base linear "
-                              f"weight to hold a multiple of {NF4_BLOCK} values (blocks of 64, scales in blocks "
-                              f"of 256); this model has {', '.join(nf4_problems(hf))}. Use peft.type=lora, or "
-                              "backend=trl (bitsandbytes)")
-        if j.peft.type != "none":
-            lora_targets(list(j.peft.target_modules), bool(hf.get("tie_word_embeddings", False)))
-        precision = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[j.train.precision]
-        if j.model.dtype not in ("auto", precision):
-            raise ConfigError(f"model.dtype={j.model.dtype} with train.precision={j.train.precision}: torchtune "
-                              "trains in one dtype (its `dtype`); set model.dtype=auto")
-        if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):
-            raise ConfigError(f"{path} has no *.safetensors or *.bin weights for torchtune's HF checkpointer")
+def weight_files(path: Path) -> list[str]:
+    """The model's weight files for torchtune's HF checkpointer: its safetensors, else its ``*.bin``."""
+    return sorted(f.name for f in path.glob("*.safetensors")) or sorted(f.name for f in path.glob("*.bin"))
 
-    def plan(self, run_dir: Path) -> core.Plan:
-        """Write ``plan/torchtune.yaml`` and copy the components (with workerlib.py and chatrender.py) beside it."""
-        plan_dir = run_dir / "plan"
-        plan_dir.mkdir(parents=True, exist_ok=True)
-        stats = workerlib.read_json(str(run_dir / "data" / "stats.json"))
-        recipe, config = self.native_config(stats)
-        header = (f"# torchtune {self.environment_version()} recipe config written by anytune.\n"
-                  f"# Run it from the run directory (the folder holding plan/ and data/):\n"
-                  f"#   tune run {recipe} --config {PLAN_FILE}\n"
-                  f"# Components named plan.anytune_torchtune.* are in plan/anytune_torchtune.py (tokenizer with\n"
-                  f"# the chat template of record, datasets over data/*.jsonl, optimiser, schedule, metric logger\n"
-                  f"# that writes metrics.jsonl, artifacts/ and result.json).\n")
-        (run_dir / PLAN_FILE).write_text(header + OmegaConf.to_yaml(OmegaConf.create(config)))
-        shutil.copy(HERE / "components.py", plan_dir / "anytune_torchtune.py")
-        shutil.copy(workerlib.__file__, plan_dir / "workerlib.py")
-        shutil.copy(chatrender.__file__, plan_dir / "chatrender.py")
-        return core.Plan(command=[self.python(), "-m", "torchtune._cli.tune", "run", recipe, "--config", PLAN_FILE],
-                         files=[PLAN_FILE, "plan/anytune_torchtune.py", "plan/workerlib.py", "plan/chatrender.py"])
 
-    def environment_version(self) -> str:
-        """The pinned torchtune version."""
-        return next((envs.pinned_version(r) for r in self.environment if envs.project(r) == "torchtune"), "")
+def check(job: Any) -> None:
+    """What the capability table cannot say: the model family, LoRA targets, method/PEFT combinations and
+    dtype, before any data is read.
 
-    def native_config(self, stats: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """(recipe name, recipe config) for the job, from ``data/stats.json``'s kind and row count."""
-        j = self.job
-        t, m, p = j.train, j.method, j.peft
-        path, hf = self.hf_config()
-        fam = family_of(hf, str(j.model.name_or_path))
-        full = p.type == "none"
-        recipe = RECIPES[(m.name, full)]
-        rows = int(stats["rows"]["train"])
-        steps, passes = total_steps(rows, t.batch_size, t.grad_accum, t.max_steps, t.epochs)
-        tune_dir = "artifacts/torchtune"
-        args = model_args(hf, t.max_length)
-        if full:
-            model = {"_component_": fam.builder, **args}
-        else:
-            model = {"_component_": fam.lora_builder,
-                     **lora_targets(list(p.target_modules), args["tie_word_embeddings"]),
-                     **args, "lora_rank": p.r, "lora_alpha": float(p.alpha), "lora_dropout": p.dropout,
-                     "use_dora": p.type == "dora"}
-            if p.type == "qlora":  # the frozen base as torchao NF4 (FrozenNF4Linear), LoRA on top
-                model["quantize_base"] = True
-        weights = sorted(f.name for f in path.glob("*.safetensors")) or sorted(f.name for f in path.glob("*.bin"))
-        tokenizer = {"_component_": f"{COMPONENTS}.ChatTemplateTokenizer", "path": str(path),
-                     "chat_template": "data/chat_template.jinja", "max_seq_len": t.max_length}
-        if m.name == "dpo":
-            dataset = {"_component_": f"{COMPONENTS}.preference_dataset", "source": "data/train.jsonl",
-                       "passes": passes, "seed": t.seed, "shuffle": bool(t.shuffle)}
-        elif m.packing:  # torchtune's PackedDataset; the recipe collates with padded_collate_packed
-            dataset = {"_component_": f"{COMPONENTS}.packed_sft_dataset", "packed": True,
-                       "source": "data/train.jsonl", "kind": stats["kind"],
-                       "completion_only_loss": bool(m.completion_only_loss), "seed": t.seed,
-                       "max_steps": t.max_steps, "epochs": float(t.epochs), "batch_size": t.batch_size,
-                       "grad_accum": t.grad_accum, "shuffle": bool(t.shuffle)}
-        else:
-            dataset = {"_component_": f"{COMPONENTS}.sft_dataset", "source": "data/train.jsonl",
-                       "kind": stats["kind"], "completion_only_loss": bool(m.completion_only_loss),
-                       "passes": passes, "seed": t.seed, "shuffle": bool(t.shuffle)}
-        optimizer = {"_component_": f"{COMPONENTS}.{'AdamW' if t.optimizer == 'adamw' else 'SGD'}",
-                     "lr": t.learning_rate, "weight_decay": t.weight_decay}
-        clip = t.max_grad_norm if t.max_grad_norm and t.max_grad_norm > 0 else None
-        config: dict[str, Any] = {
-            "output_dir": tune_dir,
-            "model": model,
-            "tokenizer": tokenizer,
-            "checkpointer": {"_component_": "torchtune.training.FullModelHFCheckpointer",
-                             "checkpoint_dir": str(path), "checkpoint_files": weights,
-                             "model_type": fam.model_type, "output_dir": tune_dir, "recipe_checkpoint": None},
-            "resume_from_checkpoint": False,
-            "dataset": dataset,
-            "seed": t.seed,
-            "shuffle": False,  # the dataset shuffles each pass with `seed` (or not: train.shuffle)
-            "batch_size": t.batch_size,
-            "epochs": 1,  # one epoch over `passes` shuffled passes of the data
-            # packing: the dataset holds exactly the steps' packs (their number is known only once packed)
-            "max_steps_per_epoch": None if m.packing else steps,
-            "gradient_accumulation_steps": t.grad_accum,
-            "optimizer": optimizer,
-            "lr_scheduler": {"_component_": f"{COMPONENTS}.lr_schedule", "name": t.lr_scheduler,
-                             "warmup_ratio": t.warmup_ratio},
-            "compile": bool(j.backend.get("compile", False)),
-            "device": t.device,
-            "dtype": {"fp32": "fp32", "bf16": "bf16"}.get(t.precision, t.precision),
-            "enable_activation_checkpointing": bool(t.gradient_checkpointing),
-            "enable_activation_offloading": False,
-            "metric_logger": {"_component_": f"{COMPONENTS}.MetricLogger", "filename": "metrics.jsonl",
-                              "max_steps": None if m.packing and t.max_steps <= 0 else steps,
-                              "train_rows": rows,
-                              "examples_per_step": t.batch_size * t.grad_accum,
-                              "artifacts": ("none" if not t.save_artifacts else "model" if full else "adapter")},
-            "log_every_n_steps": t.logging_steps,
-            "log_peak_memory_stats": False,
-            "profiler": {"_component_": "torchtune.training.setup_torch_profiler", "enabled": False},
-        }
-        if m.name == "dpo":
-            component, beta = DPO_LOSSES[m.loss_type]
-            config["loss"] = {"_component_": component, beta: m.beta}
-            optimizer["max_grad_norm"] = clip  # the DPO recipe does not clip; the optimiser does
-        else:
-            config["loss"] = {"_component_": "torchtune.modules.loss.CEWithChunkedOutputLoss"}
-            config["clip_grad_norm"] = clip
-        if full:
-            config["optimizer_in_bwd"] = False
-        else:
-            config["save_adapter_weights_only"] = True  # never merged weights beside an adapter
-        native = OmegaConf.to_container(j.backend.native, resolve=True) if j.backend.get("native") else {}
-        if native:
-            config = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(config), OmegaConf.create(native)))
-        return recipe, config
+    :raises ConfigError: naming the field and what torchtune can do instead.
+    """
+    path, hf = hf_config(str(job.model.name_or_path))
+    family_of(hf, str(job.model.name_or_path))
+    model_args(hf, job.train.max_length)
+    m, p = job.method, job.peft
+    if m.name == "dpo" and p.type == "none":
+        raise ConfigError("method.name=dpo with peft.type=none: torchtune's full-weight DPO recipe is "
+                          "distributed-only; use peft.type=lora")
+    if m.name == "dpo" and p.type == "dora":
+        raise ConfigError("method.name=dpo with peft.type=dora: torchtune's lora_dpo_single_device "
+                          "does not initialise DoRA magnitudes; use peft.type=lora")
+    if p.type == "qlora" and nf4_problems(hf):
+        raise ConfigError(f"peft.type=qlora: torchao's NF4 (torchtune's quantize_base) needs every base linear "
+                          f"weight to hold a multiple of {NF4_BLOCK} values (blocks of 64, scales in blocks "
+                          f"of 256); this model has {', '.join(nf4_problems(hf))}. Use peft.type=lora, or "
+                          "backend=trl (bitsandbytes)")
+    if p.type != "none":
+        lora_targets(list(p.target_modules), bool(hf.get("tie_word_embeddings", False)))
+    if job.model.dtype not in ("auto", DTYPES[job.train.precision]):
+        raise ConfigError(f"model.dtype={job.model.dtype} with train.precision={job.train.precision}: torchtune "
+                          "trains in one dtype (its `dtype`); set model.dtype=auto")
+    if not weight_files(path):
+        raise ConfigError(f"{path} has no *.safetensors or *.bin weights for torchtune's HF checkpointer")
+
+
+def native_config(job: Any, data: Any, rel: Callable[[Any], str] = str,
+                  components: str = "plan.anytune_torchtune") -> tuple[str, dict[str, Any]]:
+    """(recipe name, recipe config) for the job.
+
+    :param data: the prepared data (``core.DataInfo``: kind, row counts in ``stats``, train/template paths).
+    :param rel: turns a path into the form the plan names it by (relative to the run directory).
+    :param components: module the recipe imports anytune's components from (``plan/anytune_torchtune.py``
+        as a dotted name from the run directory, which ``tune run`` puts on ``sys.path``).
+    """
+    t, m, p = job.train, job.method, job.peft
+    path, hf = hf_config(str(job.model.name_or_path))
+    fam = family_of(hf, str(job.model.name_or_path))
+    full = p.type == "none"
+    recipe = RECIPES[(m.name, full)]
+    rows = int(data.stats["rows"]["train"])
+    steps, passes = total_steps(rows, t.batch_size, t.grad_accum, t.max_steps, t.epochs)
+    args = model_args(hf, t.max_length)
+    if full:
+        model = {"_component_": fam.builder, **args}
+    else:
+        model = {"_component_": fam.lora_builder,
+                 **lora_targets(list(p.target_modules), args["tie_word_embeddings"]),
+                 **args, "lora_rank": p.r, "lora_alpha": float(p.alpha), "lora_dropout": p.dropout,
+                 "use_dora": p.type == "dora"}
+        if p.type == "qlora":  # the frozen base as torchao NF4 (FrozenNF4Linear), LoRA on top
+            model["quantize_base"] = True
+    source = rel(data.train)
+    tokenizer = {"_component_": f"{components}.ChatTemplateTokenizer", "path": str(path),
+                 "chat_template": rel(data.template) if data.template else None, "max_seq_len": t.max_length}
+    if m.name == "dpo":
+        dataset = {"_component_": f"{components}.preference_dataset", "source": source,
+                   "passes": passes, "seed": t.seed, "shuffle": bool(t.shuffle)}
+    elif m.packing:  # torchtune's PackedDataset; the recipe collates with padded_collate_packed
+        dataset = {"_component_": f"{components}.packed_sft_dataset", "packed": True,
+                   "source": source, "kind": data.kind,
+                   "completion_only_loss": bool(m.completion_only_loss), "seed": t.seed,
+                   "max_steps": t.max_steps, "epochs": float(t.epochs), "batch_size": t.batch_size,
+                   "grad_accum": t.grad_accum, "shuffle": bool(t.shuffle)}
+    else:
+        dataset = {"_component_": f"{components}.sft_dataset", "source": source,
+                   "kind": data.kind, "completion_only_loss": bool(m.completion_only_loss),
+                   "passes": passes, "seed": t.seed, "shuffle": bool(t.shuffle)}
+    optimizer = {"_component_": f"{components}.{'AdamW' if t.optimizer == 'adamw' else 'SGD'}",
+                 "lr": t.learning_rate, "weight_decay": t.weight_decay}
+    clip = t.max_grad_norm if t.max_grad_norm and t.max_grad_norm > 0 else None
+    config: dict[str, Any] = {
+        "output_dir": TUNE_DIR,
+        "model": model,
+        "tokenizer": tokenizer,
+        "checkpointer": {"_component_": "torchtune.training.FullModelHFCheckpointer",
+                         "checkpoint_dir": str(path), "checkpoint_files": weight_files(path),
+                         "model_type": fam.model_type, "output_dir": TUNE_DIR, "recipe_checkpoint": None},
+        "resume_from_checkpoint": False,
+        "dataset": dataset,
+        "seed": t.seed,
+        "shuffle": False,  # the dataset shuffles each pass with `seed` (or not: train.shuffle)
+        "batch_size": t.batch_size,
+        "epochs": 1,  # one epoch over `passes` shuffled passes of the data
+        # packing: the dataset holds exactly the steps' packs (their number is known only once packed)
+        "max_steps_per_epoch": None if m.packing else steps,
+        "gradient_accumulation_steps": t.grad_accum,
+        "optimizer": optimizer,
+        "lr_scheduler": {"_component_": f"{components}.lr_schedule", "name": t.lr_scheduler,
+                         "warmup_ratio": t.warmup_ratio},
+        "compile": bool(job.backend.get("compile", False)),
+        "device": t.device,
+        "dtype": {"fp32": "fp32", "bf16": "bf16"}.get(t.precision, t.precision),
+        "enable_activation_checkpointing": bool(t.gradient_checkpointing),
+        "enable_activation_offloading": False,
+        "metric_logger": {"_component_": f"{components}.MetricLogger", "filename": runproto.METRICS_FILE,
+                          "max_steps": None if m.packing and t.max_steps <= 0 else steps,
+                          "train_rows": rows,
+                          "examples_per_step": t.batch_size * t.grad_accum,
+                          "artifacts": ("none" if not t.save_artifacts else "model" if full else "adapter")},
+        "log_every_n_steps": t.logging_steps,
+        "log_peak_memory_stats": False,
+        "profiler": {"_component_": "torchtune.training.setup_torch_profiler", "enabled": False},
+    }
+    if m.name == "dpo":
+        component, beta = DPO_LOSSES[m.loss_type]
+        config["loss"] = {"_component_": component, beta: m.beta}
+        optimizer["max_grad_norm"] = clip  # the DPO recipe does not clip; the optimiser does
+    else:
+        config["loss"] = {"_component_": "torchtune.modules.loss.CEWithChunkedOutputLoss"}
+        config["clip_grad_norm"] = clip
+    if full:
+        config["optimizer_in_bwd"] = False
+    else:
+        config["save_adapter_weights_only"] = True  # never merged weights beside an adapter
+    native = OmegaConf.to_container(job.backend.native, resolve=True) if job.backend.get("native") else {}
+    if native:
+        config = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(config), OmegaConf.create(native)))
+    return recipe, config

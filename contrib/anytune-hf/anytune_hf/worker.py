@@ -1,9 +1,11 @@
 """hf worker: runs one planned SFT job with plain ``transformers.Trainer`` and ``peft``.
 
 Usage (from the run directory): ``python plan/hf_worker.py plan/hf_args.json``.
-Imports only torch, transformers, peft and the standard library (plus ``workerlib``,
-copied beside this file), so an ejected plan runs where anytune is not installed.
-Writes ``metrics.jsonl`` while training, ``artifacts/`` and ``result.json`` at the end.
+Imports only torch, transformers, peft and the standard library (plus ``runproto``,
+``lossmask`` and ``hfglue``, shipped beside this file), so an ejected plan runs where
+anytune is not installed. Writes ``metrics.jsonl`` while training, ``artifacts/`` and
+the outcome file at the end; exits 0, 1 (failed) or 130 (interrupted). The core
+alone writes ``result.json``.
 """
 from __future__ import annotations
 
@@ -11,19 +13,19 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import workerlib  # noqa: E402
+import hfglue  # noqa: E402
+import runproto  # noqa: E402
 
 IGNORE_INDEX = -100
 """Label of tokens that carry no loss (Hugging Face's convention)."""
 
 
-def tokenize_sft(records, tokenizer, kind, completion_only, max_length):
-    """Tokenise SFT records with the template of record; labels are input_ids on loss tokens, else -100.
-
-    Loss tokens are marked by ``workerlib.tokenize_records``, exactly as the other backends mark them.
-    """
+def tokenize_sft(path, tokenizer, kind, completion_only, max_length):
+    """Tokenise one split's normalised records with the template of record; labels are input_ids on loss
+    tokens, else -100. Loss tokens are marked by ``lossmask`` (through ``hfglue.tokenize``), exactly as
+    every other backend marks them."""
     rows = []
-    for row in workerlib.tokenize_records(records, tokenizer, kind, completion_only, max_length):
+    for row in hfglue.tokenize(path, tokenizer, kind, completion_only, max_length):
         ids = row["input_ids"]
         rows.append({"input_ids": ids, "attention_mask": [1] * len(ids),
                      "labels": [i if keep else IGNORE_INDEX for i, keep in zip(ids, row["completion_mask"])]})
@@ -50,34 +52,15 @@ class PadCollator:
                 for key, value in fill.items()}
 
 
-def training_arguments(args):
-    """``TrainingArguments`` for ``args``, adapted to the installed transformers (before 5.x activation
-    checkpointing is called ``gradient_checkpointing``)."""
-    import dataclasses
-
-    from transformers import TrainingArguments
-
-    names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    if "activation_checkpointing" in args and "activation_checkpointing" not in names:
-        args["gradient_checkpointing"] = args.pop("activation_checkpointing")
-    return TrainingArguments(**args)
-
-
 def build_trainer(spec, writer):
     """Model (with peft's LoRA/DoRA when asked), tokenizer, tokenised data and the Trainer for ``spec``."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, set_seed
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, set_seed
 
     mspec, tspec, args = spec["model"], spec["tokenize"], dict(spec["args"])
     set_seed(args.get("seed", 42))  # before the model: peft initialises adapter weights randomly
-    tokenizer = AutoTokenizer.from_pretrained(mspec["name_or_path"], trust_remote_code=mspec["trust_remote_code"])
-    template_path = spec["data"]["chat_template"]
-    if template_path and os.path.exists(template_path):
-        with open(template_path) as f:
-            tokenizer.chat_template = f.read()
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-
+    tokenizer = hfglue.load_tokenizer(mspec["name_or_path"], spec["data"]["chat_template"],
+                                      mspec["trust_remote_code"])
     load_kwargs = {"dtype": getattr(torch, mspec["dtype"]), "trust_remote_code": mspec["trust_remote_code"]}
     if mspec.get("attn_implementation"):
         load_kwargs["attn_implementation"] = mspec["attn_implementation"]
@@ -89,32 +72,29 @@ def build_trainer(spec, writer):
         if args.get("activation_checkpointing") or args.get("gradient_checkpointing"):
             model.enable_input_require_grads()  # a frozen base gives checkpointed blocks no input grads otherwise
 
-    def tokenize(path):
-        """Tokenised rows of one split's normalised records."""
-        return tokenize_sft(workerlib.read_jsonl(path), tokenizer, spec["kind"],
-                            tspec["completion_only_loss"], tspec["max_length"])
+    def tokenized(path):
+        return tokenize_sft(path, tokenizer, spec["kind"], tspec["completion_only_loss"], tspec["max_length"])
 
-    train = tokenize(spec["data"]["train"])
-    evals = tokenize(spec["data"]["eval"]) if spec["data"]["eval"] else None
-    trainer = Trainer(model=model, args=training_arguments(args), train_dataset=train, eval_dataset=evals,
+    train, evals = spec["data"]["train"], spec["data"]["eval"]
+    trainer = Trainer(model=model, args=hfglue.config_args(TrainingArguments, args), train_dataset=tokenized(train),
+                      eval_dataset=tokenized(evals) if evals else None,
                       data_collator=PadCollator(tokenizer.pad_token_id, tspec.get("pad_to_multiple_of")),
-                      processing_class=tokenizer, callbacks=[workerlib.hf_metrics_callback(writer)])
+                      processing_class=tokenizer, callbacks=[hfglue.metrics_callback(writer)])
     return trainer, tokenizer
 
 
 def main(argv):
-    """Run the job in ``argv[1]``; always write result.json; exit 0, 1 (failed) or 130 (interrupted)."""
-    spec = workerlib.read_json(argv[1])
+    """Run the job in ``argv[1]``; record the outcome; exit 0, 1 (failed) or 130 (interrupted)."""
+    spec = runproto.read_json(argv[1])
     if spec.get("offline"):
         os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    writer = workerlib.MetricsWriter("metrics.jsonl")
-    rec = workerlib.Recorder("hf", ("transformers", "peft", "torch", "accelerate"))
-    with rec as result:
+    writer = runproto.MetricsWriter()
+    outcome = runproto.Outcome(("transformers", "peft", "torch", "accelerate"))
+    with outcome as out:
         trainer, tokenizer = build_trainer(spec, writer)
-        workerlib.train_hf(trainer, result)
-        result["artifacts"] = (workerlib.save_hf(trainer, tokenizer, bool(spec["peft"]))
-                               if spec.get("save", True) else {})
-    return rec.code
+        hfglue.train(trainer, out)
+        out["artifacts"] = hfglue.save(trainer, tokenizer, bool(spec["peft"])) if spec.get("save", True) else {}
+    return outcome.code
 
 
 if __name__ == "__main__":

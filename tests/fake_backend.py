@@ -6,7 +6,6 @@ silent (exits 0 and writes no outcome file at all).
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -59,7 +58,7 @@ class FakeBackend(core.Trainer):
         """Write the mode and the script; ship the run protocol."""
         files = [ctx.write_json("fake.json", {"mode": self.job.backend.native.get("mode", "ok")}),
                  ctx.write("child.py", CHILD), *ctx.ship(core.runproto)]
-        return core.Plan(command=[sys.executable, "plan/child.py"], files=files)
+        return core.Plan(command=[self.python(), "plan/child.py"], files=files)
 
 
 @core.hookimpl

@@ -453,3 +453,39 @@ def test_library_imports_no_plugin_machinery():
     proc = subprocess.run([sys.executable, "-m", "core.envs", "--help"], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and "create" in proc.stdout
+
+
+def test_a_job_creates_its_engines_environment_on_first_use(home, wheel, tmp_path, capfd, monkeypatch):
+    """runner.run builds a missing managed environment before any progress display, then runs the engine
+    with the environment's interpreter; with ANYTUNE_CREATE_ENVS=0 it names the command instead."""
+    import fake_backend
+    from core import plugins, runner
+    from core.conformance import compose
+
+    class Pinned(fake_backend.FakeBackend):
+        """The fake backend, its 'engine' a wheel installed into an environment of its own."""
+
+        name = "pinned"
+        environment = [f"fakeengine @ {wheel.as_uri()}"]
+        engine_distribution = "fakeengine"
+
+    module = type(sys)("pinned_plugin")
+    module.register_backends = fake_backend.core.hookimpl(lambda register: register(Pinned))
+    reg = plugins.reset(extra=[module])
+    base = ["backend=pinned", "train.device=cpu", "train.precision=fp32", "data.max_rows=8"]
+    try:
+        monkeypatch.setenv("ANYTUNE_CREATE_ENVS", "0")
+        off = runner.run(compose(base), tmp_path / "off", reg)
+        assert off["status"] == "failed" and off["error_type"] == "EngineMissing"
+        assert "python -m core.envs create pinned" in off["error"]
+        monkeypatch.delenv("ANYTUNE_CREATE_ENVS")
+        shown = []
+        result = runner.run(compose(base), tmp_path / "on", reg, display=lambda step, row: shown.append(step))
+    finally:
+        plugins.reset()
+    assert result["status"] == "succeeded", result
+    env = envs.of(Pinned)
+    assert env.exists()
+    command = json.loads((tmp_path / "on" / "plan" / "command.json").read_text())["command"]
+    assert command[0] == str(env.python), command
+    assert "first use" in capfd.readouterr().err and shown  # the notice came, then the display

@@ -36,8 +36,9 @@ def parse(argv: list[str]) -> tuple[Path, list[str]]:
     if len(dirs) != 1:
         raise ConfigError(f"name one finished run directory\n{USAGE}")
     run_dir = Path(dirs[0])
-    if not (run_dir / "result.json").is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (it has no result.json)\n{USAGE}")
+    missing = [n for n in ("result.json", "config.yaml") if not (run_dir / n).is_file()]
+    if missing:
+        raise ConfigError(f"{run_dir} is not a run directory (it has no {' or '.join(missing)})\n{USAGE}")
     for o in overrides:
         key = o.split("=", 1)[0].lstrip("+~")
         if key.split(".")[0] not in GROUPS and key != "debug":
@@ -49,16 +50,15 @@ def parse(argv: list[str]) -> tuple[Path, list[str]]:
     return run_dir, overrides
 
 
-def compose(run_dir: Path, overrides: list[str]):
+def compose(backend: str, overrides: list[str]):
     """The ``export``/``eval`` nodes Hydra composes for ``overrides`` (with the run's backend, so composition
     needs no other backend installed)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from omegaconf import OmegaConf
 
-    backend = OmegaConf.select(OmegaConf.load(run_dir / "config.yaml"), "backend.name")
     with initialize_config_module("conf", version_base="1.3"):
-        cfg = hydra_compose("config", overrides=[f"backend={backend}", *overrides] if backend else overrides)
+        cfg = hydra_compose("config", overrides=[f"backend={backend}", *overrides])
     return OmegaConf.create({g: OmegaConf.to_container(cfg[g], resolve=True) for g in GROUPS})
 
 
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         from hydra.errors import HydraException
+        from omegaconf import OmegaConf
         from omegaconf.errors import OmegaConfBaseException
 
         from core import config, plugins, progress, runner
@@ -89,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         reg = plugins.registry()
         config.register()
         config.check_overrides(overrides, reg)
+        backend = str(OmegaConf.select(OmegaConf.load(run_dir / "config.yaml"), "backend.name"))
+        reg.backend(backend)  # not installed here: the helpful error, not Hydra's
         try:
-            after_cfg = compose(run_dir, overrides)
+            after_cfg = compose(backend, overrides)
         except (HydraException, OmegaConfBaseException) as exc:
             raise ConfigError(str(exc)) from exc
         with progress.Display(run_dir.name) as display:

@@ -197,6 +197,7 @@ def test_unknown_exporter_lists_installed(tmp_path, command):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "result.json").write_text('{"status": "succeeded"}')
+    (run_dir / "config.yaml").write_text("backend:\n  name: trl\n")
     args = [*command, "export=[mergd]"] + ([str(run_dir)] if command is AFTER else [f"run_dir={run_dir}"])
     p = anytune(*args)
     assert p.returncode == 2, p.stderr
@@ -211,15 +212,16 @@ def test_unknown_exporter_lists_installed(tmp_path, command):
     (["{run}"], "name the steps to run"),
     (["{empty}", "eval=[heldout]"], "is not a run directory"),
     (["{failed}", "eval=[heldout]"], "status is failed"),
+    (["{other}", "eval=[heldout]"], "no backend 'axolotl'"),
     (["{run}", "eval=[heldout]", "eval.heldout.batchsize=2"], "unknown config field 'eval.heldout.batchsize'"),
-], ids=["no-dir", "train-override", "no-steps", "not-a-run", "failed-run", "unknown-field"])
+], ids=["no-dir", "train-override", "no-steps", "not-a-run", "failed-run", "backend-missing", "unknown-field"])
 def test_after_usage_errors(tmp_path, args, words):
-    dirs = {"run": tmp_path / "run", "empty": tmp_path / "empty", "failed": tmp_path / "failed"}
+    dirs = {n: tmp_path / n for n in ("run", "empty", "failed", "other")}
     for name, d in dirs.items():
         d.mkdir()
         if name != "empty":
-            (d / "result.json").write_text(json.dumps({"status": "succeeded" if name == "run" else "failed"}))
-            (d / "config.yaml").write_text("backend:\n  name: trl\n")
+            (d / "result.json").write_text(json.dumps({"status": "failed" if name == "failed" else "succeeded"}))
+            (d / "config.yaml").write_text(f"backend:\n  name: {'axolotl' if name == 'other' else 'trl'}\n")
     p = anytune(*AFTER, *[a.format(**dirs) for a in args])
     assert p.returncode == 2, (p.stdout, p.stderr)
     assert p.stderr.startswith("anytune: error: ") and words in p.stderr, p.stderr

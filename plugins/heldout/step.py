@@ -1,0 +1,83 @@
+"""The held-out evaluator class and its config node."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Optional
+
+import core
+
+HERE = Path(__file__).parent
+PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+"""canonical train.precision -> torch dtype the model is scored in (when model.dtype is auto)."""
+
+
+@dataclass
+class HeldoutConfig(core.StepConfig):
+    """Config node ``eval=[heldout]`` (fields: ``eval.heldout.<field>=...``)."""
+
+    name: str = "heldout"
+    """Evaluator name."""
+    batch_size: int = core.number(8, ge=1)
+    """Examples per forward pass (right-padded with an attention mask; the loss is the same for any size)."""
+    max_rows: Optional[int] = core.number(None, ge=1)
+    """Score only the first N held-out rows (null: all)."""
+
+
+class HeldoutEvaluator(core.Evaluator):
+    """Mean loss over loss tokens on the held-out data, computed by one engine-neutral scorer for every
+    engine's artefact (an adapter on its base, or a full model): the template of record, the same loss
+    masks every engine trains with (``lossmask``), labels shifted as Hugging Face models do.
+    Scores: loss, tokens (loss tokens), rows, perplexity."""
+
+    name: ClassVar[str] = "heldout"
+    config_class: ClassVar[type] = HeldoutConfig
+    engine_distribution: ClassVar[str] = "peft"
+    install_hint: ClassVar[str] = "pip install 'anytune[trl]' (or: pip install torch transformers peft)"
+    description: ClassVar[str] = "Held-out loss and perplexity on data/eval.jsonl, the same scorer for every engine"
+    capabilities: ClassVar[core.Capabilities] = core.Capabilities(
+        supports={"data.kind": frozenset({"messages", "prompt_completion", "text"})},
+        needs=frozenset({"weights", "tokenizer", "template"}),
+    )
+
+    def check(self) -> None:
+        """There is held-out data (the capability table cannot say that a step needs it)."""
+        data = self.job.data
+        if not data.eval and not data.eval_fraction:
+            raise core.ConfigError("eval=[heldout] needs held-out data, and this job has none: set data.eval="
+                                   "<file> or data.eval_fraction=<fraction of train, e.g. 0.1>")
+
+    def plan(self, ctx: core.Context) -> core.Plan:
+        """Write ``heldout.json`` (what to score, how) and ship the scorer with the run protocol and loss masks."""
+        job = ctx.job
+        if ctx.data.eval is None:
+            raise core.ConfigError(f"eval=[heldout] needs held-out data and {ctx.data.dir} has no eval.jsonl "
+                                   "(set data.eval or data.eval_fraction when training)")
+        if ctx.data.kind == "messages" and ctx.data.template is None:
+            raise core.ConfigError(f"eval=[heldout] scores conversations with the chat template of record, and "
+                                   f"{ctx.data.dir} has no chat_template.jinja")
+        adapter, model = ctx.local("adapter"), ctx.local("model")
+        if adapter is None and model is None:
+            raise core.ConfigError(f"eval=[heldout] needs the trained weights (artifacts/adapter or artifacts/model);"
+                                   f" this run left none (artefacts: {sorted(ctx.artifacts) or 'none'})")
+        dtype = job.model.dtype if job.model.dtype != "auto" else PRECISION_DTYPES.get(job.train.precision, "float32")
+        spec = {
+            "base": str(job.model.name_or_path),
+            "adapter": ctx.rel(adapter) if adapter is not None else None,
+            "model": ctx.rel(model) if adapter is None and model is not None else None,
+            "load_in_4bit": job.peft.type == "qlora",
+            "trust_remote_code": bool(job.model.trust_remote_code),
+            "dtype": dtype,
+            "device": job.train.device,
+            "eval": ctx.rel(ctx.data.eval),
+            "template": ctx.rel(ctx.data.template) if ctx.data.template is not None else None,
+            "kind": ctx.data.kind,
+            "completion_only": bool(job.method.completion_only_loss),
+            "max_length": int(job.train.max_length),
+            "batch_size": int(self.config.batch_size),
+            "max_rows": self.config.max_rows,
+        }
+        files = [ctx.write_json("heldout.json", spec),
+                 *ctx.ship(HERE / "worker.py", rename={"worker.py": "heldout_worker.py"}),
+                 *ctx.ship(core.runproto, core.lossmask)]
+        return core.Plan(command=[self.python(), files[1], files[0]], files=files)

@@ -24,6 +24,7 @@ NEEDS = {
     "template": "a chat template of record (data/chat_template.jinja)",
     "weights": "the base model's weights on local disk (and it leaves local artefacts)",
     "device": "a local device and precision (train.device, train.precision resolved from auto)",
+    "heldout": "held-out data (data.eval, or data.eval_fraction > 0): refused at validation when the job has none",
 }
 """What a step may need from the core; the core skips the work for steps that do not."""
 

@@ -121,16 +121,17 @@ def features_of(cfg: DictConfig, kind: str) -> dict[str, Any]:
 
 
 def check_capabilities(cfg: DictConfig, step: type[Step], peers: dict[str, type[Step]], kind: str,
-                       only_listed: bool = False) -> None:
+                       only_listed: bool = False, skip: tuple[str, ...] = ()) -> None:
     """Refuse any feature value the step's capability table does not list, naming the peers that can.
 
     :param peers: the steps of the same group (for the message).
     :param only_listed: check only features the table lists (exporters and evaluators restrict what they name).
+    :param skip: features not to check (``data.eval`` when only a later evaluator uses the held-out data).
     """
     values = features_of(cfg, kind)
     caps = step.capabilities
     for feature, value in values.items():
-        if only_listed and feature not in caps.supports:
+        if feature in skip or (only_listed and feature not in caps.supports):
             continue
         if feature in schema_fields() and not applies(cfg, feature):
             continue
@@ -164,6 +165,18 @@ def check_steps(trainer: Step, after: Iterable[Step]) -> None:
         if not trainer.artifacts():
             raise ConfigError(f"{step.group}=[{step.name}] needs the trained weights, and train.save_artifacts=false "
                               "saves none: set train.save_artifacts=true")
+
+
+def check_heldout(steps: Iterable[Step], present: bool) -> None:
+    """A step that needs held-out data gets some.
+
+    :param present: the job has held-out data (``data.eval`` or ``data.eval_fraction > 0``; on a finished
+        run: ``data/eval.jsonl``).
+    """
+    for step in steps:
+        if "heldout" in step.capabilities.needs and not present:
+            raise ConfigError(f"{step.group}=[{step.name}] needs held-out data, and this job has none: set "
+                              "data.eval=<file> or data.eval_fraction=<fraction of train, e.g. 0.1>")
 
 
 def cuda_present() -> bool:

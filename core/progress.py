@@ -34,7 +34,7 @@ class Display:
             self.bar.stop()
 
     def __call__(self, step: str, row: dict | None) -> None:
-        """A step started (``row`` None) or wrote a metrics row."""
+        """A step started (``row`` None), wrote a metrics row, or ended (``{"status": ...}``)."""
         if self.bar is None:
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console)
@@ -45,8 +45,22 @@ class Display:
             self.last[step] = {}
         if row is None:
             return
+        if "status" in row:  # the step ended
+            colour = "green" if row["status"] == "succeeded" else "red"
+            self.bar.update(self.tasks[step], total=self._total(step), completed=self._total(step),
+                            stats=f"[{colour}]{row['status']}[/]  " + self._stats(step))
+            return
+        self.last[step].update(row)
+        self.bar.update(self.tasks[step], completed=row.get("step", 0), total=row.get("max_steps") or None,
+                        stats=self._stats(step) or "running")
+
+    def _total(self, step: str) -> int:
+        """The bar's length once the step ended: its planned steps, else 1."""
+        return self.last[step].get("max_steps") or self.last[step].get("step") or 1
+
+    def _stats(self, step: str) -> str:
+        """Latest loss, eval loss and throughput of a step."""
         last = self.last[step]
-        last.update(row)
         fields = []
         if "loss" in last:
             fields.append(f"loss {last['loss']:.4f}")
@@ -54,8 +68,7 @@ class Display:
             fields.append(f"eval {last['eval_loss']:.4f}")
         if last.get("tokens_per_s"):
             fields.append(f"{last['tokens_per_s']:.0f} tok/s")
-        self.bar.update(self.tasks[step], completed=row.get("step", 0), total=row.get("max_steps") or None,
-                        stats="  ".join(fields) or "running")
+        return "  ".join(fields)
 
 
 def summary(result: dict, run_dir: Path, next_steps: bool = True) -> None:
@@ -72,6 +85,10 @@ def summary(result: dict, run_dir: Path, next_steps: bool = True) -> None:
     if final:
         console.print("  " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                        for k, v in final.items()))
+    for s in result.get("steps") or []:
+        if s["status"] not in ("succeeded", "skipped") and status == "succeeded":
+            console.print(f"  {s['kind']} {s['name']}: {s['status']}  {s.get('error') or ''}", style="red",
+                          markup=False, highlight=False, soft_wrap=True)
     for name, scores in (result.get("eval") or {}).items():
         console.print(f"  eval {name}: " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                    for k, v in scores.items()), highlight=False)

@@ -33,7 +33,8 @@ QUIET_ENV = {"HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "WANDB_DISABL
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 Display = Callable[[str, "dict | None"], None]
-"""``display(step_label, row)``: called with ``row=None`` when a step starts, then with each metrics row."""
+"""``display(step_label, row)``: called with ``row=None`` when a step starts, then with each metrics row,
+then with ``{"status": ...}`` when it ends."""
 
 
 class StepFailed(AnytuneError):
@@ -147,7 +148,10 @@ def check(cfg: DictConfig, reg: Registry) -> Job:
     checks.check_reads(cfg, backend_cls, reg.backends)
     if job.needs("device"):
         checks.resolve_auto(cfg)
-    checks.check_capabilities(cfg, backend_cls, reg.backends, kind)
+    # held-out data only a later step uses (an evaluator) asks nothing of the trainer's own evaluation
+    heldout_after = any("heldout" in s.capabilities.needs for s in after)
+    checks.check_capabilities(cfg, backend_cls, reg.backends, kind, skip=("data.eval",) if heldout_after else ())
+    checks.check_heldout(job.steps, bool(cfg.data.eval) or cfg.data.eval_fraction > 0)
     for step in after:
         checks.check_capabilities(cfg, type(step), reg.group(step.group), kind, only_listed=True)
     checks.check_steps(trainer, after)
@@ -226,6 +230,8 @@ def execute(planned: list[Planned], cfg: DictConfig, run_dir: Path, reg: Registr
             continue
         r = run_step(p, cfg, run_dir, reg, display)
         runs.append(r)
+        if display:
+            display(p.step.label, {"status": r.status})
         notify(reg, "on_step_end", run_dir=str(run_dir), step=p.step.name, kind=p.step.kind,
                outcome={**r.outcome, **r.record()})
     return runs
@@ -340,8 +346,6 @@ def finish(run_dir: Path, cfg: DictConfig, status: str, started: float, *, job: 
             result.setdefault("artifacts", {}).update(artifacts_of(r.outcome))
             if r.step.kind == "evaluator":
                 scores[r.step.name] = r.outcome.get("scores", {})
-            else:
-                result.setdefault("exports", {})[r.step.name] = artifacts_of(r.outcome)
     if steps:
         result["steps"] = list(steps.values())
     if scores:
@@ -387,6 +391,7 @@ def run_after(run_dir: Path, after_cfg: DictConfig, reg: Registry | None = None,
     for step in after:
         checks.check_capabilities(cfg, type(step), reg.group(step.group), data.kind, only_listed=True)
     checks.check_steps(trainer, after)
+    checks.check_heldout(after, data.eval is not None)
     for step in after:
         checks.check_node(step)
         step.check()

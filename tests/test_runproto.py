@@ -33,8 +33,8 @@ def test_success_writes_contract_files(reg, tmp_path):
                  "plan/runproto.py", "metrics.jsonl", "result.json", "logs/train.stdout.log",
                  "logs/train.stderr.log", "logs/train.outcome.json"):
         assert (tmp_path / name).exists(), name
-    assert seen[0] == ("trainer:fake", None)
-    assert [r["step"] for _, r in seen[1:]] == [1, 2, 3]
+    assert seen[0] == ("trainer:fake", None) and seen[-1] == ("trainer:fake", {"status": "succeeded"})
+    assert [r["step"] for _, r in seen[1:-1]] == [1, 2, 3]
     on_disk = runproto.read_json(str(tmp_path / "result.json"))
     assert on_disk["status"] == "succeeded" and on_disk["wall_seconds"] > 0
     assert on_disk["final"] == {"last_loss": 2.0 / 3} and on_disk["exit_code"] == 0

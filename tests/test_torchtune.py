@@ -184,7 +184,7 @@ def test_plan_dpo(tmp_path, tiny):
     (["peft.target_modules=[qkv]"], "ConfigError", "all-linear"),
     (["model.dtype=bfloat16"], "ConfigError", "one dtype"),
     (["model.dtype=float16"], "UnsupportedFeature", "model.dtype=float16"),
-    (["model.trust_remote_code=true"], "UnreadField", "model.trust_remote_code"),
+    (["model.trust_remote_code=true"], "UnsupportedFeature", "model.trust_remote_code=True"),
     (["train.eval_steps=5"], "UnreadField", "train.eval_steps"),
     (["method=orpo", "data=demo_pref"], "UnsupportedFeature", "method.name=orpo"),
     (["method=dpo", "data=demo_pref", "method.packing=true"], "ConfigError", "applies to method.name=sft only"),

@@ -37,15 +37,8 @@ class HeldoutEvaluator(core.Evaluator):
     description: ClassVar[str] = "Held-out loss and perplexity on data/eval.jsonl, the same scorer for every engine"
     capabilities: ClassVar[core.Capabilities] = core.Capabilities(
         supports={"data.kind": frozenset({"messages", "prompt_completion", "text"})},
-        needs=frozenset({"weights", "tokenizer", "template"}),
+        needs=frozenset({"weights", "tokenizer", "template", "heldout"}),
     )
-
-    def check(self) -> None:
-        """There is held-out data (the capability table cannot say that a step needs it)."""
-        data = self.job.data
-        if not data.eval and not data.eval_fraction:
-            raise core.ConfigError("eval=[heldout] needs held-out data, and this job has none: set data.eval="
-                                   "<file> or data.eval_fraction=<fraction of train, e.g. 0.1>")
 
     def plan(self, ctx: core.Context) -> core.Plan:
         """Write ``heldout.json`` (what to score, how) and ship the scorer with the run protocol and loss masks."""

@@ -60,8 +60,9 @@ def training_args(job: Any, has_eval: bool) -> dict[str, Any]:
         "use_cpu": t.device == "cpu",
         "dataloader_num_workers": 0,
     }
-    if t.gradient_checkpointing:
-        args["activation_checkpointing"] = True
+    # always explicit: TRL's *Config default gradient_checkpointing=True, so leaving it out when false
+    # would train with checkpointing on while config.yaml says off
+    args["activation_checkpointing"] = bool(t.gradient_checkpointing)
     if not t.shuffle:
         args["train_sampling_strategy"] = "sequential"
     if has_eval and t.eval_steps > 0:

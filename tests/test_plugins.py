@@ -37,7 +37,8 @@ DIST = {
         class DemoBackend(core.Trainer):
             name = "demo"
             config_class = DemoConfig
-            capabilities = core.Capabilities(supports={"method.name": frozenset({"sft", "dpo"})})
+            capabilities = core.Capabilities(supports={"method.name": frozenset({"sft", "dpo"})},
+                                             reads=core.fields("method.name"))
             def plan(self, ctx):
                 return core.Plan(command=["true"])
 

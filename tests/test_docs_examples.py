@@ -100,7 +100,7 @@ def test_backend_exporter_evaluator(toy, tmp_path, capsys):
     assert [(s["name"], s["kind"], s["status"]) for s in result["steps"]] == [
         ("toy", "trainer", "succeeded"), ("bundle", "exporter", "succeeded"), ("rowcount", "evaluator", "succeeded")]
     assert result["artifacts"] == {"adapter": {"path": "artifacts/adapter"}, "bundle": {"path": "artifacts/bundle"}}
-    assert result["exports"] == {"bundle": {"bundle": {"path": "artifacts/bundle"}}}
+    assert result["artifacts"]["bundle"] == {"path": "artifacts/bundle"}
     assert runproto.read_json(str(tmp_path / "artifacts/bundle/MANIFEST.json")) == ["adapter_config.json"]
     held_out = runproto.read_jsonl(str(tmp_path / "data/eval.jsonl"))
     scores = runproto.read_json(str(tmp_path / "eval.json"))
@@ -129,7 +129,7 @@ def test_steps_on_a_finished_run(toy, tmp_path):
     (["eval=[rowcount]", "eval.rowcount.max_rows=-1", "data.eval_fraction=0.25"], "ConfigError",
      "eval.rowcount.max_rows=-1 is out of range"),
     (["train.learning_rate=1e-3"], "UnreadField", "train.learning_rate"),  # not in reads
-    (["method=dpo", "data=demo_pref"], "UnreadField", "method.name"),  # the toy engine does not read it
+    (["method=dpo", "data=demo_pref"], "UnsupportedFeature", "method.name"),  # its table: sft only
     (["eval=[rowcount]"], "UnsupportedFeature", "data.eval=False"),  # the evaluator needs held-out data
 ])
 def test_the_page_refusals(toy, tmp_path, overrides, error_type, words):

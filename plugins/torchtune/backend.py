@@ -8,7 +8,6 @@ from typing import ClassVar
 from omegaconf import OmegaConf
 
 import core
-from core import envs
 from plugins.torchtune import translate
 
 HERE = Path(__file__).parent
@@ -32,7 +31,7 @@ class TorchtuneBackend(core.Trainer):
     engine_distribution: ClassVar[str] = "torchtune"
     install_hint: ClassVar[str] = "python -m core.envs create torchtune"
     description: ClassVar[str] = "torchtune 0.6.1 recipes (tune run), in an environment of its own"
-    environment: ClassVar[list[str]] = envs.extra_requirements("anytune", "torchtune")
+    environment: ClassVar[list[str]] = core.extra_requirements("anytune", "torchtune")
     """The engine's environment: anytune's ``[torchtune]`` extra, as tested (torchao must stay below 0.17)."""
     capabilities: ClassVar[core.Capabilities] = core.Capabilities(
         supports={
@@ -86,4 +85,4 @@ class TorchtuneBackend(core.Trainer):
 
     def environment_version(self) -> str:
         """The pinned torchtune version."""
-        return next((envs.pinned_version(r) for r in self.environment if envs.project(r) == "torchtune"), "")
+        return next((r.split("==", 1)[1] for r in self.environment if r.startswith("torchtune==")), "")

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from omegaconf import OmegaConf
 
 from core import runproto
-from core.errors import ConfigError
+from core import ConfigError
 
 PLAN_FILE = "torchtune.yaml"
 """The recipe config, in the trainer's plan directory."""

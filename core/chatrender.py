@@ -1,6 +1,6 @@
 """Chat-template rendering as transformers does it. jinja2 and the standard library only.
 
-:mod:`core.template` renders with it, and so do the engines' workers: this file is
+:mod:`core.data.chat_template` renders with it, and so do the engines' workers: this file is
 copied into plan directories (``plan/chatrender.py``, like ``plan/runproto.py``), so
 an ejected plan renders the same text where anytune is not installed. Keep it free of
 anytune imports; jinja2 is imported only when a template is compiled.

@@ -934,3 +934,13 @@ def test_cache_off_and_default_place(tmp_path, monkeypatch):
     assert data.cache_dir() == tmp_path / "xdg" / "anytune" / "cache" / "data"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert data.cache_dir() == Path("~/.cache/anytune/cache/data").expanduser()
+
+
+def test_temporaries_of_dead_writers_are_swept(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "x"}])
+    dead, fresh = tmp_path / "cache" / ".0123456789abcdef-dead.tmp", tmp_path / "cache" / ".fedcba9876543210-live.tmp"
+    for d in (dead, fresh):
+        d.mkdir(parents=True)
+    os.utime(dead, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+    stats, _ = cached(tmp_path, cfg(path))
+    assert entries(tmp_path / "cache") == sorted([fresh.name, stats["cache_key"]])

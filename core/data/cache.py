@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,18 @@ def store(cache: Path, entry_key: str, out_dir: Path, stats: dict[str, Any]) -> 
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         return False
+    finally:
+        _sweep(cache)
+
+
+def _sweep(cache: Path, age: float = 86400.0) -> None:
+    """Remove temporary folders that writers which died left behind (older than ``age`` seconds)."""
+    try:
+        stale = [p for p in cache.glob(".*.tmp") if time.time() - p.stat().st_mtime > age]
+    except OSError:
+        return
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _intact(entry: Path, stats: dict) -> bool:

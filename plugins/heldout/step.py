@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import ClassVar, Optional
 
 import core
+from plugins import hftrainer
 
 HERE = Path(__file__).parent
 PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -72,5 +73,5 @@ class HeldoutEvaluator(core.Evaluator):
         }
         files = [ctx.write_json("heldout.json", spec),
                  *ctx.ship(HERE / "worker.py", rename={"worker.py": "heldout_worker.py"}),
-                 *ctx.ship(core.runproto, core.lossmask)]
+                 *hftrainer.ship(ctx)]
         return core.Plan(command=[self.python(), files[1], files[0]], files=files)

@@ -1,8 +1,8 @@
 """Held-out evaluator worker: the mean loss over loss tokens of ``data/eval.jsonl``, for any engine's artefact.
 
 Usage (from the run directory): ``python plan/eval-heldout/heldout_worker.py plan/eval-heldout/heldout.json``.
-Imports only transformers, peft, torch and the standard library (plus ``runproto`` and ``lossmask``,
-shipped beside this file), so an ejected plan runs where anytune is not installed. Records are tokenised
+Imports only transformers, peft, torch and the standard library (plus ``runproto``, ``lossmask`` and
+``hfglue``, shipped beside this file), so an ejected plan runs where anytune is not installed. Records are tokenised
 with the template of record and the loss masks every engine trains with; batches are right-padded with an
 attention mask (the same sums as one forward per example); labels are shifted as Hugging Face models do;
 loss = sum of token losses / number of loss tokens. Writes the scores into the outcome; exits 0, 1 or 130.
@@ -15,6 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lossmask  # noqa: E402
+import hfglue  # noqa: E402
 import runproto  # noqa: E402
 
 
@@ -53,17 +54,6 @@ def load_model(spec, device):
     return model.eval()
 
 
-def load_tokenizer(spec):
-    """The base model's tokenizer (the one every engine trains with), with the chat template of record."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(spec["base"], trust_remote_code=spec["trust_remote_code"])
-    if spec["template"]:
-        with open(spec["template"], encoding="utf-8") as f:
-            tokenizer.chat_template = f.read()
-    return tokenizer
-
-
 def loss_sums(model, rows, batch_size, pad_id, device):
     """(sum of token losses, number of loss tokens) over tokenised rows, in right-padded batches."""
     import torch
@@ -97,7 +87,7 @@ def score(spec):
     records = runproto.read_jsonl(spec["eval"])
     if spec["max_rows"]:
         records = records[: spec["max_rows"]]
-    tokenizer = load_tokenizer(spec)
+    tokenizer = hfglue.load_tokenizer(spec["base"], spec["template"], spec["trust_remote_code"], pad=True)
     rows = lossmask.tokenize_records(records, tokenizer, spec["kind"], spec["completion_only"], spec["max_length"])
     device = device_of(spec)
     model = load_model(spec, device)

@@ -1,4 +1,5 @@
-"""Worker-side glue for engines built on Hugging Face's ``Trainer`` (TRL, Unsloth, third parties).
+"""Worker-side glue for steps built on Hugging Face transformers (TRL, Unsloth, third parties, the
+merged exporter and the held-out evaluator).
 
 Shipped into ``plan/hfglue.py`` beside ``runproto.py`` and ``lossmask.py``; imports
 transformers only inside functions, anytune never, so an ejected plan runs without anytune.
@@ -36,15 +37,17 @@ def metrics_callback(writer: runproto.MetricsWriter) -> Any:
     return MetricsCallback()
 
 
-def load_tokenizer(name_or_path: str, template_path: str | None, trust_remote_code: bool = False) -> Any:
-    """The model's tokenizer with the chat template of record (when the plan has one) and a pad token."""
+def load_tokenizer(name_or_path: str, template_path: str | None, trust_remote_code: bool = False,
+                   pad: bool = True) -> Any:
+    """The model's tokenizer with the chat template of record (when the plan has one) and, with ``pad``,
+    a pad token (eos when it has none)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     if template_path and os.path.exists(template_path):
-        with open(template_path) as f:
+        with open(template_path, encoding="utf-8") as f:
             tokenizer.chat_template = f.read()
-    if tokenizer.pad_token is None:
+    if pad and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import core
+from plugins import hftrainer
 
 HERE = Path(__file__).parent
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -52,5 +53,5 @@ class MergedExporter(core.Exporter):
         }
         files = [ctx.write_json("merged.json", spec),
                  *ctx.ship(HERE / "worker.py", rename={"worker.py": "merged_worker.py"}),
-                 *ctx.ship(core.runproto)]
+                 *hftrainer.ship(ctx)]
         return core.Plan(command=[self.python(), files[1], files[0]], files=files)

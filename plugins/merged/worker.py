@@ -2,8 +2,8 @@
 Hugging Face model in ``artifacts/merged``.
 
 Usage (from the run directory): ``python plan/export-merged/merged_worker.py plan/export-merged/merged.json``.
-Imports only transformers, peft, torch and the standard library (plus ``runproto``, shipped beside
-this file), so an ejected plan runs where anytune is not installed. The output is written beside
+Imports only transformers, peft, torch and the standard library (plus ``runproto``, ``lossmask`` and
+``hfglue``, shipped beside this file), so an ejected plan runs where anytune is not installed. The output is written beside
 the target and moved into place when complete; the outcome names it; exits 0, 1 or 130.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hfglue  # noqa: E402
 import runproto  # noqa: E402
 
 
@@ -46,17 +47,6 @@ def merged_model(spec, dtype):
     return model.to(dtype)
 
 
-def tokenizer_of(spec):
-    """The base model's tokenizer (the one every engine trains with), with the chat template of record."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(spec["base"], trust_remote_code=spec["trust_remote_code"])
-    if spec["template"]:
-        with open(spec["template"], encoding="utf-8") as f:
-            tokenizer.chat_template = f.read()
-    return tokenizer
-
-
 def pin_template(out_dir, template):
     """Make the template of record the only one the saved tokenizer carries: ``chat_template.jinja`` holds
     it byte for byte, and ``tokenizer_config.json`` (read by older transformers) holds it or none."""
@@ -81,7 +71,7 @@ def export(spec):
     partial = out + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
     model = merged_model(spec, target_dtype(spec))
-    tokenizer = tokenizer_of(spec)
+    tokenizer = hfglue.load_tokenizer(spec["base"], spec["template"], spec["trust_remote_code"], pad=False)
     model.save_pretrained(partial, safe_serialization=True)
     tokenizer.save_pretrained(partial)
     if spec["template"]:

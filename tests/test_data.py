@@ -563,15 +563,13 @@ def test_no_tokenizer_no_token_stats(tmp_path):
     assert stats["tokens"] is None and stats["truncated"] is None and stats["tokenizer"] is None
 
 
-def test_full_gsm8k_prepares_fast(tmp_path):
+def test_full_gsm8k_prepares(tmp_path):
+    """The whole GSM8K train set goes through (its speed is bench/overhead.py's business, not a test's)."""
     model = make_model_dir(tmp_path / "m", tokenizer=train_tokenizer(rows=2000, vocab_size=8000))
     c = cfg(GSM8K, columns={"prompt": "question", "completion": "answer"}, eval_fraction=0.05)
-    started = time.process_time()  # CPU time of this process (all its threads): immune to a busy machine
     stats, _, _ = prep(tmp_path, c, model=model)
-    cpu = time.process_time() - started
     assert stats["rows"]["train"] + stats["rows"]["eval"] == 7473
     assert stats["tokens"]["train"]["total"] > 1_000_000
-    assert cpu < 2.0, f"prepare() used {cpu:.2f}s of CPU on GSM8K (wall: {stats['seconds']}s)"
 
 
 # --------------------------------------------------------------------------- demo data

@@ -144,7 +144,7 @@ def test_registered_with_their_nodes():
 
 @pytest.mark.parametrize("worker", ["plugins/merged/worker.py", "plugins/heldout/worker.py"])
 def test_workers_import_only_engines_stdlib_and_shipped_modules(worker):
-    allowed = {"transformers", "peft", "torch", "runproto", "lossmask"} | set(sys.stdlib_module_names)
+    allowed = {"transformers", "peft", "torch", "runproto", "lossmask", "hfglue"} | set(sys.stdlib_module_names)
     tree = ast.parse((ROOT / worker).read_text())
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
@@ -156,7 +156,7 @@ def test_plan_only_writes_each_steps_plan(tmp_path):
                                       "eval=[heldout]", "eval.heldout.max_rows=5")), tmp_path)
     assert result["status"] == "planned", result.get("error")
     merged, heldout = tmp_path / "plan" / "export-merged", tmp_path / "plan" / "eval-heldout"
-    for d, files in ((merged, ["merged.json", "merged_worker.py", "runproto.py"]),
+    for d, files in ((merged, ["merged.json", "merged_worker.py", "runproto.py", "hfglue.py"]),
                      (heldout, ["heldout.json", "heldout_worker.py", "runproto.py", "lossmask.py"])):
         for name in [*files, "run.sh", "command.json"]:
             assert (d / name).is_file(), d / name

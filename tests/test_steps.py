@@ -336,7 +336,7 @@ def test_heldout_and_merged_on_a_torchtune_run(tmp_path):
     """The same scorer and exporter on torchtune's artefact: a finite loss equal to the independent
     computation, and a merged model equal to the adapter on its base."""
     run_dir = tmp_path / "run"
-    result = runner.run(torchtune_job("data.eval_fraction=0.2"), run_dir)
+    result = runner.run(torchtune_job("data.eval_fraction=0.2", "eval=[heldout]"), run_dir)
     assert result["status"] == "succeeded", result.get("error")
     assert set(result["artifacts"]) == {"adapter"}
     rows = len((run_dir / "data" / "eval.jsonl").read_text().splitlines())
@@ -345,8 +345,8 @@ def test_heldout_and_merged_on_a_torchtune_run(tmp_path):
     p = anytune(*AFTER, str(run_dir), "export=[merged]", "eval=[heldout]")
     assert p.returncode == 0, p.stderr[-3000:]
     after = runproto.read_json(str(run_dir / "result.json"))
-    assert [(s["name"], s["status"]) for s in after["steps"]] == [
-        ("torchtune", "succeeded"), ("merged", "succeeded"), ("heldout", "succeeded")]
+    assert {s["name"]: s["status"] for s in after["steps"]} == {
+        "torchtune": "succeeded", "merged": "succeeded", "heldout": "succeeded"}
     scores = runproto.read_json(str(run_dir / "eval.json"))["heldout"]
     assert math.isfinite(scores["loss"]) and scores["rows"] == rows and scores["tokens"] > 0
     check_heldout(run_dir, scores)

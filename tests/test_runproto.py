@@ -145,3 +145,58 @@ def test_outcome_is_written_whatever_happens(tmp_path, raise_, code):
     assert outcome.code == code
     assert on_disk["final"] == {"steps": 3} and on_disk["versions"]["pytest"]
     assert ("engine fell over" in on_disk.get("error", "")) == (raise_ is RuntimeError)
+
+
+REMOTE_CHILD = r'''
+import sys
+sys.path.insert(0, "plan")
+import runproto
+with runproto.Outcome() as out:
+    out["artifacts"] = {"model": runproto.remote_artifact("ft:tiny:acme::abc123", "fakecloud")}
+    out["final"] = {"train_loss": 0.5}
+'''
+
+
+class RemoteBackend(core.Trainer):
+    """A remote trainer: needs no local tokenizer, template, weights or device; leaves a hosted model id."""
+
+    name = "remote"
+    config_class = fake_backend.FakeConfig
+    capabilities = core.Capabilities(supports={"data.kind": frozenset({"messages"})},
+                                     reads=core.fields("model.name_or_path", "method.name", "train.epochs"))
+
+    def artifacts(self):
+        return {}  # known only once the remote job ran
+
+    def plan(self, ctx):
+        assert ctx.data.template is None and "tokens" not in {k for k, v in ctx.data.stats.items() if v}
+        return core.Plan(command=[sys.executable, ctx.write("remote.py", REMOTE_CHILD)],
+                         files=ctx.ship(core.runproto))
+
+
+class RemotePlugin:
+    @core.hookimpl
+    def register_backends(self, register):
+        register(RemoteBackend)
+
+
+def test_a_remote_trainer_gets_no_local_work_and_leaves_a_hosted_model(tmp_path):
+    reg = plugins.reset(extra=[RemotePlugin()])
+    try:
+        job = ["backend=remote", "model.name_or_path=tiny-hosted-model", "data.max_rows=8"]
+        result = runner.run(compose(job), tmp_path / "run", reg)
+        assert result["status"] == "succeeded", result.get("error")
+        assert result["artifacts"] == {"model": {"id": "ft:tiny:acme::abc123", "provider": "fakecloud"}}
+        stats = runproto.read_json(str(tmp_path / "run/data/stats.json"))
+        assert stats["tokens"] is None and stats["chat_template"] is None  # no tokenizer, no template
+        assert not (tmp_path / "run/data/chat_template.jinja").exists()
+        from omegaconf import OmegaConf
+
+        saved = OmegaConf.load(tmp_path / "run/config.yaml")
+        assert saved.train.device == "auto" and saved.train.precision == "auto"  # no device work
+        refused = runner.run(compose(job + ["export=[merged]"]), tmp_path / "refused", reg)
+        assert refused["status"] == "failed" and "trains remotely" in refused["error"]
+        unread = runner.run(compose(job + ["peft.r=8"]), tmp_path / "unread", reg)
+        assert unread["error_type"] == "UnreadField" and "does not read peft.r" in unread["error"]
+    finally:
+        plugins.reset()

@@ -1,4 +1,11 @@
-"""``python -m core [overrides]``: thin glue between Hydra and ``core.runner.run``."""
+"""``python -m core [overrides]``: thin glue between Hydra and ``core.runner.run``.
+
+Exit codes: 0 every job succeeded (or was planned); 1 a step failed (an engine crash, a missing
+engine); 2 the command line or the config is wrong (nothing was created); 3 the data has bad rows;
+130 interrupted. A sweep exits 130 if a job was interrupted, else 1 if any job did not succeed.
+Progress goes to stderr; the summary, the run directory and the next commands go to stdout
+(``quiet=true``: only the run directory).
+"""
 from __future__ import annotations
 
 import os
@@ -7,48 +14,96 @@ from pathlib import Path
 
 from core.errors import AnytuneError
 
-_failed = 0
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DATA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+"""Exit codes of ``python -m core`` (documented in docs/run-directory.md)."""
+_codes: list[int] = []
+HYDRA_INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--shell-completion", "-sc",
+                    "--resolve", "--package", "-p")
+"""Hydra flags that print something and run no job: the pre-check leaves them to Hydra."""
+
+
+def exit_code(result: dict) -> int:
+    """The exit code one job's result stands for."""
+    status = result.get("status")
+    if status in ("succeeded", "planned"):
+        return EXIT_OK
+    if status == "interrupted":
+        return EXIT_INTERRUPTED
+    if result.get("error_type") == "DataError":
+        return EXIT_DATA
+    if result.get("error_type") in ("ConfigError", "UnsupportedFeature", "UnreadField"):
+        return EXIT_USAGE
+    return EXIT_FAILED
 
 
 def _task(cfg) -> dict:
-    """One Hydra job: run it, show it, never raise (a sweep records failures and goes on)."""
-    global _failed
+    """One Hydra job: claim its run directory, run it, show it, never raise (a sweep goes on)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from core import progress, runner
+    from core import progress, rundir, runner
 
     hc = HydraConfig.get()
-    run_dir = Path(cfg.run_dir or hc.runtime.output_dir)
-    label = f"{cfg.backend.name}:{cfg.method.name}"
-    if hc.mode.name == "MULTIRUN":
-        label += f" #{hc.job.num}"
-    with progress.Display(label) as display:
+    multirun = hc.mode.name == "MULTIRUN"
+    label = f"{cfg.backend.name}:{cfg.method.name}" + (f" #{hc.job.num}" if multirun else "")
+    try:
+        run_dir = rundir.claim(Path(cfg.run_dir or hc.runtime.output_dir), given=bool(cfg.run_dir),
+                               overwrite=bool(cfg.overwrite))
+    except AnytuneError as exc:
+        progress.error(str(exc))
+        _codes.append(EXIT_USAGE)
+        return {"status": "failed", "error": str(exc)}
+    with progress.Display(label, enabled=not cfg.quiet) as display:
         result = runner.run(cfg, run_dir, display=display)
-    progress.summary(result, run_dir, next_steps=hc.mode.name != "MULTIRUN")
-    if result["status"] in ("failed", "interrupted"):
-        _failed += 1
+    progress.summary(result, run_dir, next_steps=not multirun, quiet=bool(cfg.quiet))
+    _codes.append(exit_code(result))
     return result
 
 
+def _precheck(argv: list[str], reg) -> None:
+    """Compose and check a single job before Hydra creates anything, so a config error exits 2 and leaves
+    no run directory. Sweeps are checked job by job (a refused job is recorded and the sweep goes on)."""
+    from core import config, rundir, runner
+
+    if any(a in ("-m", "--multirun") for a in argv) or any(a.split("=")[0] in HYDRA_INFO_FLAGS for a in argv):
+        return
+    cfg = config.compose([a for a in argv if not a.startswith("-")])
+    runner.check(cfg, reg)
+    if cfg.run_dir:
+        rundir.check_free(Path(cfg.run_dir).expanduser(), overwrite=bool(cfg.overwrite))
+
+
 def main() -> None:
-    """Load plugins, check the command line, then hand over to Hydra."""
-    debug = os.environ.get("ANYTUNE_DEBUG") == "1" or "debug=true" in sys.argv
+    """Load plugins, check the command line and the job, then hand over to Hydra."""
+    argv = sys.argv[1:]
+    debug = os.environ.get("ANYTUNE_DEBUG") == "1" or "debug=true" in argv
     try:
         from core import config, plugins
 
         reg = plugins.registry()
         config.register()
-        sys.argv[1:] = config.open_mappings(sys.argv[1:])
-        config.check_overrides(sys.argv[1:], reg)
+        argv = config.open_mappings(argv)
+        config.check_syntax(argv)
+        config.check_overrides(argv, reg)
+        _precheck(argv, reg)
     except AnytuneError as exc:
         if debug:
             raise
-        print(f"anytune: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        from core import progress
+
+        progress.error(str(exc))
+        sys.exit(EXIT_USAGE)
     import hydra
 
+    run_dir = next((a.split("=", 1)[1] for a in argv if a.startswith("run_dir=")), None)
+    if run_dir:  # Hydra's own output directory is the run directory: no stub left under ./runs
+        argv.append(f"hydra.run.dir={config.quote(os.path.expanduser(run_dir))}")
+    sys.argv[1:] = argv
     hydra.main(config_path="pkg://conf", config_name="config", version_base="1.3")(_task)()
-    sys.exit(1 if _failed else 0)
+    if EXIT_INTERRUPTED in _codes:
+        sys.exit(EXIT_INTERRUPTED)
+    if len(_codes) > 1:
+        sys.exit(EXIT_FAILED if any(_codes) else EXIT_OK)
+    sys.exit(_codes[0] if _codes else EXIT_OK)
 
 
 if __name__ == "__main__":

@@ -179,6 +179,30 @@ def check_heldout(steps: Iterable[Step], present: bool) -> None:
                               "data.eval=<file> or data.eval_fraction=<fraction of train, e.g. 0.1>")
 
 
+PATH_FIELDS = ("model.name_or_path", "data.train", "data.eval", "data.chat_template")
+"""Fields that may hold a local path (``~`` is expanded in them)."""
+
+
+def expand_paths(cfg: DictConfig) -> None:
+    """Expand a leading ``~`` in path fields and ``run_dir``, as a shell would."""
+    for key in (*PATH_FIELDS, "run_dir"):
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str) and value.startswith("~"):
+            OmegaConf.update(cfg, key, os.path.expanduser(value))
+
+
+def looks_like_path(name: str) -> bool:
+    """True if ``name`` is meant as a local path, not a hub id (``org/name``)."""
+    return name.startswith(("/", "./", "../", "~")) or name in (".", "..") or name.count("/") > 1
+
+
+def check_model_path(cfg: DictConfig) -> None:
+    """A path-like model.name_or_path must exist (else it would be taken for a hub id, and fail far later)."""
+    name = str(cfg.model.name_or_path)
+    if looks_like_path(name) and not Path(name).expanduser().exists():
+        raise ConfigError(f"model.name_or_path={name}: no such file or directory (a hub id looks like org/name)")
+
+
 def cuda_present() -> bool:
     """True if this machine has an NVIDIA GPU (checked without importing torch)."""
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):

@@ -117,6 +117,50 @@ def check_overrides(overrides: list[str], reg) -> None:
             raise ConfigError.unknown_key(key, list(allowed), prefix=f"{parts[0]}.")
 
 
+def compose(overrides: list[str]) -> DictConfig:
+    """The job Hydra composes for ``python -m core <overrides>`` (plugins loaded, schema registered)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    from core import plugins
+
+    plugins.registry()
+    register()
+    with initialize_config_module("conf", version_base="1.3"):
+        return hydra_compose("config", overrides=open_mappings(list(overrides)))
+
+
+def quote(value: str) -> str:
+    """``value`` quoted for Hydra's override grammar (single quotes, escaped)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def shell(arg: str) -> str:
+    """``arg`` in single quotes for a POSIX shell (``shlex.quote``, kept readable when it has none)."""
+    import shlex
+
+    return f"'{arg}'" if "'" not in arg else shlex.quote(arg)
+
+
+def check_syntax(overrides: list[str]) -> None:
+    """Every override parses in Hydra's grammar; a value it cannot read (a path with ``~``, parentheses,
+    brackets) gets the quoted form to type instead of Hydra's lexer error."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for arg in overrides:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            parser.parse_overrides([arg])
+        except Exception:
+            key, value = arg.split("=", 1)
+            quoted = f'{key}="{value}"' if '"' not in value else f"{key}='{value}'"
+            raise ConfigError(f"cannot read the value of {key}: {value!r} holds characters Hydra's command-line "
+                              f"grammar gives a meaning to (~ ( ) [ ] {{ }} , = and quotes); quote it for Hydra "
+                              f"inside quotes for the shell:\n    python -m core {shell(quoted)}") from None
+
+
 def redacted(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as a plain dict, values of secret-looking keys replaced."""
     def walk(node: Any) -> Any:

@@ -9,6 +9,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=True)
+"""Progress and errors: stderr."""
+out = Console()
+"""The summary, the run directory and the next commands: stdout (``python -m core > out.txt`` keeps them)."""
+
+
+def error(message: str) -> None:
+    """An error as one plain, copyable message on stderr."""
+    console.print("anytune: error:", style="bold red", end=" ")
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 class Display:
@@ -19,9 +28,10 @@ class Display:
     pass it to ``runner.run(display=...)``.
     """
 
-    def __init__(self, label: str):
-        """:param label: the job's label (``backend:method``, with the sweep job number)."""
-        self.label = label
+    def __init__(self, label: str, enabled: bool = True):
+        """:param label: the job's label (``backend:method``, with the sweep job number);
+        :param enabled: false draws nothing (``quiet=true``)."""
+        self.label, self.enabled = label, enabled
         self.bar: Progress | None = None
         self.tasks: dict[str, Any] = {}
         self.last: dict[str, dict] = {}
@@ -35,6 +45,8 @@ class Display:
 
     def __call__(self, step: str, row: dict | None) -> None:
         """A step started (``row`` None), wrote a metrics row, or ended (``{"status": ...}``)."""
+        if not self.enabled:
+            return
         if self.bar is None:
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console)
@@ -71,28 +83,54 @@ class Display:
         return "  ".join(fields)
 
 
-def summary(result: dict, run_dir: Path, next_steps: bool = True) -> None:
-    """Print the outcome, the run directory's contents and the next commands."""
+def _fmt(values: dict) -> str:
+    return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
+def next_commands(result: dict, run_dir: Path) -> list[tuple[str, str]]:
+    """(command, what it does) that fit what just ran."""
+    status, method = result.get("status"), (result.get("data") or {}).get("method")
+    if status == "planned":
+        return [(f"sh {run_dir / 'plan' / 'run.sh'}", "run the plan as written, without anytune"),
+                ("python -m core.backends", "engines and what they support")]
+    if status in ("failed", "interrupted"):
+        failed = next((s for s in result.get("steps") or [] if s["status"] in ("failed", "interrupted")), None)
+        stem = "train" if not failed or failed["kind"] == "trainer" else \
+            f"{'export' if failed['kind'] == 'exporter' else 'eval'}-{failed['name']}"
+        log = run_dir / "logs" / f"{stem}.stderr.log"
+        cmds = [(f"less {log}", "the failed step's whole log")] if log.exists() else []
+        return cmds + [("python -m core ... debug=true", "the same job with full tracebacks for anytune's own errors")]
+    cmds = [(f"python -m core.after {run_dir} export=[merged] eval=[heldout]",
+             "merge the adapter and score held-out loss, without training again")]
+    if method == "sft":
+        cmds.append(("python -m core method=dpo data=demo_pref", "preference tuning"))
+    cmds += [("python -m core -m train.learning_rate=1e-4,3e-4", "a sweep, each job isolated"),
+             ("python -m core data.train=my.jsonl model.name_or_path=/my/model", "your model, your data")]
+    return cmds
+
+
+def summary(result: dict, run_dir: Path, next_steps: bool = True, quiet: bool = False) -> None:
+    """Print the outcome (stdout), the error once with its log tail (stderr), the run directory's contents
+    and next commands that fit what just ran. ``quiet``: the run directory alone, on stdout."""
+    if quiet:
+        print(run_dir)
+        return
     status = result["status"]
     colour = {"succeeded": "green", "planned": "cyan", "interrupted": "yellow"}.get(status, "red")
-    console.print(f"[bold {colour}]{status}[/]  backend={result.get('backend')}  "
-                  f"wall {result.get('wall_seconds', 0):.1f}s")
+    out.print(f"[bold {colour}]{status}[/]  backend={escape(str(result.get('backend')))}  "
+              f"wall {result.get('wall_seconds', 0):.1f}s")
     if status == "failed":
-        console.print(result.get("error", ""), style="red", markup=False, highlight=False, soft_wrap=True)
+        error(result.get("error", ""))
         if result.get("traceback"):
             console.print(result["traceback"], markup=False, highlight=False)
-    final = result.get("final") or {}
-    if final:
-        console.print("  " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                       for k, v in final.items()))
+    if result.get("final"):
+        out.print("  " + _fmt(result["final"]), markup=False, highlight=False)
     for s in result.get("steps") or []:
         if s["status"] not in ("succeeded", "skipped") and status == "succeeded":
-            console.print(f"  {s['kind']} {s['name']}: {s['status']}  {s.get('error') or ''}", style="red",
-                          markup=False, highlight=False, soft_wrap=True)
+            error(f"{s['kind']} {s['name']}: {s['status']}  {s.get('error') or ''}")
     for name, scores in (result.get("eval") or {}).items():
-        console.print(f"  eval {name}: " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                   for k, v in scores.items()), highlight=False)
-    console.print(f"\nRun directory: [bold]{run_dir}[/]")
+        out.print(f"  eval {name}: {_fmt(scores)}", markup=False, highlight=False)
+    out.print(f"\nRun directory: [bold]{escape(str(run_dir))}[/]")
     if not next_steps:
         return
     for name, what in (("config.yaml", "resolved config (secrets redacted)"),
@@ -104,13 +142,7 @@ def summary(result: dict, run_dir: Path, next_steps: bool = True) -> None:
                        ("artifacts/", "adapter or model (safetensors) + tokenizer; exports"),
                        ("logs/", "each step's own stdout/stderr")):
         if (run_dir / name.rstrip("/")).exists():
-            console.print(f"  {name:<14} {what}")
-    if next_steps and status in ("succeeded", "planned"):
-        console.print("\nNext:", highlight=False)
-        for cmd, what in (("python -m core -m train.learning_rate=1e-3,5e-3", "a sweep, each job isolated"),
-                          ("python -m core method=dpo data=demo_pref", "preference tuning"),
-                          (f"python -m core.after {run_dir} export=[merged] eval=[heldout]",
-                           "merge the adapter, score held-out loss, without training again"),
-                          ("python -m core data.train=my.jsonl model.name_or_path=/my/model", "your own"),
-                          ("python -m core.backends", "engines and what they support")):
-            console.print(f"  {escape(cmd)}\n      [dim]# {what}[/]", highlight=False, soft_wrap=True)
+            out.print(f"  {name:<14} {what}", highlight=False)
+    out.print("\nNext:", highlight=False)
+    for cmd, what in next_commands(result, run_dir):
+        out.print(f"  {escape(cmd)}\n      [dim]# {what}[/]", highlight=False, soft_wrap=True)

@@ -139,6 +139,8 @@ def check(cfg: DictConfig, reg: Registry) -> Job:
 
     backend_cls = reg.backend(cfg.backend.name)
     checks.check_values(cfg)
+    checks.expand_paths(cfg)
+    checks.check_model_path(cfg)
     checks.check_applies(cfg)
     kind = datalib.detect_kind(cfg.data)
     datalib.check_method(kind, cfg.method.name, cfg.data.train)

@@ -189,7 +189,11 @@ class JobConfig:
     debug: bool = False
     """Show full tracebacks for user errors."""
     run_dir: Optional[str] = None
-    """Run directory; null = Hydra's output directory."""
+    """Run directory; null = a new one under runs/<date>/ (never shared with another job). One that already holds a run is refused unless overwrite=true."""
+    overwrite: bool = False
+    """Allow run_dir to name a directory that already holds a run (its files are replaced)."""
+    quiet: bool = False
+    """Print only the run directory on stdout (for scripts): no progress display, no summary."""
 
 
 #: The canonical sections: each field is checked against the schema and the backend's capabilities.

@@ -30,10 +30,9 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-#: summary field -> table heading
+#: summary field -> table heading; sized to fit 80 columns (summary.json holds every field)
 COLUMNS = [("job", "job"), ("status", "status"), ("first_loss", "loss₁"), ("last_loss", "loss"),
-           ("eval_loss", "eval"), ("tokens_per_s", "tok/s"), ("peak_memory_mb", "peak MiB"),
-           ("train_seconds", "train s"), ("wall_seconds", "wall s"), ("error", "error")]
+           ("eval_loss", "eval"), ("tokens_per_s", "tok/s"), ("peak_memory_mb", "MiB"), ("wall_seconds", "wall s")]
 
 
 def cell(value: Any) -> str:
@@ -49,14 +48,20 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from rich.table import Table
 
-        from core.progress import console
+        from core.progress import out
 
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = collect(sweep_dir)
         runproto.atomic_write_json(str(sweep_dir / "summary.json"), rows)
-        table = Table(title=f"sweep {sweep_dir} (summary.json)")
+        table = Table(title=f"sweep {sweep_dir}", title_justify="left", box=None, pad_edge=False)
         for col, head in COLUMNS:
-            table.add_column(head, overflow="fold")
+            table.add_column(head, no_wrap=True, overflow="ellipsis", max_width=24 if col == "job" else None,
+                             justify="left" if col in ("job", "status") else "right")
         for r in rows:
             table.add_row(*[cell(r[c]) for c, _ in COLUMNS])
-        console.print(table)
+        out.print(table)
+        for r in rows:  # errors: one line each, with where to look
+            if r["error"]:
+                out.print(f"{r['job']}: {r['error']}  ({sweep_dir / r['job'] / 'logs'})", markup=False,
+                          highlight=False, soft_wrap=True)
+        out.print(f"every field: {sweep_dir / 'summary.json'}", markup=False, highlight=False)

@@ -66,7 +66,7 @@ def test_no_import_circle_in_core():
 
 def test_core_imports_no_engine():
     for path in (ROOT / "core").rglob("*.py"):
-        if path.name == "conformance.py":  # the test suite shipped to plugins loads artefacts with transformers
+        if "conformance" in path.parts:  # the test suite shipped to plugins computes references with transformers
             continue
         bad = {i.split(".")[0] for i in imports(path)} & ENGINES
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"

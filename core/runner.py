@@ -314,7 +314,20 @@ def artifacts_of(outcome: dict) -> dict[str, dict]:
             for k, v in (outcome.get("artifacts") or {}).items()}
 
 
-TRAINER_FIELDS = ("final", "trainable_parameters", "versions", "hardware", "peak_memory_mb", "train_seconds",
+def final_of(outcome: dict, metrics: Path) -> dict[str, Any]:
+    """``final`` in the one schema of ``runproto.FINAL``: counts and first/last loss from ``metrics.jsonl``
+    (the same for every engine), the engine's own mean training loss and final eval loss."""
+    rows = runproto.read_jsonl(str(metrics)) if metrics.is_file() else []
+    losses = [r["loss"] for r in rows if "loss" in r]
+    own = outcome.get("final") or {}
+    final = {"steps": max((r["step"] for r in rows if "step" in r), default=own.get("steps")),
+             "tokens": next((r["tokens"] for r in reversed(rows) if "tokens" in r), None),
+             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+             "train_loss": own.get("train_loss"), "eval_loss": own.get("eval_loss")}
+    return {k: v for k, v in final.items() if v is not None}
+
+
+TRAINER_FIELDS = ("trainable_parameters", "versions", "hardware", "peak_memory_mb", "train_seconds",
                   "worker_seconds")
 """Outcome fields of the trainer that ``result.json`` carries at its top level."""
 
@@ -343,6 +356,7 @@ def finish(run_dir: Path, cfg: DictConfig, status: str, started: float, *, job: 
         if r.step.kind == "trainer":
             result["exit_code"] = r.exit_code
             result.update({k: r.outcome[k] for k in TRAINER_FIELDS if k in r.outcome})
+            result["final"] = final_of(r.outcome, run_dir / runproto.METRICS_FILE)
             result["artifacts"] = artifacts_of(r.outcome)
         elif r.status == "succeeded":
             result.setdefault("artifacts", {}).update(artifacts_of(r.outcome))

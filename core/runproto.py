@@ -76,6 +76,18 @@ METRICS = {
 }
 
 
+#: The one schema of ``result.json``'s ``final`` for every engine. The core computes ``steps``, ``tokens``,
+#: ``first_loss`` and ``last_loss`` from ``metrics.jsonl``; ``train_loss`` and ``eval_loss`` are the engine's own.
+FINAL = {
+    "steps": "optimiser steps run (the last logged step)",
+    "tokens": "tokens processed (non-padding), as last logged",
+    "first_loss": "training loss of the first logged step",
+    "last_loss": "training loss of the last logged step",
+    "train_loss": "the engine's mean training loss over the run",
+    "eval_loss": "the engine's loss on the eval set at the end (when it evaluates during training)",
+}
+
+
 # -- files ---------------------------------------------------------------------------------------------
 
 

@@ -1,7 +1,8 @@
 """A minimal backend for testing the core without an engine: its 'engine' is a Python script.
 
 ``backend.native.mode`` picks what the child does: ok (writes metrics and an outcome),
-crash (exits 3 after printing to stderr), slow (writes rows, then sleeps until interrupted),
+crash (exits 3 after printing to stderr), crash_mid (logs two steps, then raises), slow (writes rows, then
+sleeps until interrupted),
 silent (exits 0 and writes no outcome file at all).
 """
 from __future__ import annotations
@@ -25,6 +26,8 @@ if mode == "crash":
 outcome = runproto.Outcome()
 with outcome as out:
     for step in range(1, 4):
+        if mode == "crash_mid" and step == 3:
+            raise RuntimeError("the engine died mid-run")
         w.write(step=step, max_steps=3, loss=2.0 / step, learning_rate=1e-3, tokens=100 * step)
     while mode == "slow":
         time.sleep(0.1)

@@ -103,3 +103,63 @@ def test_a_missing_local_model_path_is_named():
     p = core("model.name_or_path=./no/such/model")
     assert p.returncode == 2 and "model.name_or_path=./no/such/model: no such file or directory" in p.stderr
     assert "chat_template" not in p.stderr  # not the misleading advice for a hub model
+
+
+# -- offline ------------------------------------------------------------------------------------------
+
+
+def test_offline_switch_sets_the_hub_variables_only_when_on(monkeypatch):
+    from core import runner
+    from core.conformance import compose
+
+    for var in (*runner.OFFLINE_ENV, "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    on = runner.child_env(compose(["offline=true"]), {})
+    off = runner.child_env(compose(["offline=false"]), {})
+    assert all(on[k] == v for k, v in runner.OFFLINE_ENV.items())
+    assert not any(k in off for k in runner.OFFLINE_ENV)
+    assert off["HF_HUB_DISABLE_TELEMETRY"] == "1"  # telemetry is off either way
+
+
+def test_offline_hub_model_missing_from_the_cache_is_named(tmp_path):
+    """A clean environment (none of the test session's offline variables) and an empty hub cache."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    env["HF_HUB_CACHE"] = str(tmp_path / "hub")
+    p = subprocess.run([sys.executable, "-m", "core", "offline=true", "model.name_or_path=acme/not-cached",
+                        f"run_dir={tmp_path / 'run'}"], capture_output=True, text=True, env=env)
+    assert p.returncode == 2, p.stderr
+    assert "acme/not-cached is neither a local directory nor in the Hugging Face cache" in p.stderr
+    assert str(tmp_path / "hub") in p.stderr and not (tmp_path / "run").exists()
+
+
+# -- a sweep survives an engine crash and a raising observer ------------------------------------------
+
+SWEEP = r'''
+import sys
+sys.path.insert(0, {tests!r})
+import core, fake_backend
+from core import plugins
+
+class EndRaises:
+    @core.hookimpl
+    def on_run_end(self, run_dir, result):
+        raise RuntimeError("tracker is down")
+
+plugins.reset(extra=[fake_backend, EndRaises()])
+sys.argv = ["core", "-m", "backend=fake", "train.device=cpu", "train.precision=fp32", "data.max_rows=8",
+            "backend.native.mode=crash_mid,ok", "hydra.sweep.dir={sweep}"]
+from core.__main__ import main
+main()
+'''
+
+
+def test_a_sweep_records_a_crash_mid_run_and_goes_on(tmp_path):
+    script = SWEEP.format(tests=str(Path(__file__).parent), sweep=str(tmp_path))
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert p.returncode == 1, p.stderr  # one job failed
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["status"] for r in summary] == ["failed", "succeeded"]
+    assert "died mid-run" in summary[0]["error"]
+    crashed = json.loads((tmp_path / "0-fake-sft" / "result.json").read_text())
+    assert crashed["final"]["steps"] == 2  # what it logged before the crash is kept
+    assert p.stderr.count("raised in on_run_end") == 1  # reported once, the sweep went on

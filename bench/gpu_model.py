@@ -1,7 +1,8 @@
 """Build the benchmark model and chat data for the GPU scripts (bench/gpu_trl.sh, bench/gpu_compare.sh).
 
 Environment: ROOT (repository, with .bench/data carried), TINY (folder holding tiny.py; default
-ROOT/tests), MODEL (output folder), DIMS (llama1b or tiny), DATA (output messages jsonl).
+ROOT/tests), MODEL (output folder), DIMS (llama1b or tiny), DATA (output messages jsonl), VOCAB (the
+model's vocabulary; default 1024, 128256 for Llama 3's), MAXPOS (max_position_embeddings; default 1024).
 """
 import json, math, os, sys, time
 from pathlib import Path
@@ -19,7 +20,8 @@ dims = {"llama1b": dict(hidden_size=2048, intermediate_size=8192, num_layers=16,
         "tiny": dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2)}
 t = time.time()
 with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init on the GPU: seconds, not minutes
-    path = tiny.build_tiny_model(os.environ["MODEL"], vocab_size=1024, **dims[os.environ["DIMS"]])
+    path = tiny.build_tiny_model(os.environ["MODEL"], vocab_size=int(os.environ.get("VOCAB", 1024)),
+                                 max_position_embeddings=int(os.environ.get("MAXPOS", 1024)), **dims[os.environ["DIMS"]])
 cfg = json.load(open(path / "config.json"))
 from safetensors import safe_open
 n = 0  # parameters as saved (tied embeddings once)

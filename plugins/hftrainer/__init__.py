@@ -60,13 +60,14 @@ def training_args(job: Any, has_eval: bool) -> dict[str, Any]:
         "use_cpu": t.device == "cpu",
         "dataloader_num_workers": 0,
     }
-    # always explicit: TRL's *Config default gradient_checkpointing=True, so leaving it out when false
-    # would train with checkpointing on while config.yaml says off
+    # Always explicit, never left to an engine default: TRL's *Config defaults gradient_checkpointing=True,
+    # so writing it only when true would train with checkpointing on while config.yaml says off.
     args["activation_checkpointing"] = bool(t.gradient_checkpointing)
-    if not t.shuffle:
-        args["train_sampling_strategy"] = "sequential"
+    args["train_sampling_strategy"] = "random" if t.shuffle else "sequential"
     if has_eval and t.eval_steps > 0:
         args.update(eval_strategy="steps", eval_steps=t.eval_steps)
+    else:  # no evaluation during training (the worker evaluates once at the end when there is eval data)
+        args["eval_strategy"] = "no"
     return args
 
 

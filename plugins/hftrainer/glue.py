@@ -58,14 +58,16 @@ def tokenize(path: str, tokenizer: Any, kind: str, completion_only: bool, max_le
 
 
 def config_args(config_class: type, args: dict[str, Any]) -> Any:
-    """``config_class(**args)`` adapted to the installed transformers (before 5.x activation
-    checkpointing is called ``gradient_checkpointing``)."""
+    """``config_class(**args)`` adapted to the installed transformers: before 5.x activation checkpointing is
+    called ``gradient_checkpointing``, and ``train_sampling_strategy`` does not exist (its sampler is random)."""
     import dataclasses
 
     args = dict(args)
     names = {f.name for f in dataclasses.fields(config_class)}
     if "activation_checkpointing" in args and "activation_checkpointing" not in names:
         args["gradient_checkpointing"] = args.pop("activation_checkpointing")
+    if args.get("train_sampling_strategy") == "random" and "train_sampling_strategy" not in names:
+        del args["train_sampling_strategy"]
     return config_class(**args)
 
 

@@ -14,13 +14,23 @@ def trainer_args(job: Any, has_eval: bool) -> dict[str, Any]:
     t, m = job.train, job.method
     args = hftrainer.training_args(job, has_eval)
     args["max_length"] = t.max_length
+    # Every key below is explicit, never left to a TRL default that might differ from what the job means
+    # (TRL 1.16's *Config defaults gradient_checkpointing=True, bf16=None->True, disable_dropout=True ...).
     if m.name == "sft":
         args.update(packing=m.packing, completion_only_loss=m.completion_only_loss,
-                    dataset_num_proc=job.backend.get("dataset_num_proc", 1))
+                    dataset_num_proc=job.backend.get("dataset_num_proc", 1),
+                    loss_type="nll",  # the SFT objective: token cross-entropy
+                    assistant_only_loss=False,  # the loss mask is completion_mask (the data comes tokenised)
+                    padding_free=False,  # packing implies it in TRL; unpacked rows are padded
+                    truncation_mode="keep_start",  # train.max_length cuts the end, as every engine does
+                    shuffle_dataset=False,  # order is the sampler's (train.shuffle); never shuffled before
+                    include_num_input_tokens_seen="non_padding")
     elif m.name == "dpo":
-        args.update(beta=m.beta, loss_type=[m.loss_type])
+        args.update(beta=m.beta, loss_type=[m.loss_type], label_smoothing=0.0,
+                    disable_dropout=False,  # TRL's default zeroes every dropout, peft.dropout included
+                    truncation_mode="keep_start", precompute_ref_log_probs=False)
     elif m.name == "orpo":
-        args.update(beta=m.beta)
+        args.update(beta=m.beta, disable_dropout=False)  # TRL's default zeroes every dropout, peft.dropout too
     args.update(OmegaConf.to_container(job.backend.native, resolve=True) if job.backend.get("native") else {})
     return args
 

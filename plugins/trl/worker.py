@@ -16,13 +16,23 @@ import hfglue  # noqa: E402
 import runproto  # noqa: E402
 
 
-def build_trainer(spec, writer):
-    """Model, tokenizer, data and the TRL trainer for ``spec`` (plan/trl_args.json)."""
+def settings(spec):
+    """What the TRL trainer of ``spec`` (plan/trl_args.json) is built from, and nothing built yet that costs:
+    the method's TRL ``*Config`` (after its ``__post_init__``), peft's ``LoraConfig``, the model's loading
+    kwargs, the tokenizer with the template of record, and how the data is tokenised. ``build_trainer``
+    uses exactly these; tests read the engine's effective configuration from them."""
     import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM
 
-    mspec, method, kind, args = spec["model"], spec["method"], spec["kind"], dict(spec["args"])
+    mspec, method, args = spec["model"], spec["method"], dict(spec["args"])
+    if method == "sft":
+        from trl import SFTConfig as config_class, SFTTrainer as trainer_class
+    elif method == "dpo":
+        from trl import DPOConfig as config_class, DPOTrainer as trainer_class
+    elif method == "orpo":
+        from trl.experimental.orpo import ORPOConfig as config_class, ORPOTrainer as trainer_class
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    config = hfglue.config_args(config_class, args)
     tokenizer = hfglue.load_tokenizer(mspec["name_or_path"], spec["data"]["chat_template"],
                                       mspec["trust_remote_code"])
     load_kwargs = {"dtype": getattr(torch, mspec["dtype"]), "trust_remote_code": mspec["trust_remote_code"]}
@@ -31,40 +41,42 @@ def build_trainer(spec, writer):
 
         load_kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16 if args.get("bf16") else torch.float16)
-    model = AutoModelForCausalLM.from_pretrained(mspec["name_or_path"], **load_kwargs)
-
+            bnb_4bit_compute_dtype=torch.bfloat16 if config.bf16 else torch.float16)
     peft_config = None
     if spec["peft"]:
         from peft import LoraConfig
 
         peft_config = LoraConfig(**spec["peft"])
+    return {"method": method, "kind": spec["kind"], "model": mspec["name_or_path"], "load": load_kwargs,
+            "tokenizer": tokenizer, "lora": peft_config, "trainer_class": trainer_class,
+            "args": config,
+            # SFT data is tokenised here, with the loss masks every engine uses; TRL takes it as processed
+            "completion_only": args["completion_only_loss"] if method == "sft" else None,
+            "max_length": args["max_length"],
+            "train": spec["data"]["train"], "eval": spec["data"]["eval"], "save": spec["save"]}
 
-    common = {"model": model, "processing_class": tokenizer, "peft_config": peft_config,
+
+def build_trainer(spec, writer):
+    """Model, tokenizer, data and the TRL trainer for ``spec`` (plan/trl_args.json)."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    s = settings(spec)
+    tokenizer = s["tokenizer"]
+    model = AutoModelForCausalLM.from_pretrained(s["model"], **s["load"])
+    common = {"model": model, "processing_class": tokenizer, "peft_config": s["lora"],
               "callbacks": [hfglue.metrics_callback(writer)]}
-    train, evals = spec["data"]["train"], spec["data"]["eval"]
-    if method == "sft":
-        from trl import SFTConfig, SFTTrainer
-
-        completion_only = args.get("completion_only_loss", True)
-        args.setdefault("include_num_input_tokens_seen", "non_padding")
-
+    train, evals = s["train"], s["eval"]
+    if s["method"] == "sft":
         def tokenized(path):  # input_ids + completion_mask, which TRL takes as already processed
-            return Dataset.from_list(hfglue.tokenize(path, tokenizer, kind, completion_only, args["max_length"]))
+            return Dataset.from_list(hfglue.tokenize(path, tokenizer, s["kind"], s["completion_only"],
+                                                     s["max_length"]))
 
         data = {"train_dataset": tokenized(train), "eval_dataset": tokenized(evals) if evals else None}
-        return SFTTrainer(args=hfglue.config_args(SFTConfig, args), **data, **common), tokenizer
-    data = {"train_dataset": Dataset.from_list(runproto.read_jsonl(train)),
-            "eval_dataset": Dataset.from_list(runproto.read_jsonl(evals)) if evals else None}
-    if method == "dpo":
-        from trl import DPOConfig, DPOTrainer
-
-        return DPOTrainer(args=hfglue.config_args(DPOConfig, args), **data, **common), tokenizer
-    if method == "orpo":
-        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-
-        return ORPOTrainer(args=hfglue.config_args(ORPOConfig, args), **data, **common), tokenizer
-    raise ValueError(f"unknown method {method!r}")
+    else:
+        data = {"train_dataset": Dataset.from_list(runproto.read_jsonl(train)),
+                "eval_dataset": Dataset.from_list(runproto.read_jsonl(evals)) if evals else None}
+    return s["trainer_class"](args=s["args"], **data, **common), tokenizer
 
 
 def main(argv):
@@ -75,7 +87,7 @@ def main(argv):
     with outcome as out:
         trainer, tokenizer = build_trainer(spec, writer)
         hfglue.train(trainer, out)
-        out["artifacts"] = hfglue.save(trainer, tokenizer, bool(spec["peft"])) if spec.get("save", True) else {}
+        out["artifacts"] = hfglue.save(trainer, tokenizer, bool(spec["peft"])) if spec["save"] else {}
     return outcome.code
 
 

@@ -161,6 +161,33 @@ def check_syntax(overrides: list[str]) -> None:
                               f"inside quotes for the shell:\n    python -m core {shell(quoted)}") from None
 
 
+def split_secrets(cfg: DictConfig) -> dict[str, str]:
+    """Move every secret-looking value of the step nodes (``backend``, ``export.*``, ``eval.*``) out of ``cfg``.
+
+    Each becomes the literal ``${oc.env:ANYTUNE_SECRET_<KEY>}`` (what plans hold; workers and torchtune's
+    OmegaConf resolve it from their environment) and is returned as ``{variable: value}`` for the core to
+    put into the step's process environment only. No secret reaches a file of the run directory.
+    """
+    from core.runproto import SECRET_PREFIX
+
+    out: dict[str, str] = {}
+
+    def walk(node: DictConfig) -> None:
+        for key in list(node.keys()):
+            value = node[key]
+            if isinstance(value, DictConfig):
+                walk(value)
+            elif SECRET.search(str(key)) and isinstance(value, str) and value and not value.startswith("${"):
+                name = SECRET_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", str(key)).upper()
+                out[name] = value
+                node[key] = "\\${oc.env:" + name + "}"
+
+    for group in ("backend", "export", "eval"):
+        if OmegaConf.select(cfg, group) is not None:
+            walk(cfg[group])
+    return out
+
+
 def redacted(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as a plain dict, values of secret-looking keys replaced."""
     def walk(node: Any) -> Any:

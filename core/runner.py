@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from core import checks, envs, runproto
+from core import checks, config, envs, runproto
 from core.config import redacted
 from core.errors import AnytuneError, ConfigError, EngineMissing
 from core.plugins import Registry, notify, registry
@@ -51,6 +51,8 @@ class Job:
     """Exporters, then evaluators."""
     kind: str
     """Canonical record kind of the data."""
+    secrets: dict[str, str] = field(default_factory=dict)
+    """Secret values moved out of the config: environment variable -> value, for the steps' processes only."""
 
     @property
     def steps(self) -> list[Step]:
@@ -116,7 +118,7 @@ def run(cfg: DictConfig, run_dir: Path, reg: Registry | None = None, display: Di
             status = "planned"
         else:
             notify(reg, "on_run_start", run_dir=str(run_dir), config=redacted(job.cfg))
-            runs = execute(planned, job.cfg, run_dir, reg, display)
+            runs = execute(planned, job.cfg, run_dir, reg, display, job.secrets)
             status, error = outcome_of(runs)
     except KeyboardInterrupt:
         status = "interrupted"
@@ -162,6 +164,7 @@ def check(cfg: DictConfig, reg: Registry) -> Job:
     for step in job.steps:
         checks.check_node(step)
         step.check()
+    job.secrets = config.split_secrets(cfg)  # plans name them as ${oc.env:...}; only child processes hold them
     return job
 
 
@@ -223,14 +226,17 @@ def plan(steps: list[Step], cfg: DictConfig, data: DataInfo, run_dir: Path, arti
 
 
 def execute(planned: list[Planned], cfg: DictConfig, run_dir: Path, reg: Registry,
-            display: Display | None) -> list[StepRun]:
-    """Run the planned steps in order; after a step that did not succeed the rest are skipped."""
+            display: Display | None, secrets: dict[str, str] | None = None) -> list[StepRun]:
+    """Run the planned steps in order; after a step that did not succeed the rest are skipped.
+
+    :param secrets: environment variables only the steps' processes get (never written anywhere).
+    """
     runs: list[StepRun] = []
     for p in planned:
         if runs and runs[-1].status != "succeeded":
             runs.append(StepRun(p.step, "skipped"))
             continue
-        r = run_step(p, cfg, run_dir, reg, display)
+        r = run_step(p, cfg, run_dir, reg, display, secrets or {})
         runs.append(r)
         if display:
             display(p.step.label, {"status": r.status})
@@ -254,14 +260,15 @@ def log_name(step: Step) -> str:
     return "train" if step.kind == "trainer" else f"{step.group}-{step.name}"
 
 
-def run_step(p: Planned, cfg: DictConfig, run_dir: Path, reg: Registry, display: Display | None) -> StepRun:
+def run_step(p: Planned, cfg: DictConfig, run_dir: Path, reg: Registry, display: Display | None,
+             secrets: dict[str, str] | None = None) -> StepRun:
     """Start one step's process, follow ``metrics.jsonl``, read its outcome; never leave it running."""
     logs = run_dir / runproto.LOGS
     logs.mkdir(exist_ok=True)
     stem = log_name(p.step)
     outcome_file = logs / f"{stem}.outcome.json"
     outcome_file.unlink(missing_ok=True)
-    env = {**child_env(cfg, p.plan.env), runproto.OUTCOME_ENV: str(outcome_file)}
+    env = {**child_env(cfg, p.plan.env), **(secrets or {}), runproto.OUTCOME_ENV: str(outcome_file)}
     if display:
         display(p.step.label, None)
     started = time.time()

@@ -119,6 +119,28 @@ def read_json(path: str) -> Any:
         return json.load(f)
 
 
+SECRET_PREFIX = "ANYTUNE_SECRET_"
+"""Secrets reach a step's process only as environment variables named with this prefix."""
+
+
+def resolve_env(value: Any) -> Any:
+    """``value`` with every ``${oc.env:NAME}`` string replaced by that environment variable: the form in which
+    a plan names a secret (an API key, a hub token) it never holds. Works through dicts and lists.
+
+    :raises KeyError: a named variable is not set (run the plan with it exported).
+    """
+    if isinstance(value, dict):
+        return {k: resolve_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_env(v) for v in value]
+    if isinstance(value, str) and value.startswith("${oc.env:") and value.endswith("}"):
+        name = value[len("${oc.env:"):-1]
+        if name not in os.environ:
+            raise KeyError(f"the plan names the secret ${name}; export it before running the plan")
+        return os.environ[name]
+    return value
+
+
 def read_jsonl(path: str) -> list[dict]:
     """Every JSON object of a JSON-lines file."""
     with open(path, encoding="utf-8") as f:

@@ -16,7 +16,8 @@ CHILD = r'''
 import json, sys, time
 sys.path.insert(0, "plan")
 import runproto
-mode = json.load(open("plan/fake.json"))["mode"]
+spec = runproto.resolve_env(json.load(open("plan/fake.json")))  # secrets: from the environment only
+mode = spec["mode"]
 if mode == "silent":
     sys.exit(0)
 w = runproto.MetricsWriter()
@@ -32,6 +33,7 @@ with outcome as out:
     while mode == "slow":
         time.sleep(0.1)
     out["final"] = {"train_loss": 1.2, "first_loss": 99.0}  # the core computes first_loss from metrics.jsonl
+    out["secret_lengths"] = {k: len(v) for k, v in spec["native"].items() if isinstance(v, str)}
 sys.exit(outcome.code)
 '''
 
@@ -59,7 +61,10 @@ class FakeBackend(core.Trainer):
 
     def plan(self, ctx: core.Context) -> core.Plan:
         """Write the mode and the script; ship the run protocol."""
-        files = [ctx.write_json("fake.json", {"mode": self.job.backend.native.get("mode", "ok")}),
+        from omegaconf import OmegaConf
+
+        native = OmegaConf.to_container(self.job.backend.native, resolve=True)
+        files = [ctx.write_json("fake.json", {"mode": native.get("mode", "ok"), "native": native}),
                  ctx.write("child.py", CHILD), *ctx.ship(core.runproto)]
         return core.Plan(command=[self.python(), "plan/child.py"], files=files)
 

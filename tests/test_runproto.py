@@ -203,3 +203,26 @@ def test_a_remote_trainer_gets_no_local_work_and_leaves_a_hosted_model(tmp_path)
         assert unread["error_type"] == "UnreadField" and "does not read peft.r" in unread["error"]
     finally:
         plugins.reset()
+
+
+def test_no_secret_reaches_any_file_of_the_run_directory(reg, tmp_path):
+    """A secret given as a native key reaches the engine's process through its environment, and no file of the
+    run directory (config, plan, logs, result) holds it."""
+    secret = "sk-live-0123456789abcdef"
+    result = runner.run(compose(BASE + [f"backend.native.api_key={secret}"]), tmp_path, reg)
+    assert result["status"] == "succeeded", result
+    outcome = runproto.read_json(str(tmp_path / "logs" / "train.outcome.json"))
+    assert outcome["secret_lengths"]["api_key"] == len(secret)  # the worker had it
+    leaks = [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaks == []
+    assert "${oc.env:ANYTUNE_SECRET_API_KEY}" in (tmp_path / "plan" / "fake.json").read_text()
+
+
+def test_trl_plan_names_a_secret_without_holding_it(tmp_path):
+    secret = "hf_0123456789secret"
+    result = runner.run(compose(["plan_only=true", "data.max_rows=8", f"backend.native.hub_token={secret}"]),
+                        tmp_path)
+    assert result["status"] == "planned", result.get("error")
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()] == []
+    args = runproto.read_json(str(tmp_path / "plan" / "trl_args.json"))["args"]
+    assert args["hub_token"] == "${oc.env:ANYTUNE_SECRET_HUB_TOKEN}"

@@ -81,7 +81,7 @@ def build_trainer(spec, writer):
 
 def main(argv):
     """Run the job in ``argv[1]``; record the outcome; exit 0, 1 (failed) or 130 (interrupted)."""
-    spec = runproto.read_json(argv[1])
+    spec = runproto.resolve_env(runproto.read_json(argv[1]))  # secrets come from the environment only
     writer = runproto.MetricsWriter()
     outcome = runproto.Outcome(("trl", "transformers", "peft", "torch", "datasets", "accelerate", "bitsandbytes"))
     with outcome as out:

@@ -85,7 +85,7 @@ def build_trainer(spec, writer):
 
 def main(argv):
     """Run the job in ``argv[1]``; record the outcome; exit 0, 1 (failed) or 130 (interrupted)."""
-    spec = runproto.read_json(argv[1])
+    spec = runproto.resolve_env(runproto.read_json(argv[1]))  # secrets come from the environment only
     if spec.get("offline"):
         os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     writer = runproto.MetricsWriter()

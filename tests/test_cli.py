@@ -60,8 +60,9 @@ def test_ejected_plan_runs_without_anytune(tmp_path):
     p = subprocess.run([sys.executable, "-c", BLOCK_ANYTUNE], cwd=tmp_path, env=env,
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]
-    result = runproto.read_json(str(tmp_path / "outcome.json"))  # run by hand: the worker's own outcome
-    assert result["final"]["steps"] == 3
+    outcome = runproto.read_json(str(tmp_path / "outcome.json"))  # run by hand: the worker's own outcome
+    assert outcome["final"]["train_loss"] > 0 and outcome["artifacts"] == {"adapter": {"path": "artifacts/adapter"}}
+    assert [r["step"] for r in runproto.read_jsonl(str(tmp_path / "metrics.jsonl"))] == [1, 2, 3]
     assert runproto.read_json(str(tmp_path / "result.json"))["status"] == "planned"  # only the core writes it
     assert (tmp_path / "artifacts/adapter/adapter_model.safetensors").exists()
 
@@ -88,3 +89,27 @@ def test_prompt_that_fills_max_length_is_refused_before_the_engine(tmp_path):
     cfg = compose(SMALL + ["plan_only=true", "method=orpo", "data=demo_pref", "data.max_rows=16",
                            "train.max_length=400"])
     assert runner.run(cfg, tmp_path)["status"] == "planned"
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_weights_trained_so_far(tmp_path):
+    """Interrupted mid-run, TRL saves the adapter trained so far, and the metrics so far are summarised."""
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(CORE + ["train.max_steps=400", "data.max_rows=64", "train.batch_size=2",
+                                    f"run_dir={run_dir}"], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics, deadline = run_dir / "metrics.jsonl", time.time() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3) and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # like Ctrl-C: the whole foreground group
+    assert proc.wait(timeout=120) == 130
+    result = runproto.read_json(str(run_dir / "result.json"))
+    assert result["status"] == "interrupted"
+    assert 3 <= result["final"]["steps"] < 400 and result["final"]["last_loss"] > 0
+    adapter = run_dir / result["artifacts"]["adapter"]["path"]
+    assert (adapter / "adapter_model.safetensors").exists()
+    outcome = runproto.read_json(str(run_dir / "logs" / "train.outcome.json"))
+    assert outcome["interrupted_at_step"] >= 3

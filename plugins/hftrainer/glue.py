@@ -71,20 +71,37 @@ def config_args(config_class: type, args: dict[str, Any]) -> Any:
     return config_class(**args)
 
 
-def train(trainer: Any, out: dict[str, Any], metrics_path: str = runproto.METRICS_FILE) -> None:
-    """Train a ``Trainer`` (TRL's trainers too) and record final metrics in the outcome ``out``."""
+def train(trainer: Any, out: dict[str, Any], tokenizer: Any = None, adapter: bool = True,
+          save_artifacts: bool = True) -> None:
+    """Train a ``Trainer`` (TRL's trainers too), record its own final losses in the outcome ``out`` and
+    save the weights (:func:`save`) into ``out["artifacts"]``.
+
+    On Ctrl-C the weights trained so far are saved all the same (``out["interrupted_at_step"]`` says
+    where), then the interrupt goes on, so the process exits 130 and the core records ``interrupted``.
+    The core computes steps and first/last loss from ``metrics.jsonl`` for every engine.
+    """
     out["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    out["artifacts"] = {}
     loop_start = time.time()
-    result = trainer.train()
-    out["train_seconds"] = round(time.time() - loop_start, 3)
-    final = out["final"] = {"train_loss": result.training_loss, "steps": trainer.state.global_step}
+    try:
+        result = trainer.train()
+    except KeyboardInterrupt:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C (or the core's) must not cut the save
+        out["interrupted_at_step"] = trainer.state.global_step
+        if save_artifacts and trainer.state.global_step > 0:
+            out["artifacts"] = save(trainer, tokenizer, adapter)
+        raise
+    finally:
+        out["train_seconds"] = round(time.time() - loop_start, 3)
+    final = out["final"] = {"train_loss": result.training_loss}
     if trainer.eval_dataset is not None:
         metrics = trainer.evaluate()
         if "eval_loss" in metrics:
             final["eval_loss"] = metrics["eval_loss"]
-    losses = [r["loss"] for r in runproto.read_jsonl(metrics_path) if "loss" in r]
-    if losses:
-        final.update(first_loss=losses[0], last_loss=losses[-1])
+    if save_artifacts:
+        out["artifacts"] = save(trainer, tokenizer, adapter)
 
 
 def save(trainer: Any, tokenizer: Any, adapter: bool) -> dict[str, dict]:

@@ -86,8 +86,7 @@ def main(argv):
     outcome = runproto.Outcome(("trl", "transformers", "peft", "torch", "datasets", "accelerate", "bitsandbytes"))
     with outcome as out:
         trainer, tokenizer = build_trainer(spec, writer)
-        hfglue.train(trainer, out)
-        out["artifacts"] = hfglue.save(trainer, tokenizer, bool(spec["peft"])) if spec["save"] else {}
+        hfglue.train(trainer, out, tokenizer, adapter=bool(spec["peft"]), save_artifacts=spec["save"])
     return outcome.code
 
 

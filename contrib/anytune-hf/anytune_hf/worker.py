@@ -92,8 +92,7 @@ def main(argv):
     outcome = runproto.Outcome(("transformers", "peft", "torch", "accelerate"))
     with outcome as out:
         trainer, tokenizer = build_trainer(spec, writer)
-        hfglue.train(trainer, out)
-        out["artifacts"] = hfglue.save(trainer, tokenizer, bool(spec["peft"])) if spec.get("save", True) else {}
+        hfglue.train(trainer, out, tokenizer, adapter=bool(spec["peft"]), save_artifacts=spec.get("save", True))
     return outcome.code
 
 

@@ -1,79 +1,65 @@
-"""The backend conformance suite: the same small jobs on every backend (ibis's shared suite is the model).
+"""The backend conformance suite, shipped as a pytest plugin (ibis's shared backend suite is the model).
 
-A backend joins by being installed: ``tests/test_conformance.py`` parametrises
-``BackendConformance`` over every registered backend whose engine is present. A
-third-party package reuses it with one subclass that defines a ``backend``
-fixture returning its backend's name. What a backend's capability table lacks is
-marked ``notimpl`` and asserted to be refused at validation, never skipped.
+A backend's repository runs the whole suite with one class (anytune's pytest plugin, loaded through
+the ``pytest11`` entry point wherever anytune is installed, does the rest)::
 
-Only tests import this module (it imports pytest; torch, transformers and peft lazily).
+    from core.conformance import BackendConformance, notimpl
+
+    class TestMine(BackendConformance, backend="mine"):
+        gaps = [notimpl("test_job[dpo]", "test_accepts[method.name=dpo]", reason="SFT only")]
+
+- :mod:`~core.conformance.suite`: the tests (validation against the capability table, training jobs,
+  parity with an independent reference) and the helpers they run jobs with;
+- :mod:`~core.conformance.fields`: every field a backend reads reaches its engine (a mixin of the suite);
+- :mod:`~core.conformance.gaps`: ``notimpl`` / ``notyet`` / ``never``, the declared known gaps;
+- :mod:`~core.conformance.reference`: tokens, masks and losses from plain transformers and torch;
+- :mod:`~core.conformance.plugin`: parametrisation per backend, markers, options and fixtures;
+- :mod:`~core.conformance.jobs`: ``compose`` and the small jobs.
+
+Only tests import this package (it imports pytest; torch, transformers and peft inside functions).
 """
 from __future__ import annotations
 
-from pathlib import Path
+import importlib
 from typing import Any
 
 import pytest
-from omegaconf import DictConfig
 
-from core import lossmask, runproto
+pytest.register_assert_rewrite("core.conformance.suite", "core.conformance.fields", "core.conformance.reference")
 
-#: Overrides that make every conformance job small, offline and CPU-friendly.
-SMALL = ["offline=true", "train.device=cpu", "train.precision=fp32", "train.max_steps=8",
-         "data.max_rows=32", "data.eval_fraction=0", "train.learning_rate=5e-3", "train.max_length=512",
-         "train.batch_size=4"]
+_EXPORTS = {"BackendConformance": "suite", "needs": "suite", "Gap": "gaps", "never": "gaps", "notimpl": "gaps",
+            "notyet": "gaps", "JOBS": "jobs", "SMALL": "jobs", "compose": "jobs", "load_model": "reference"}
+"""Public names -> the module that defines them, imported on first use: the pytest plugin loads this package
+in every pytest session, which must not import the suite (or torch) unless a test uses it."""
 
-#: The jobs every backend runs: name -> overrides on top of SMALL.
-JOBS: dict[str, list[str]] = {
-    "sft_lora": ["method=sft", "peft=lora"],
-    "sft_dora": ["method=sft", "peft=dora"],
-    "sft_full": ["method=sft", "peft=none", "train.learning_rate=1e-3"],
-    "sft_packing": ["method=sft", "peft=lora", "method.packing=true"],
-    "dpo": ["method=dpo", "data=demo_pref", "peft=lora", "data.max_rows=16"],
-    "orpo": ["method=orpo", "data=demo_pref", "peft=lora", "data.max_rows=16"],
-}
+__all__ = [*_EXPORTS, "load_artifact", "generates", "reference_loss", "reference_trainable"]
 
 
-def compose(overrides: list[str]) -> DictConfig:
-    """The job Hydra would compose for ``python -m core <overrides>``."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
-    from core import config, plugins
-
-    plugins.registry()
-    config.register()
-    with initialize_config_module("conf", version_base="1.3"):
-        return hydra_compose("config", overrides=config.open_mappings(list(overrides)))
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"core.conformance.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'core.conformance' has no attribute {name!r}")
 
 
-def unsupported(cfg: DictConfig, backend: str) -> list[str]:
-    """Features of ``cfg`` that ``backend``'s capability table refuses (as field=value), as validation sees them."""
-    from core import data, plugins
-    from core.checks import check_capabilities, resolve_auto
-    from core.errors import UnsupportedFeature
-
-    reg = plugins.registry()
-    resolve_auto(cfg)
-    try:
-        check_capabilities(cfg, reg.backend(backend), reg.backends, data.detect_kind(cfg.data))
-    except UnsupportedFeature as exc:
-        return [f"{exc.field}={exc.value}"]
-    return []
+# -- helpers other test modules use --------------------------------------------------------------------
 
 
-def load_artifact(run_dir: Path, result: dict[str, Any]):
-    """Load what a run saved (adapter on its base, or full model) with transformers/peft."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_artifact(run_dir, result):
+    """(model, tokenizer) of what a run saved: the adapter on its base, or the full model."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
 
     arts = result["artifacts"]
     if "adapter" in arts:
         from peft import AutoPeftModelForCausalLM
 
-        path = run_dir / arts["adapter"]["path"]
+        path = Path(run_dir) / arts["adapter"]["path"]
         return AutoPeftModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-    path = run_dir / arts["model"]["path"]
-    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    path = Path(run_dir) / arts["model"]["path"]
+    from core.conformance.reference import load_model
+
+    return load_model(path), AutoTokenizer.from_pretrained(path)
 
 
 def generates(model, tokenizer) -> bool:
@@ -87,103 +73,25 @@ def generates(model, tokenizer) -> bool:
     return out.shape[1] > ids["input_ids"].shape[1]
 
 
-def reference_loss(model_path: str, data_dir: Path, max_length: int, completion_only: bool = True,
+def reference_loss(model_path, data_dir, max_length: int, completion_only: bool = True,
                    rows: int | None = None) -> float:
-    """Step-1 SFT loss computed with plain transformers: mean over loss tokens of the data set
-    (or of its first ``rows`` records).
+    """Step-1 SFT loss of a run's (first ``rows``) training records by the independent reference: mean over
+    their loss tokens, tokens and masks from plain transformers (``reference.Reference``), not core.lossmask."""
+    from pathlib import Path
 
-    Uses the run's normalised records and chat template of record, one unpadded
-    forward per example, labels shifted as Hugging Face models do.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from core import runproto
+    from core.conformance import reference
 
-    tok = AutoTokenizer.from_pretrained(model_path)
-    tok.chat_template = (data_dir / "chat_template.jinja").read_text()
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    data_dir = Path(data_dir)
     kind = runproto.read_json(str(data_dir / "stats.json"))["kind"]
     records = runproto.read_jsonl(str(data_dir / "train.jsonl"))[:rows]
-    total, count = 0.0, 0
-    for row in lossmask.tokenize_records(records, tok, kind, completion_only, max_length):
-        ids, mask = torch.tensor(row["input_ids"]), torch.tensor(row["completion_mask"])
-        labels = torch.where(mask.bool(), ids, torch.tensor(-100))
-        with torch.no_grad():
-            logits = model(ids[None]).logits[0, :-1].float()
-        target = labels[1:]
-        total += torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum").item()
-        count += int((target != -100).sum())
-    return total / count
+    ref = reference.Reference(model_path, max_length)
+    return reference.token_mean(reference.load_model(model_path),
+                                [ref.encode(kind, r, completion_only) for r in records])
 
 
-def reference_trainable(model_path: str, peft: DictConfig) -> int:
+def reference_trainable(model_path, peft) -> int:
     """Trainable parameters of the reference setup: peft's LoRA on the base, or every weight."""
-    from transformers import AutoModelForCausalLM
+    from core.conformance import reference
 
-    model = AutoModelForCausalLM.from_pretrained(model_path)
-    if peft.type != "none":
-        from peft import LoraConfig, get_peft_model
-
-        targets = list(peft.target_modules)
-        model = get_peft_model(model, LoraConfig(
-            r=peft.r, lora_alpha=peft.alpha, use_dora=peft.type == "dora",
-            target_modules="all-linear" if targets == ["all-linear"] else targets))
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-class BackendConformance:
-    """Every backend runs these. Subclasses provide a ``backend`` fixture (the backend's name)."""
-
-    def run_job(self, backend: str, overrides: list[str], tmp_path: Path):
-        from core import runner
-
-        cfg = compose([f"backend={backend}", *SMALL, *overrides])
-        run_dir = tmp_path / "run"
-        return cfg, run_dir, runner.run(cfg, run_dir)
-
-    def check_refused(self, backend, overrides, tmp_path, missing):
-        _, _, result = self.run_job(backend, overrides, tmp_path)
-        assert result["status"] == "failed", result
-        assert result["error_type"] == "UnsupportedFeature", result
-        pytest.xfail(f"notimpl: {backend} lacks {', '.join(missing)} (refused at validation)")
-
-    @pytest.mark.parametrize("job", list(JOBS))
-    def test_job(self, backend: str, job: str, tmp_path: Path):
-        """Loss falls, the artefact loads back and generates; unsupported jobs are refused."""
-        overrides = JOBS[job]
-        missing = unsupported(compose([f"backend={backend}", *SMALL, *overrides]), backend)
-        if missing:
-            return self.check_refused(backend, overrides, tmp_path, missing)
-        cfg, run_dir, result = self.run_job(backend, overrides, tmp_path)
-        assert result["status"] == "succeeded", result.get("error")
-        rows = runproto.read_jsonl(str(run_dir / "metrics.jsonl"))
-        assert set().union(*rows) <= set(runproto.METRICS), "metrics outside the schema"
-        losses = [r["loss"] for r in rows if "loss" in r]
-        assert len(losses) >= 4
-        assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, f"loss did not fall: {losses}"
-        model, tok = load_artifact(run_dir, result)
-        assert generates(model, tok)
-
-    def test_parity_step1(self, backend: str, tmp_path: Path):
-        """From identical weights and the same first batch, step-1 loss matches plain transformers."""
-        overrides = ["method=sft", "peft=lora", "data.max_rows=8", "train.batch_size=8", "train.max_steps=1",
-                     "train.save_artifacts=false"]
-        cfg, run_dir, result = self.run_job(backend, overrides, tmp_path)
-        assert result["status"] == "succeeded", result.get("error")
-        step1 = next(r["loss"] for r in runproto.read_jsonl(str(run_dir / "metrics.jsonl")) if "loss" in r)
-        ref = reference_loss(cfg.model.name_or_path, run_dir / "data", cfg.train.max_length)
-        assert abs(step1 - ref) < 1e-3, (step1, ref)
-        assert result["trainable_parameters"] == reference_trainable(cfg.model.name_or_path, cfg.peft)
-
-    def test_sequential_order(self, backend: str, tmp_path: Path):
-        """With train.shuffle=false the first batch is the first rows of data/train.jsonl, on every engine."""
-        overrides = ["method=sft", "peft=lora", "data.max_rows=12", "train.batch_size=4", "train.max_steps=1",
-                     "train.shuffle=false", "train.save_artifacts=false"]
-        missing = unsupported(compose([f"backend={backend}", *SMALL, *overrides]), backend)
-        if missing:
-            return self.check_refused(backend, overrides, tmp_path, missing)
-        cfg, run_dir, result = self.run_job(backend, overrides, tmp_path)
-        assert result["status"] == "succeeded", result.get("error")
-        step1 = next(r["loss"] for r in runproto.read_jsonl(str(run_dir / "metrics.jsonl")) if "loss" in r)
-        first = reference_loss(cfg.model.name_or_path, run_dir / "data", cfg.train.max_length, rows=4)
-        later = reference_loss(cfg.model.name_or_path, run_dir / "data", cfg.train.max_length)
-        assert abs(step1 - first) < 1e-3 and abs(first - later) > 1e-3, (step1, first, later)
+    return reference.trainable_parameters(model_path, peft)

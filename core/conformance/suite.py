@@ -1,0 +1,333 @@
+"""The backend conformance suite: written once against anytune's step contract, run on every backend.
+
+A conformance class subclasses :class:`BackendConformance` and names its backend
+(``class TestMine(BackendConformance, backend="mine")``); its known gaps are declared in ``gaps``
+(``core/conformance/gaps.py``). The pytest plugin (``core/conformance/plugin.py``) parametrises
+every test with the backend, marks it with the backend's name, and turns the declared gaps into
+strict xfails. Tests that train and compare losses run only for backends that leave local weights
+(``"weights"`` in the capability table's ``needs``).
+
+The tests:
+
+- ``test_accepts[feature=value]``: validation (``core.runner.check``) accepts every value of every value
+  feature (``core.capabilities.FEATURES``), with the settings the value needs beside it; a value refused
+  must be absent from the capability table and declared a gap, a value accepted must be in the table.
+- ``test_job[job]``: the jobs of :data:`~core.conformance.jobs.JOBS` train, log only schema metrics and
+  lower the loss, and leave an artefact whose reference loss on the last step's rows (all rows when
+  packed) is below the base model's and close to the last logged loss. DPO starts at ln 2 and ends with
+  a positive chosen-minus-rejected margin; with held-out data the last ``eval_loss`` is the artefact's.
+- ``test_examples_match_reference[kind]``: per-example losses of each SFT record kind equal the
+  reference's (plain transformers, transformers' own assistant mask) within 1e-5, on a briefly trained
+  tiny model.
+- ``test_curve_matches_reference``: a full fine-tune with gradient accumulation and no shuffling logs, at
+  every step, the loss of the same training written out in plain torch, within 1e-5, and saves the model
+  that training ends with.
+- ``test_field_reaches_engine[field]`` (:class:`~core.conformance.fields.FieldsReachEngine`).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import pytest
+from omegaconf import DictConfig, OmegaConf
+
+from core import runproto
+from core.capabilities import FEATURES
+from core.conformance import reference as ref
+from core.conformance.fields import FieldsReachEngine
+from core.conformance.gaps import Gap
+from core.conformance.jobs import JOBS, SMALL, compose
+from core.errors import UnsupportedFeature
+
+TOLERANCE = 1e-5
+"""Largest difference allowed between an engine's logged loss and the reference's (fp32)."""
+LN2 = math.log(2)
+SFT_KINDS = ("messages", "prompt_completion", "text")
+PARITY = ["offline=true", "train.device=cpu", "train.precision=fp32", "data.eval_fraction=0",
+          "train.max_length=512", "train.shuffle=false"]
+"""Overrides of the parity jobs: fp32 on CPU, the rows in file order."""
+CURVE = {"batch_size": 2, "grad_accum": 2, "steps": 5, "learning_rate": 1e-3}
+"""The whole-curve job: a full fine-tune, 5 steps of 2 micro-batches of 2 conversations."""
+CASES = [(feature, value) for feature, values in FEATURES.items() for value in values]
+"""Every value of every value feature: ``test_accepts``'s cases."""
+
+
+def needs(*what: str) -> pytest.MarkDecorator:
+    """The test runs only for backends whose capability table ``needs`` all of ``what`` (e.g. ``weights``)."""
+    return pytest.mark.anytune_needs(*what)
+
+
+def registry():
+    from core import plugins
+
+    return plugins.registry()
+
+
+_ENGINES: set[str] = set()
+
+
+def ensure_engine(backend: str) -> None:
+    """The backend's engine is installed (its managed environment created on first use, as a job would);
+    a missing engine fails the test, it is never skipped."""
+    if backend in _ENGINES:
+        return
+    from core import runner
+    from core.errors import EngineMissing
+
+    step = registry().backend(backend)(compose([f"backend={backend}"]))
+    try:
+        runner.ensure_engines([step])
+    except EngineMissing as exc:
+        pytest.fail(f"backend {backend}: its engine is missing: {exc}", pytrace=False)
+    _ENGINES.add(backend)
+
+
+# -- validation ---------------------------------------------------------------------------------------
+
+PRECISION_OF = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+_BASES: dict[tuple[str, bool], DictConfig] = {}
+
+
+def validation_job(backend: str, feature: str, value: Any, assets: dict[str, str]) -> DictConfig:
+    """The small job with ``feature=value`` and what that value needs beside it:
+
+    - ``method.name=dpo|orpo`` and ``data.kind=preference``: preference data (and a preference method the
+      backend lists, DPO first); ``method.loss_type``: DPO on preference data;
+    - ``data.kind=prompt_completion|text``: a data file of that kind; ``data.eval=True``: a held-out fraction;
+    - ``peft.type=qlora``: CUDA and a model every engine can quantise to NF4 (``assets["nf4_model"]``);
+    - ``train.precision=fp16``: CUDA; ``model.dtype``: the training precision of that dtype (CUDA for float16).
+
+    A feature's first value (its schema default) is the small job itself.
+    """
+    caps = registry().backend(backend).capabilities
+    preference, edits = False, {}
+    if value != FEATURES[feature][0]:
+        if feature == "method.name" and value in ("dpo", "orpo"):
+            preference = True
+        elif feature == "method.loss_type":
+            preference, edits["method.name"] = True, "dpo"
+        elif feature == "data.kind" and value == "preference":
+            preference = True
+            edits["method.name"] = next((m for m in ("dpo", "orpo") if caps.can("method.name", m)), "dpo")
+        elif feature == "data.kind":
+            edits["data.train"] = assets[value]
+        elif feature == "data.eval":
+            edits["data.eval_fraction"] = 0.25
+        elif feature == "peft.type" and value == "qlora":
+            edits.update({"train.device": "cuda", "model.name_or_path": assets["nf4_model"]})
+        elif feature == "train.precision" and value == "fp16":
+            edits["train.device"] = "cuda"
+        elif feature == "model.dtype":
+            edits["train.precision"] = PRECISION_OF[value]
+            if value == "float16":
+                edits["train.device"] = "cuda"
+        if feature not in ("data.kind", "data.eval"):
+            edits[feature] = value
+    key = (backend, preference)
+    if key not in _BASES:
+        _BASES[key] = compose([f"backend={backend}", *SMALL,
+                               *(["data=demo_pref", "data.max_rows=16"] if preference else [])])
+    cfg = copy.deepcopy(_BASES[key])
+    for k, v in edits.items():
+        OmegaConf.update(cfg, k, v, merge=False)
+    return cfg
+
+
+# -- runs ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Trained:
+    """A finished training job."""
+
+    cfg: DictConfig
+    """The job as run (``config.yaml``: resolved)."""
+    run_dir: Path
+    result: dict
+    rows: list[dict]
+    """``metrics.jsonl``."""
+
+    @property
+    def losses(self) -> list[float]:
+        """Logged training loss of each step."""
+        return [r["loss"] for r in self.rows if "loss" in r]
+
+    def records(self, split: str = "train") -> list[dict]:
+        """The run's normalised records (``data/train.jsonl`` or ``data/eval.jsonl``), in file order."""
+        return runproto.read_jsonl(str(self.run_dir / runproto.DATA / f"{split}.jsonl"))
+
+    def artifact(self):
+        """The saved model, loaded in float32: the adapter on its base, or the full model."""
+        arts = self.result.get("artifacts") or {}
+        if "adapter" in arts:
+            return ref.load_model(self.cfg.model.name_or_path, self.run_dir / arts["adapter"]["path"])
+        assert "model" in arts, f"no artefact in result.json: {arts}"
+        return ref.load_model(self.run_dir / arts["model"]["path"])
+
+
+def train(backend: str, overrides: list[str], run_dir: Path) -> Trained:
+    """Validate the job (a refusal raises ``UnsupportedFeature``: what a declared gap expects), run it, and
+    require that it succeeded and logged only metrics of the one schema."""
+    from core import runner
+
+    cfg = compose([f"backend={backend}", *overrides])
+    runner.check(copy.deepcopy(cfg), registry())
+    result = runner.run(cfg, run_dir)
+    assert result["status"] == "succeeded", result.get("error")
+    rows = runproto.read_jsonl(str(run_dir / runproto.METRICS_FILE))
+    outside = set().union(*rows) - set(runproto.METRICS)
+    assert not outside, f"metrics outside the schema (core.runproto.METRICS): {sorted(outside)}"
+    return Trained(OmegaConf.load(run_dir / runproto.CONFIG), run_dir, result, rows)
+
+
+def record(request: pytest.FixtureRequest, name: str, value: Any) -> None:
+    """Record a measured figure on the test (written to ``--junitxml`` reports as a property)."""
+    request.node.user_properties.append((name, value))
+
+
+def max_diff(got: Sequence[float], want: Sequence[float]) -> float:
+    """Largest absolute difference of two loss curves (infinite when their lengths differ)."""
+    return max((abs(a - b) for a, b in zip(got, want)), default=0.0) if len(got) == len(want) else math.inf
+
+
+def close_to_logged(after: float, before: float, logged: float, what: str) -> None:
+    """The artefact's reference loss ``after`` is below the base model's ``before`` and nearer the engine's
+    last logged loss than the base's is (half the distance at most)."""
+    assert after < before, f"{what}: the saved model's loss {after:.5f} is not below the base model's {before:.5f}"
+    assert abs(after - logged) < abs(before - logged) / 2, (
+        f"{what}: the saved model's loss {after:.5f} is far from the last logged loss {logged:.5f} "
+        f"(the base model's is {before:.5f})")
+
+
+# -- the suite ------------------------------------------------------------------------------------------
+
+
+class BackendConformance(FieldsReachEngine):
+    """The conformance suite. Subclass it with ``backend="<name>"`` (or several names) and declare the
+    backend's known gaps in ``gaps``; pytest runs every test on each backend named."""
+
+    backends: ClassVar[tuple[str, ...] | None] = None
+    """Backends this class runs on (``backend=`` in the class statement); None: every registered backend."""
+    gaps: ClassVar[Sequence[Gap]] = ()
+    """Known gaps (``notimpl(...)``, ``notyet(...)``, ``never(...)``): strict xfails of the tests they name."""
+
+    def __init_subclass__(cls, backend: str | Sequence[str] | None = None, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if backend is not None:
+            cls.backends = (backend,) if isinstance(backend, str) else tuple(backend)
+
+    @pytest.fixture(autouse=True)
+    def _anytune_engine(self, backend: str) -> None:
+        ensure_engine(backend)
+
+    def run_job(self, backend: str, overrides: list[str], tmp_path: Path):
+        """(config, run directory, result) of one small job (:data:`SMALL` + ``overrides``), whatever its status."""
+        from core import runner
+
+        cfg = compose([f"backend={backend}", *SMALL, *overrides])
+        run_dir = tmp_path / "run"
+        return cfg, run_dir, runner.run(cfg, run_dir)
+
+    @pytest.mark.parametrize("feature,value", CASES, ids=[f"{f}={v}" for f, v in CASES])
+    def test_accepts(self, backend: str, feature: str, value: Any, anytune_assets: dict[str, str]):
+        """Validation accepts ``feature=value`` (listed in the table) or refuses it (absent from the table)."""
+        from core import runner
+
+        caps = registry().backend(backend).capabilities
+        cfg = validation_job(backend, feature, value, anytune_assets)
+        try:
+            runner.check(cfg, registry())
+        except UnsupportedFeature as exc:
+            assert exc.field not in FEATURES or not caps.can(exc.field, exc.value), (
+                f"validation refused {exc.field}={exc.value}, which {backend}'s capability table lists: {exc}")
+            raise
+        assert caps.can(feature, value), (
+            f"validation accepted {feature}={value}, which {backend}'s capability table does not list")
+
+    @pytest.mark.slow
+    @needs("weights")
+    @pytest.mark.parametrize("job", list(JOBS), ids=list(JOBS))
+    def test_job(self, backend: str, job: str, tmp_path: Path, request: pytest.FixtureRequest):
+        """Trains, lowers the loss, and leaves the model it trained (checked by its loss, not by generating)."""
+        run = train(backend, [*SMALL, "train.shuffle=false", *JOBS[job]], tmp_path / "run")
+        cfg, losses = run.cfg, run.losses
+        assert len(losses) == cfg.train.max_steps, f"one loss per step expected: {losses}"
+        assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, f"loss did not fall: {losses}"
+        model, reference = cfg.model.name_or_path, ref.Reference(cfg.model.name_or_path, cfg.train.max_length)
+        base, tuned = ref.load_model(model), run.artifact()
+        records, batch = run.records(), cfg.train.batch_size
+        last = [((len(losses) - 1) * batch + i) % len(records) for i in range(batch)]  # the last step's rows
+        kind = runproto.read_json(str(run.run_dir / runproto.STATS))["kind"]
+        if cfg.method.name == "sft":
+            examples = [reference.encode(kind, r, cfg.method.completion_only_loss) for r in records]
+            rows = examples if cfg.method.packing else [examples[i] for i in last]
+            before, after = ref.token_mean(base, rows), ref.token_mean(tuned, rows)
+            assert run.result["trainable_parameters"] == ref.trainable_parameters(model, cfg.peft)
+        else:
+            pairs = [reference.encode_preference(r) for r in records]
+            rows = [pairs[i] for i in last]
+            if cfg.method.name == "dpo":
+                assert abs(losses[0] - LN2) < TOLERANCE, f"DPO step 1 (policy = reference) must be ln 2: {losses[0]}"
+                before, (after, _) = LN2, ref.dpo(tuned, base, rows, cfg.method.beta)
+                _, margin = ref.dpo(tuned, base, pairs, cfg.method.beta)
+                assert margin > 0, f"the chosen-minus-rejected margin did not grow from 0: {margin}"
+                record(request, "step1_minus_ln2", losses[0] - LN2)
+                record(request, "margin", margin)
+            else:
+                before, after = ref.orpo(base, rows, cfg.method.beta), ref.orpo(tuned, rows, cfg.method.beta)
+        close_to_logged(after, before, losses[-1], f"{job}, {'all rows' if cfg.method.packing else 'last step'}")
+        record(request, "saved_base_logged", [after, before, losses[-1]])
+        if (run.run_dir / runproto.EVAL).is_file():
+            evals = [r for r in run.rows if "eval_loss" in r]
+            every = cfg.train.eval_steps
+            assert {r["step"] for r in evals} >= set(range(every, cfg.train.max_steps + 1, every)), evals
+            held = [reference.encode(kind, r, cfg.method.completion_only_loss) for r in run.records("eval")]
+            close_to_logged(ref.token_mean(tuned, held), ref.token_mean(base, held), evals[-1]["eval_loss"],
+                            f"{job}, held-out rows")
+
+    @pytest.mark.slow
+    @needs("weights")
+    @pytest.mark.parametrize("kind", SFT_KINDS, ids=list(SFT_KINDS))
+    def test_examples_match_reference(self, backend: str, kind: str, anytune_trained_model: str, tmp_path: Path,
+                                      request: pytest.FixtureRequest):
+        """One example per step, the model all but unchanged (learning rate 1e-9): each step's loss is the
+        reference's loss of that example, within 1e-5."""
+        model, records = anytune_trained_model, ref.records_of_kind(kind, 4)
+        data = ref.write_jsonl(tmp_path / f"{kind}.jsonl", records)
+        run = train(backend, [*PARITY, f"model.name_or_path={model}", f"data.train={data}", "peft=lora",
+                              "train.batch_size=1", "train.max_steps=4", "train.learning_rate=1e-9",
+                              "train.save_artifacts=false"],
+                    tmp_path / "run")
+        reference = ref.Reference(model)
+        want = ref.example_losses(ref.load_model(model), [reference.encode(kind, r) for r in records])
+        record(request, "max_abs_diff", max_diff(run.losses, want))
+        assert run.losses == pytest.approx(want, abs=TOLERANCE, rel=0), (run.losses, want)
+
+    @pytest.mark.slow
+    @needs("weights")
+    def test_curve_matches_reference(self, backend: str, anytune_trained_model: str, tmp_path: Path,
+                                     request: pytest.FixtureRequest):
+        """A full fine-tune, rows in order, 2 micro-batches of 2 per step, 5 steps: every step's loss is the
+        plain-torch training's (:func:`core.conformance.reference.sft_curve`), within 1e-5."""
+        model, c = anytune_trained_model, CURVE
+        records = ref.records_of_kind("messages", c["steps"] * c["batch_size"] * c["grad_accum"])
+        data = ref.write_jsonl(tmp_path / "curve.jsonl", records)
+        run = train(backend, [*PARITY, f"model.name_or_path={model}", f"data.train={data}", "peft=none",
+                              f"train.batch_size={c['batch_size']}", f"train.grad_accum={c['grad_accum']}",
+                              f"train.max_steps={c['steps']}", f"train.learning_rate={c['learning_rate']}",
+                              "train.lr_scheduler=linear", "train.warmup_ratio=0", "train.weight_decay=0",
+                              "train.max_grad_norm=1.0", "train.optimizer=adamw"],
+                    tmp_path / "run")
+        examples = [ref.Reference(model).encode("messages", r) for r in records]
+        want, trained = ref.sft_curve(model, examples, **c)
+        record(request, "max_abs_diff", max_diff(run.losses, want))
+        assert run.losses == pytest.approx(want, abs=TOLERANCE, rel=0), (run.losses, want)
+        assert run.result["trainable_parameters"] == ref.trainable_parameters(model, run.cfg.peft)
+        last = examples[-c["batch_size"] * c["grad_accum"]:]  # the saved model is the reference's after step 5
+        saved, expected = ref.token_mean(run.artifact(), last), ref.token_mean(trained, last)
+        record(request, "saved_model_diff", saved - expected)
+        assert saved == pytest.approx(expected, abs=TOLERANCE, rel=0), (saved, expected)

@@ -3,7 +3,7 @@
 ``TrlFields`` and ``TorchtuneFields`` give :class:`core.conformance.fields.FieldsReachEngine` its
 ``FIELD_MAP`` (canonical field -> where the engine holds it, written here by hand, never taken from
 the translation) and ``effective_configs`` (built from a plan as the engine builds it). The suite mixes
-them into the backend's conformance class; ``tests/test_fields.py`` runs them.
+them into the backend's conformance class; ``tests/test_conformance.py`` runs them.
 """
 from __future__ import annotations
 

@@ -12,14 +12,13 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 from omegaconf import DictConfig
 
-from core.conformance.fields import (TRAINER_FIELD_MAP, Expect, FieldsReachEngine, agree, at, dtype_of, steps_of,
-                                     targets_of, template_of, warmup_steps_of)
+from core.conformance.fields import (TRAINER_FIELD_MAP, Expect, FieldsReachEngine, agree, at, dtype_of,
+                                     load_plan_module, steps_of, targets_of, template_of, warmup_steps_of)
 
 HERE = Path(__file__).resolve().parent
 
@@ -28,18 +27,6 @@ def count_rows(path: Path) -> int:
     """Records of a JSONL file."""
     with open(path, encoding="utf-8") as f:
         return sum(1 for line in f if line.strip())
-
-
-def load_plan_module(path: Path, name: str):
-    """A module a plan ships (its worker), imported from the plan as its interpreter would; ``sys.path`` restored."""
-    saved = list(sys.path)
-    try:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = saved
-    return module
 
 
 # -- TRL --------------------------------------------------------------------------------------------------

@@ -34,9 +34,11 @@ call, so an engine in its own environment starts one process for all of them.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
 
@@ -97,6 +99,20 @@ VALUE_NEEDS: dict[tuple[str, Any], list[list[str]]] = {
 
 #: Error types of a refusal at validation.
 REFUSALS = ("ConfigError", "UnsupportedFeature", "UnreadField")
+
+
+def load_plan_module(path: Path, name: str):
+    """A module a plan ships (its worker, ``hfglue``), imported with the plan directory first on ``sys.path``
+    as its interpreter would; ``sys.path`` restored afterwards."""
+    saved = list(sys.path)
+    sys.path.insert(0, str(Path(path).parent))
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
+    return module
 
 
 # -- how a field is read back -----------------------------------------------------------------------

@@ -13,24 +13,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from core.conformance.fields import TRAINER_FIELD_MAP, FieldsReachEngine, at, constant
-
-
-def _plan_module(path: Path, name: str):
-    """A module the plan ships, imported from the plan directory; ``sys.path`` restored."""
-    saved = list(sys.path)
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = saved
-    return module
+from core.conformance.fields import TRAINER_FIELD_MAP, FieldsReachEngine, at, constant, load_plan_module
 
 
 class HfFields(FieldsReachEngine):
@@ -50,7 +36,7 @@ class HfFields(FieldsReachEngine):
         from peft import LoraConfig
         from transformers import Trainer, TrainingArguments
 
-        hfglue = _plan_module(run_dir / "plan" / "hfglue.py", "hfglue")
+        hfglue = load_plan_module(run_dir / "plan" / "hfglue.py", "hfglue")
         spec = json.loads((run_dir / "plan" / "hf_args.json").read_text())
         m, tok = spec["model"], spec["tokenize"]
         with contextlib.chdir(run_dir):

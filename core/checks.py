@@ -184,11 +184,16 @@ PATH_FIELDS = ("model.name_or_path", "data.train", "data.eval", "data.chat_templ
 
 
 def expand_paths(cfg: DictConfig) -> None:
-    """Expand a leading ``~`` in path fields and ``run_dir``, as a shell would."""
+    """Expand a leading ``~`` in path fields and ``run_dir``, as a shell would, and make a relative local
+    model path absolute: artefacts record their base model (``base_model_name_or_path``), and a path
+    relative to where the job ran would not load from anywhere else."""
     for key in (*PATH_FIELDS, "run_dir"):
         value = OmegaConf.select(cfg, key)
         if isinstance(value, str) and value.startswith("~"):
             OmegaConf.update(cfg, key, os.path.expanduser(value))
+    name = OmegaConf.select(cfg, "model.name_or_path")
+    if isinstance(name, str) and not os.path.isabs(name) and Path(name).exists():
+        OmegaConf.update(cfg, "model.name_or_path", str(Path(name).resolve()))
 
 
 def looks_like_path(name: str) -> bool:

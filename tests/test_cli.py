@@ -113,3 +113,25 @@ def test_ctrl_c_keeps_the_weights_trained_so_far(tmp_path):
     assert (adapter / "adapter_model.safetensors").exists()
     outcome = runproto.read_json(str(run_dir / "logs" / "train.outcome.json"))
     assert outcome["interrupted_at_step"] >= 3
+
+
+@pytest.mark.slow
+def test_a_moved_run_directory_still_loads_with_the_documented_snippet(tmp_path):
+    """A relative local model path is recorded absolute, so the adapter loads from a moved run directory, from
+    another working directory, with docs/run-directory.md's own lines."""
+    import re
+    import shutil
+
+    shutil.copytree(Path(runproto.__file__).parent / "assets" / "tiny-llama", tmp_path / "models" / "tiny")
+    p = subprocess.run(CORE + ["model.name_or_path=models/tiny", "train.max_steps=2", "data.max_rows=8",
+                               f"run_dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    shutil.move(str(tmp_path / "run"), str(tmp_path / "elsewhere"))
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "run-directory.md").read_text()
+    snippet = re.search(r"```python\n(from peft.*?)```", doc, re.S).group(1)
+    lines = [line.split("  #")[0].replace("RUN", str(tmp_path / "elsewhere")) for line in snippet.splitlines()
+             if "artifacts/model" not in line and "artifacts/merged" not in line]
+    code = "\n".join(lines) + "\nprint(type(model).__name__, len(tokenizer))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("PeftModelForCausalLM")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
+from functools import lru_cache
 from typing import Any, Mapping
 
 from omegaconf import MISSING
@@ -29,8 +30,9 @@ NEEDS = {
 """What a step may need from the core; the core skips the work for steps that do not."""
 
 
+@lru_cache(maxsize=None)
 def schema_fields() -> dict[str, dataclasses.Field]:
-    """Every canonical field as ``section.name`` -> its dataclass field, in schema order."""
+    """Every canonical field as ``section.name`` -> its dataclass field, in schema order (computed once; read only)."""
     return {f"{s}.{f.name}": f for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 
 

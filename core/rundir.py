@@ -53,7 +53,10 @@ def claim(path: Path, given: bool = False, overwrite: bool = False) -> Path:
     if given:
         if overwrite and holds_run(path):
             for child in path.iterdir():
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
         check_free(path, overwrite=False)
         if not _take(path):
             raise ConfigError(f"run_dir={path} was just claimed by another job")

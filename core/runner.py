@@ -374,7 +374,8 @@ def finish(run_dir: Path, cfg: DictConfig, status: str, started: float, *, job: 
     if scores:
         runproto.atomic_write_json(str(run_dir / runproto.EVAL_FILE), scores)
         result["eval"] = scores
-    result.pop("error", None), result.pop("error_type", None), result.pop("traceback", None)
+    for stale in ("error", "error_type", "traceback"):  # a previous result's failure (run_after) is not this one's
+        result.pop(stale, None)
     if error is not None:
         result["error"], result["error_type"] = str(error), type(error).__name__
         if not isinstance(error, AnytuneError) or cfg.get("debug"):

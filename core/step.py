@@ -182,12 +182,17 @@ class Step(ABC):
         return envs.interpreter(self, strict=False)
 
     def engine_version(self) -> str | None:
-        """Installed version of the engine for ``python()``; ``""`` when the step needs no engine, None when missing."""
+        """Installed version of the engine for ``python()``; ``""`` when the step needs no engine, None when missing.
+
+        A version found is kept (asking a managed environment costs a subprocess); a missing one is asked
+        again, since first-use creation may install it meanwhile."""
         from core import envs
 
         if not self.engine_distribution:
             return ""
-        return envs.distribution_version(self.python(), self.engine_distribution)
+        if getattr(self, "_engine_version", None) is None:
+            self._engine_version = envs.distribution_version(self.python(), self.engine_distribution)
+        return self._engine_version
 
 
 class Trainer(Step):

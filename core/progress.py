@@ -100,8 +100,10 @@ def next_commands(result: dict, run_dir: Path) -> list[tuple[str, str]]:
         log = run_dir / "logs" / f"{stem}.stderr.log"
         cmds = [(f"less {log}", "the failed step's whole log")] if log.exists() else []
         return cmds + [("python -m core ... debug=true", "the same job with full tracebacks for anytune's own errors")]
+    held_out = ((result.get("data") or {}).get("rows") or {}).get("eval")
     cmds = [(f"python -m core.after {run_dir} export=[merged] eval=[heldout]",
-             "merge the adapter and score held-out loss, without training again")]
+             "merge the adapter and score held-out loss, without training again") if held_out else
+            (f"python -m core.after {run_dir} export=[merged]", "the adapter merged into the base, without training again")]
     if method == "sft":
         cmds.append(("python -m core method=dpo data=demo_pref", "preference tuning"))
     cmds += [("python -m core -m train.learning_rate=1e-4,3e-4", "a sweep, each job isolated"),

@@ -130,7 +130,7 @@ def check_capabilities(cfg: DictConfig, step: type[Step], peers: dict[str, type[
     """
     values = features_of(cfg, kind)
     caps = step.capabilities
-    for feature, value in values.items():
+    for feature, value in sorted(values.items(), key=lambda kv: kv[0] != "train.device"):  # the device first
         if feature in skip or (only_listed and feature not in caps.supports):
             continue
         if feature in schema_fields() and not applies(cfg, feature):
@@ -139,8 +139,11 @@ def check_capabilities(cfg: DictConfig, step: type[Step], peers: dict[str, type[
             continue
         if not caps.can(feature, value):
             able = sorted(n for n, b in peers.items() if b.capabilities.can(feature, value))
-            raise UnsupportedFeature(step.name, feature, value, able, kind=step.kind if step.kind != "trainer"
-                                     else "backend")
+            why = (f"this machine has no NVIDIA GPU, and {step.name} runs only on one"
+                   if feature == "train.device" and value == "cpu" and not cuda_present() else "")
+            raise UnsupportedFeature(step.name, feature, value, able, why=why,
+                                     kind=step.kind if step.kind != "trainer" else "backend")
+    check_gpu_here(cfg, step, peers, values["train.device"])
     for key, device in caps.requires.items():
         feature, value = key.split("=", 1)
         if str(values[feature]).lower() == value.lower() and values["train.device"] != device:
@@ -149,6 +152,21 @@ def check_capabilities(cfg: DictConfig, step: type[Step], peers: dict[str, type[
                 sorted(n for n, b in peers.items()
                        if b.capabilities.can(feature, values[feature]) and key not in b.capabilities.requires),
                 why=f"needs train.device={device}; this job runs on {values['train.device']}")
+
+
+def check_gpu_here(cfg: DictConfig, step: type[Step], peers: dict[str, type[Step]], device: Any) -> None:
+    """A step that runs only on an NVIDIA GPU (its table lists no ``train.device=cpu``) is refused on a machine
+    without one, before anything loads, naming the steps that run here; ``plan_only=true`` still plans.
+
+    :raises ConfigError: naming the steps of the group that run on this machine's CPU.
+    """
+    allowed = step.capabilities.supports.get("train.device")
+    if device != "cuda" or allowed is None or "cpu" in allowed or cfg.get("plan_only") or cuda_present():
+        return
+    here = sorted(n for n, b in peers.items() if b.capabilities.can("train.device", "cpu"))
+    raise ConfigError(f"{step.group}={step.name} needs an NVIDIA GPU (train.device=cuda), and this machine has "
+                      f"none; {'the ones that run here, on its CPU: ' + ', '.join(here) if here else 'none runs here'}"
+                      f" (plan_only=true writes {step.name}'s plan without a GPU)")
 
 
 def check_steps(trainer: Step, after: Iterable[Step]) -> None:

@@ -26,7 +26,7 @@ GROUP = "anytune"
 FIRST_PARTY = {
     "trl": "pip install 'anytune[trl]'",
     "torchtune": "pip install anytune (its own environment is created on first use)",
-    "unsloth": "not released yet: in development for a later anytune release",
+    "unsloth": "pip install anytune (its own environment is created on first use; NVIDIA GPU only)",
     "axolotl": "not released yet: in development for a later anytune release",
     "openai": "not released yet: in development for a later anytune release",
 }

@@ -42,16 +42,17 @@ def special_tokens(model_dir) -> dict[str, str]:
 
 
 def render(compiled, messages: list[dict[str, Any]], add_generation_prompt: bool = False,
-           special_tokens: dict[str, str] | None = None) -> str:
+           special_tokens: dict[str, str] | None = None, tools: list[dict[str, Any]] | None = None) -> str:
     """Render ``messages`` with a compiled template as ``apply_chat_template(..., tokenize=False)`` would.
 
     :param compiled: a template compiled in :func:`environment`.
     :param special_tokens: ``bos_token``, ``eos_token``, ... (from :func:`special_tokens`).
+    :param tools: tool schemas (JSON objects), passed to the template as ``tools`` (None: no tools).
     :raises jinja2.TemplateError: the template refused the conversation (``raise_exception``) or failed.
     """
     chat = [{k: v for k, v in m.items() if v is not None} for m in messages]
     tokens = {k: v for k, v in (special_tokens or {}).items() if v is not None}
-    return compiled.render(messages=chat, tools=None, documents=None,
+    return compiled.render(messages=chat, tools=tools or None, documents=None,
                            add_generation_prompt=add_generation_prompt, **tokens)
 
 

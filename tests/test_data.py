@@ -263,7 +263,7 @@ GOOD_PREF = {"prompt": "What is 2+3?", "chosen": "5", "rejected": "6"}
     (GOOD_MSG, {"messages": [{"role": "user", "content": 5}, A]}, "messages turn 1 content must be a string, got a number"),
     (GOOD_MSG, {"messages": [{"content": "x"}, A]}, "missing field 'role' in messages turn 1"),
     (GOOD_MSG, {"messages": [{"role": "bot", "content": "x"}, A]},
-     "unknown role 'bot' in messages turn 1 (allowed roles: system, user, assistant)"),
+     "unknown role 'bot' in messages turn 1 (allowed roles: system, user, assistant, tool)"),
     (GOOD_MSG, {"messages": [U, {"role": "assistant", "content": "  \n"}]}, "empty content in messages turn 2 (assistant)"),
     (GOOD_MSG, {"messages": []}, "messages has no turns"),
     (GOOD_MSG, {"messages": [U, U, A]}, "two user turns in a row (turns 1 and 2)"),
@@ -302,7 +302,7 @@ def test_bad_row_reported_with_file_line_and_reason(tmp_path, good, bad, reason)
 def test_other_formats_bad_rows(tmp_path):
     cases = [
         ({"conversations": [{"from": "human", "value": "hi"}, {"from": "bot", "value": "x"}]},
-         "unknown role 'bot' in conversations turn 2 (allowed roles: human, user, gpt, assistant, system)"),
+         "unknown role 'bot' in conversations turn 2 (allowed roles: human, user, gpt, assistant, system, observation, tool, function_call)"),
         ({"instruction": "", "output": "x"}, "empty instruction"),
         ({"instruction": "hi", "input": 3, "output": "x"}, "wrong type: input must be a string, got a number"),
     ]
@@ -533,8 +533,11 @@ def test_token_stats_match_transformers(tmp_path, model):
     stats, train, evals = prep(tmp_path, c, model=model, max_length=150)
     for split, rows in (("train", train), ("eval", evals)):
         lengths = [len(hf.apply_chat_template(r["messages"], tokenize=True, return_dict=False)) for r in rows]
+        import numpy as np
+
+        p = {f"p{q}": int(np.percentile(lengths, q, method="inverted_cdf")) for q in (50, 90, 99)}
         assert stats["tokens"][split] == {"total": sum(lengths), "mean": round(sum(lengths) / len(lengths), 1),
-                                          "max": max(lengths)}
+                                          "max": max(lengths), **p}
         assert stats["truncated"][split] == sum(n > 150 for n in lengths)
     assert 0 < stats["truncated"]["train"] < len(train)
     assert stats["tokenizer"] == str(model / "tokenizer.json")

@@ -73,14 +73,15 @@ def special_tokens(model_path: str | None) -> dict[str, str]:
 
 
 def render(template: str, messages: list[dict[str, Any]], add_generation_prompt: bool = False,
-           special_tokens: dict[str, str] | None = None) -> str:
+           special_tokens: dict[str, str] | None = None, tools: list[dict[str, Any]] | None = None) -> str:
     """Render ``messages`` as transformers' ``apply_chat_template(..., tokenize=False)`` would.
 
     :param template: template text (from :func:`resolve`).
     :param special_tokens: ``bos_token``, ``eos_token``, ... (from :func:`special_tokens`).
+    :param tools: tool schemas passed to the template as ``tools``.
     :raises jinja2.TemplateError: the template refused the conversation (``raise_exception``) or failed.
     """
-    return chatrender.render(compile_template(template), messages, add_generation_prompt, special_tokens)
+    return chatrender.render(compile_template(template), messages, add_generation_prompt, special_tokens, tools)
 
 
 @lru_cache(maxsize=16)

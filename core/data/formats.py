@@ -2,9 +2,12 @@
 
 Canonical records (what engines read):
 
-- ``messages``: ``{"messages": [{"role": "system|user|assistant", "content": str}, ...]}``
+- ``messages``: ``{"messages": [turns...], "tools"?: [schemas]}``; a turn is
+  ``{"role": "system|user|assistant|tool", "content": str}`` with, where the file says so, ``weight: 0``,
+  ``train_spans``, ``tool_calls``, ``tool_call_id``, ``name`` (see :mod:`core.data.conversation`)
 - ``prompt_completion``: ``{"prompt": str, "completion": str}``
 - ``preference``: ``{"prompt": [turns...], "chosen": [assistant turn], "rejected": [assistant turn]}``
+- ``unpaired``: ``{"prompt": [turns...], "completion": [assistant turn], "label": bool}`` (KTO)
 - ``text``: ``{"text": str}``
 """
 from __future__ import annotations
@@ -19,27 +22,35 @@ from core.errors import ConfigError, did_you_mean
 
 #: format -> its canonical fields (the keys ``data.columns`` may map).
 FIELDS = {
-    "messages": ("messages",),
-    "sharegpt": ("conversations",),
-    "alpaca": ("instruction", "input", "output"),
+    "messages": ("messages", "tools"),
+    "sharegpt": ("conversations", "system", "tools"),
+    "alpaca": ("instruction", "input", "output", "system", "history"),
     "prompt_completion": ("prompt", "completion"),
-    "preference": ("prompt", "chosen", "rejected"),
+    "preference": ("prompt", "chosen", "rejected", "conversations", "instruction", "input", "system"),
+    "unpaired": ("prompt", "completion", "messages", "conversations", "label"),
     "text": ("text",),
 }
-#: format -> fields a row must have for auto-detection to pick it, in the order formats are tried.
+#: format -> fields a row must have for auto-detection to pick it, in the order formats are tried
+#: (``unpaired`` also needs a boolean ``label``; see :func:`detect`).
 DETECT = {
+    "preference": ("chosen", "rejected"),
+    "unpaired": ("label",),
     "messages": ("messages",),
     "sharegpt": ("conversations",),
-    "preference": ("chosen", "rejected"),
     "alpaca": ("instruction", "output"),
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
 }
 #: format -> canonical record kind it normalises to.
 KIND = {"messages": "messages", "sharegpt": "messages", "alpaca": "messages",
-        "prompt_completion": "prompt_completion", "preference": "preference", "text": "text"}
+        "prompt_completion": "prompt_completion", "preference": "preference", "unpaired": "unpaired",
+        "text": "text"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system"}
+                  "system": "system", "observation": "tool", "tool": "tool", "function_call": "function_call"}
+#: Columns of multimodal rows (LLaMA-Factory, TRL's vision formats): a row with any of them non-empty is refused.
+MEDIA_COLUMNS = ("images", "image", "videos", "video", "audios", "audio")
+#: Other spellings of canonical fields, read when the canonical name is absent and nothing maps it.
+ALIASES = {"chosen": ("chosen_messages",), "rejected": ("rejected_messages",), "label": ("kto_tag",)}
 _DIALOGUE = re.compile(r"(?:\A\s*|\n\n)(Human|Assistant):[ \t]?")
 
 
@@ -59,49 +70,88 @@ def check_columns(columns: dict[str, str], fmt: str | None) -> None:
 
 def detect(row: dict, columns: dict[str, str]) -> str | None:
     """The format whose fields ``row`` has (after ``columns`` mapping), or None."""
+    fields = _Fields(columns)
     for fmt, needed in DETECT.items():
-        if all(columns.get(f, f) in row for f in needed):
-            return fmt
+        if not all(fields.has(row, f) for f in needed):
+            continue
+        if fmt == "unpaired":  # a boolean label beside a conversation or a prompt/completion pair
+            if not isinstance(fields.get(row, "label"), bool) or not (
+                    fields.has(row, "messages") or fields.has(row, "conversations")
+                    or (fields.has(row, "prompt") and fields.has(row, "completion"))):
+                continue
+        return fmt
     return None
 
 
 def describe_formats() -> str:
     """One line per format and the fields that identify it (for error messages)."""
-    return "; ".join(f"{fmt}: {'/'.join(DETECT[fmt])}" for fmt in DETECT)
+    return "; ".join(f"{fmt}: {'/'.join(DETECT[fmt])}" + (" (boolean) + messages or prompt/completion"
+                                                          if fmt == "unpaired" else "") for fmt in DETECT)
 
 
 def normaliser(fmt: str, columns: dict[str, str], system_prompt: str | None) -> Callable[[dict], dict]:
     """A function turning one raw row of format ``fmt`` into its canonical record (raises :class:`BadRow`)."""
     fields = _Fields(columns)
-    conv = {"messages": _messages, "sharegpt": _sharegpt, "alpaca": _alpaca, "preference": _preference}
+    conv = {"messages": _messages, "sharegpt": _sharegpt, "alpaca": _alpaca, "preference": _preference,
+            "prompt_completion": _prompt_completion, "unpaired": _unpaired}
     if fmt in conv:
-        return lambda row: conv[fmt](row, fields, system_prompt)
-    if fmt == "prompt_completion":
-        return lambda row: {"prompt": conversation.text_field(fields.need(row, "prompt"), "prompt"),
-                            "completion": conversation.text_field(fields.need(row, "completion"), "completion")}
+        def normalise(row: dict) -> dict:
+            _no_media_columns(row)
+            return conv[fmt](row, fields, system_prompt)
+        return normalise
     if fmt == "text":
         return lambda row: {"text": conversation.text_field(fields.need(row, "text"), "text")}
     raise ConfigError(f"unknown data format {fmt!r}; known: {', '.join(FIELDS)}")
 
 
 class _Fields:
-    """Looks canonical fields up in a row through ``data.columns``."""
+    """Looks canonical fields up in a row through ``data.columns``.
+
+    A column that a mapping reads is not read again under its own name: with ``{instruction: input}``
+    the canonical ``input`` is absent (unless it is mapped too), never the same column a second time.
+    """
 
     def __init__(self, columns: dict[str, str]):
         self.columns = columns
+        self.claimed = set(columns.values())
 
-    def col(self, field: str) -> str:
-        return self.columns.get(field, field)
+    def col(self, field: str) -> str | None:
+        """The column that holds ``field``, or None when its own name is claimed by another mapping."""
+        if field in self.columns:
+            return self.columns[field]
+        return None if field in self.claimed else field
+
+    def _find(self, row: dict, field: str) -> str | None:
+        col = self.col(field)
+        if col is not None and col in row:
+            return col
+        if field not in self.columns:
+            return next((a for a in ALIASES.get(field, ()) if a in row and a not in self.claimed), None)
+        return None
+
+    def has(self, row: dict, field: str) -> bool:
+        return self._find(row, field) is not None
 
     def need(self, row: dict, field: str) -> Any:
-        col = self.col(field)
-        if col not in row:
+        col = self._find(row, field)
+        if col is None:
+            col = self.col(field) or field
             mapped = f" (data.columns.{field})" if col != field else ""
             raise BadRow(f"missing field '{col}'{mapped}")
         return row[col]
 
     def get(self, row: dict, field: str) -> Any:
-        return row.get(self.col(field))
+        col = self._find(row, field)
+        return row[col] if col is not None else None
+
+
+def _no_media_columns(row: dict) -> None:
+    for col in MEDIA_COLUMNS:
+        value = row.get(col)
+        if value not in (None, "", [], {}):
+            count = f" ({len(value)} item(s))" if isinstance(value, list) else ""
+            raise BadRow(f"column '{col}' holds media{count}: multimodal rows (images, video, audio) are not "
+                         "supported, only text")
 
 
 def _with_system(msgs: list[dict], system_prompt: str | None) -> list[dict]:
@@ -120,44 +170,150 @@ def _maybe_json_list(value: Any) -> Any:
     return value
 
 
+def _system_column(row: dict, fields: _Fields, msgs: list[dict], name: str) -> list[dict]:
+    """A ``system`` column (LLaMA-Factory's sharegpt and alpaca) becomes the first turn."""
+    value = fields.get(row, "system")
+    if value in (None, ""):
+        return msgs
+    text = conversation.text_field(value, "system")
+    if msgs[0]["role"] == "system":
+        raise BadRow(f"both a system column and a system turn in {name}")
+    return [{"role": "system", "content": text}] + msgs
+
+
+def _with_tools(record: dict, row: dict, fields: _Fields) -> dict:
+    value = fields.get(row, "tools")
+    if value not in (None, "", []):
+        tools = conversation.tools(value, "tools")
+        if tools:
+            record["tools"] = tools
+    return record
+
+
 def _messages(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
     msgs = conversation.turns(_maybe_json_list(fields.need(row, "messages")), "messages")
     conversation.order(msgs, "messages")
-    return {"messages": _with_system(msgs, system_prompt)}
+    return _with_tools({"messages": _with_system(_some_loss(msgs, "messages"), system_prompt)}, row, fields)
+
+
+def _some_loss(msgs: list[dict], name: str) -> list[dict]:
+    """:raises BadRow: every assistant turn is marked to carry no loss (the row would teach nothing)."""
+    if all(m.get("weight") == 0 for m in msgs if m["role"] == "assistant"):
+        raise BadRow(f"no turn of {name} carries loss: every assistant turn has weight 0 / train false")
+    return msgs
+
+
+def _sharegpt_turns(value: Any, name: str) -> list[dict]:
+    """ShareGPT turns (``from``/``value``); Axolotl's ``role``/``content`` spelling in a conversations column too."""
+    value = _maybe_json_list(value)
+    if isinstance(value, list) and value and isinstance(value[0], dict) and "from" not in value[0] \
+            and "role" in value[0]:
+        return conversation.turns(value, name)
+    return conversation.turns(value, name, roles=SHAREGPT_ROLES, keys=("from", "value"))
 
 
 def _sharegpt(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
-    msgs = conversation.turns(_maybe_json_list(fields.need(row, "conversations")), "conversations",
-                          roles=SHAREGPT_ROLES, keys=("from", "value"))
+    msgs = _system_column(row, fields, _sharegpt_turns(fields.need(row, "conversations"), "conversations"),
+                          "conversations")
     conversation.order(msgs, "conversations")
-    return {"messages": _with_system(msgs, system_prompt)}
+    return _with_tools({"messages": _with_system(_some_loss(msgs, "conversations"), system_prompt)}, row, fields)
 
 
-def _alpaca(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
+def _user_text(row: dict, fields: _Fields) -> str:
+    """Alpaca's user turn: ``instruction``, then ``input`` after a blank line when non-empty."""
     instruction = conversation.text_field(fields.need(row, "instruction"), "instruction")
     extra = fields.get(row, "input")
     if extra is not None and not isinstance(extra, str):
         raise BadRow(f"wrong type: input must be a string, got {_json_type(extra)}")
+    if extra:
+        conversation.no_media(extra, "input")
+    return instruction + "\n\n" + extra if extra and extra.strip() else instruction
+
+
+def _history(row: dict, fields: _Fields) -> list[dict]:
+    """LLaMA-Factory's alpaca ``history``: ``[[instruction, response], ...]`` before the row's own turn."""
+    value = fields.get(row, "history")
+    if value in (None, "", []):
+        return []
+    value = _maybe_json_list(value)
+    if not isinstance(value, list) or not all(isinstance(p, list) and len(p) == 2 for p in value):
+        raise BadRow("wrong type: history must be a list of [instruction, response] pairs")
+    out = []
+    for i, (q, a) in enumerate(value, 1):
+        out += [{"role": "user", "content": conversation.text_field(q, f"history pair {i} instruction")},
+                {"role": "assistant", "content": conversation.text_field(a, f"history pair {i} response")}]
+    return out
+
+
+def _alpaca(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
+    user = _user_text(row, fields)
     output = conversation.text_field(fields.need(row, "output"), "output")
-    user = instruction + "\n\n" + extra if extra and extra.strip() else instruction
-    msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
-    return {"messages": _with_system(msgs, system_prompt)}
+    msgs = _history(row, fields) + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    return {"messages": _with_system(_system_column(row, fields, msgs, "the row"), system_prompt)}
+
+
+def _prompt_completion(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
+    """Plain strings -> prompt_completion; message lists (TRL's conversational form) -> messages, the
+    prompt's own assistant turns carrying no loss (only the completion does, as in TRL)."""
+    prompt, completion = fields.need(row, "prompt"), fields.need(row, "completion")
+    if isinstance(prompt, str) and isinstance(completion, str):
+        return {"prompt": conversation.text_field(prompt, "prompt"),
+                "completion": conversation.text_field(completion, "completion")}
+    if not (isinstance(prompt, list) and isinstance(completion, list)):
+        raise BadRow(f"prompt and completion must both be strings or both be message lists, got "
+                     f"{_json_type(prompt)} and {_json_type(completion)}")
+    before = [{**m, "weight": 0} if m["role"] == "assistant" else m
+              for m in (_no_spans(t) for t in conversation.turns(prompt, "prompt"))]
+    after = conversation.turns(completion, "completion")
+    if after[0]["role"] != "assistant":
+        raise BadRow(f"completion starts with {conversation.article(after[0]['role'])} {after[0]['role']} turn; "
+                     "it must start with the assistant's turn")
+    msgs = before + after
+    conversation.order(msgs, "prompt + completion")
+    return _with_tools({"messages": _with_system(_some_loss(msgs, "the completion"), system_prompt)}, row, fields)
+
+
+def _no_spans(turn: dict) -> dict:
+    return {k: v for k, v in turn.items() if k not in ("weight", "train_spans")}
+
+
+def _plain(msgs: list[dict], name: str) -> list[dict]:
+    """Turns of preference and unpaired data: training flags, tools and tool calls are refused there."""
+    for i, m in enumerate(msgs, 1):
+        if "weight" in m or "train_spans" in m:
+            raise BadRow(f"{name} turn {i} has a training flag (weight/train); per-turn loss flags apply to "
+                         "SFT conversations only, not to preference or KTO data")
+        if "tool_calls" in m or m["role"] == "tool":
+            raise BadRow(f"{name} turn {i} has tool calls or a tool result; tool calling is supported in SFT "
+                         "conversations only, not in preference or KTO data yet")
+    return msgs
 
 
 def _preference(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
+    if fields.has(row, "tools") and fields.get(row, "tools") not in (None, "", "[]", []):
+        raise BadRow("the row has tools; tool calling is supported in SFT conversations only, not in "
+                     "preference data yet")
     chosen_v, rejected_v = fields.need(row, "chosen"), fields.need(row, "rejected")
-    prompt_v = fields.get(row, "prompt")
-    if prompt_v is None:  # whole dialogues: the shared prefix is the prompt
-        chosen_d, rejected_d = _dialogue(chosen_v, "chosen"), _dialogue(rejected_v, "rejected")
-        if chosen_d == rejected_d:
-            raise BadRow("chosen and rejected are identical")
-        prompt, chosen, rejected = _split_shared(chosen_d, rejected_d)
-    else:
+    prompt = None
+    if fields.has(row, "conversations"):  # sharegpt: LLaMA-Factory's DPO format
+        prompt = _system_column(row, fields, _sharegpt_turns(fields.get(row, "conversations"), "conversations"),
+                                "conversations")
+    elif fields.has(row, "instruction"):  # alpaca: LLaMA-Factory's ranking format
+        prompt = _system_column(row, fields, [{"role": "user", "content": _user_text(row, fields)}], "the row")
+    elif fields.get(row, "prompt") is not None:
+        prompt_v = fields.get(row, "prompt")
         if isinstance(prompt_v, str):
             prompt = [{"role": "user", "content": conversation.text_field(prompt_v, "prompt")}]
         else:
             _string_or_turns(prompt_v, "prompt")
             prompt = conversation.turns(prompt_v, "prompt")
+    if prompt is None:  # whole dialogues: the shared prefix is the prompt
+        chosen_d, rejected_d = _dialogue(chosen_v, "chosen"), _dialogue(rejected_v, "rejected")
+        if chosen_d == rejected_d:
+            raise BadRow("chosen and rejected are identical")
+        prompt, chosen, rejected = _split_shared(_plain(chosen_d, "chosen"), _plain(rejected_d, "rejected"))
+    else:
+        _plain(prompt, "prompt")
         conversation.order(prompt, "prompt", ends_with="user")
         chosen, rejected = _answer(chosen_v, "chosen"), _answer(rejected_v, "rejected")
         if chosen == rejected:
@@ -167,11 +323,43 @@ def _preference(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
     return {"prompt": _with_system(prompt, system_prompt), "chosen": chosen, "rejected": rejected}
 
 
+def _unpaired(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
+    """KTO rows: a boolean label beside a prompt/completion pair (TRL) or a whole conversation (LLaMA-Factory),
+    whose last assistant turn is the completion."""
+    label = fields.need(row, "label")
+    if not isinstance(label, bool):
+        raise BadRow(f"wrong type: label must be true or false, got {_json_type(label)}")
+    if fields.has(row, "tools") and fields.get(row, "tools") not in (None, "", "[]", []):
+        raise BadRow("the row has tools; tool calling is supported in SFT conversations only, not in KTO data yet")
+    if fields.has(row, "messages") or fields.has(row, "conversations"):
+        name = "messages" if fields.has(row, "messages") else "conversations"
+        msgs = _plain(conversation.turns(_maybe_json_list(fields.get(row, name)), name) if name == "messages"
+                      else _sharegpt_turns(fields.get(row, name), name), name)
+        conversation.order(msgs, name)
+        prompt, completion = msgs[:-1], msgs[-1:]
+    else:
+        prompt_v, completion_v = fields.need(row, "prompt"), fields.need(row, "completion")
+        if isinstance(prompt_v, str):
+            prompt = [{"role": "user", "content": conversation.text_field(prompt_v, "prompt")}]
+        else:
+            _string_or_turns(prompt_v, "prompt")
+            prompt = _plain(conversation.turns(prompt_v, "prompt"), "prompt")
+        completion = _answer(completion_v, "completion")
+        _plain(completion, "completion")
+        conversation.order(prompt + completion, "prompt + completion")
+    return {"prompt": _with_system(prompt, system_prompt), "completion": completion, "label": label}
+
+
 def _answer(value: Any, name: str) -> list[dict]:
     if isinstance(value, str):
         return [{"role": "assistant", "content": conversation.text_field(value, name)}]
-    _string_or_turns(value, name)
-    return conversation.turns(value, name)
+    if isinstance(value, dict) and "from" in value:  # sharegpt: one {from, value} turn
+        value = [value]
+        turns = _sharegpt_turns(value, name)
+    else:
+        _string_or_turns(value, name)
+        turns = conversation.turns(value, name)
+    return _plain(turns, name)
 
 
 def _string_or_turns(value: Any, name: str) -> None:

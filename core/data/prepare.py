@@ -10,20 +10,21 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from core import chatrender
+from core import chatrender, lossmask
 from core.data import cache as datacache
-from core.data import chat_template, formats, stats as tokstats
-from core.data.readers import BadRow, check_exists, first_row, iter_rows
+from core.data import chat_template, formats, report, stats as tokstats
+from core.data.readers import BadRow, check_exists, first_problem, first_row, iter_rows
 from core.errors import ConfigError, DataError
 from core.runproto import atomic_write_json, atomic_write_text
 
 #: method -> canonical record kinds it trains on.
 METHOD_KINDS = {"sft": ("messages", "prompt_completion", "text"), "dpo": ("preference",),
-                "orpo": ("preference",)}
+                "orpo": ("preference",), "kto": ("unpaired",)}
 KIND_DESCRIPTION = {"messages": "messages (chat turns)", "prompt_completion": "prompt_completion (prompt/completion)",
-                    "preference": "preference (prompt/chosen/rejected)", "text": "text (plain text)"}
+                    "preference": "preference (prompt/chosen/rejected)",
+                    "unpaired": "unpaired (prompt/completion with a boolean label, KTO)", "text": "text (plain text)"}
 #: kinds rendered with the chat template of record.
-TEMPLATED = ("messages", "preference")
+TEMPLATED = ("messages", "preference", "unpaired")
 #: bad-row reasons kept in stats.json.
 REASONS_KEPT = 20
 
@@ -69,8 +70,12 @@ def check_method(kind: str, method_name: str, train: str | None = None) -> None:
     source = f"data.train={train}" if train else "the data"
     if needed == ("preference",):
         want, hint = "preference data (prompt/chosen/rejected)", "use method.name=sft, or preference data (e.g. data=demo_pref)"
+    elif needed == ("unpaired",):
+        want, hint = ("unpaired preference data (prompt/completion with a boolean label)",
+                      "give rows with a boolean label, or use method.name=sft")
     else:
-        want, hint = "messages, prompt_completion or text data", "use method.name=dpo or method.name=orpo"
+        want = "messages, prompt_completion or text data"
+        hint = "use method.name=kto" if kind == "unpaired" else "use method.name=dpo or method.name=orpo"
     raise ConfigError(f"method.name={method_name} needs {want}; {source} is "
                       f"{KIND_DESCRIPTION.get(kind, kind)}; {hint}")
 
@@ -177,6 +182,8 @@ def prepare(data_cfg, *, method: str, model_path: str | None, out_dir: Path, max
         "system_prompt": opts.system_prompt,
         "max_length": max_length,
         **_token_stats(kind, {"train": train, "eval": evals}, tokenizer, model_path, specials, max_length),
+        "report": report.build(kind, {"train": [r.record for r in train], "eval": [r.record for r in evals]},
+                               problems),
     }
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -244,6 +251,11 @@ def _format_of(path: str, field_name: str, opts: _Options) -> str:
         return opts.format
     first = first_row(path)
     if first is None:
+        problem = first_problem(path)
+        if problem is not None:
+            where, why = problem
+            loc = f"line {where}" if isinstance(where, int) else where
+            raise ConfigError(f"{field_name}={path} has no readable row; {loc}: {why}")
         raise ConfigError(f"{field_name}={path} has no rows")
     where, row = first
     fmt = formats.detect(row, opts.columns)
@@ -279,15 +291,34 @@ def _load(path: str, fmt: str, opts: _Options, kind: str, render: Callable | Non
                     texts = tokstats.texts(kind, record, render, "")
                     if prompts:
                         prompt = tokstats.prompt_text(kind, record, render)
+                    if kind == "messages":  # the loss spans every engine derives must exist
+                        lossmask.loss_spans(kind, record, render, True)
                 except template_error as exc:
                     raise BadRow(f"the chat template refused it: {exc}") from exc
+                except ValueError as exc:
+                    raise BadRow(f"no loss mask can be derived: {exc}") from exc
                 except Exception as exc:  # a template may fail on data in other ways
                     raise BadRow(f"the chat template failed on it: {type(exc).__name__}: {exc}") from exc
+                _check_tools_rendered(record, texts[0])
         except BadRow as bad:
             problems.append((path, where, str(bad)))
             continue
         rows.append(_Row(where, record, texts, prompt))
     return rows
+
+
+def _check_tools_rendered(record: dict, text: str) -> None:
+    """:raises BadRow: the template of record dropped a tool call or a tool schema of ``record`` (ChatML, for
+    one, renders neither): the engines would train on a conversation without them."""
+    names = [(f"tool call '{c['function']['name']}'", c["function"]["name"])
+             for m in record.get("messages", ()) for c in m.get("tool_calls", ())]
+    names += [(f"tool '{formats.conversation.tool_name(t)}'", formats.conversation.tool_name(t))
+              for t in record.get("tools", ())]
+    for what, name in names:
+        if name not in text:
+            raise BadRow(f"the chat template of record does not render tools or tool calls (it dropped the {what}): "
+                         "set data.chat_template to a template that takes tools and tool_calls (most models' own "
+                         "do; the built-ins do not), or drop the tool turns")
 
 
 def _template_error() -> type:

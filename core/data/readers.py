@@ -87,6 +87,18 @@ def first_row(path: str) -> tuple[Where, dict] | None:
     return None
 
 
+def first_problem(path: str) -> tuple[Where, str] | None:
+    """Where the first unreadable row of ``path`` is and why (for a file with no readable row), or None."""
+    rows = iter_rows(path)
+    try:
+        for where, row in rows:
+            if isinstance(row, BadRow):
+                return where, str(row)
+    finally:
+        rows.close()
+    return None
+
+
 def _open_binary(path: str, gz: bool):
     return gzip.open(path, "rb") if gz else open(path, "rb")
 

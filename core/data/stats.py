@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from core import lossmask
+
 
 def load_tokenizer(model_path: str | None):
     """The model's fast tokenizer (``tokenizer.json``) with truncation and padding off, or None."""
@@ -37,26 +39,28 @@ def tokenizer_file(model_path: str | None) -> Path | None:
     return path if path.is_file() else None
 
 
-def texts(kind: str, record: dict, render: Callable[[list, bool], str] | None, eos: str) -> list[str]:
+def texts(kind: str, record: dict, render: Callable[..., str] | None, eos: str) -> list[str]:
     """The training text(s) of one canonical record (two for a preference row)."""
     if kind == "messages":
-        return [render(record["messages"], False)]
+        return [lossmask.renderer(render, record.get("tools"))(record["messages"], False)]
     if kind == "preference":
         return [render(record["prompt"] + record["chosen"], False),
                 render(record["prompt"] + record["rejected"], False)]
+    if kind == "unpaired":
+        return [render(record["prompt"] + record["completion"], False)]
     if kind == "prompt_completion":
         return [record["prompt"] + record["completion"] + eos]
     return [record["text"] + eos]
 
 
-def prompt_text(kind: str, record: dict, render: Callable[[list, bool], str] | None) -> str | None:
+def prompt_text(kind: str, record: dict, render: Callable[..., str] | None) -> str | None:
     """The text before the first token that carries loss (the prompt), or None for plain text."""
-    if kind == "preference":
+    if kind in ("preference", "unpaired"):
         return render(record["prompt"], True)
     if kind == "messages":
         msgs = record["messages"]
-        first = next((i for i, m in enumerate(msgs) if m["role"] == "assistant"), len(msgs))
-        return render(msgs[:first], True)
+        first = next((i for i, m in enumerate(msgs) if m["role"] == "assistant" and m.get("weight") != 0), len(msgs))
+        return lossmask.renderer(render, record.get("tools"))(msgs[:first], True)
     if kind == "prompt_completion":
         return record["prompt"]
     return None
@@ -76,12 +80,21 @@ def token_lengths(tokenizer, texts_per_row: list[list[str]]) -> list[int]:
 
 
 def summary(lengths: list[int], max_length: int) -> dict[str, Any]:
-    """total, mean, max tokens and how many rows exceed ``max_length`` (``truncated``)."""
+    """total, mean, max tokens, the 50th/90th/99th percentiles, and how many rows exceed ``max_length``
+    (``truncated``)."""
     if not lengths:
-        return {"total": 0, "mean": 0.0, "max": 0, "truncated": 0}
+        return {"total": 0, "mean": 0.0, "max": 0, "p50": 0, "p90": 0, "p99": 0, "truncated": 0}
     total = sum(lengths)
-    return {"total": total, "mean": round(total / len(lengths), 1), "max": max(lengths),
+    ordered = sorted(lengths)
+    return {"total": total, "mean": round(total / len(lengths), 1), "max": ordered[-1],
+            **{f"p{q}": percentile(ordered, q) for q in (50, 90, 99)},
             "truncated": sum(1 for n in lengths if n > max_length)}
+
+
+def percentile(ordered: list[int], q: int) -> int:
+    """The ``q``-th percentile of sorted values, nearest rank (a value that occurs)."""
+    rank = max(1, -(-q * len(ordered) // 100))
+    return ordered[rank - 1]
 
 
 # --------------------------------------------------------------------------- upper bound on token counts

@@ -80,11 +80,11 @@ class ChatTemplateTokenizer:
         bos = self.special.get("bos_token")
         self.bos_id = self.tokenizer.token_to_id(bos) if bos else None
 
-    def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
-        """The conversation as text, exactly as ``apply_chat_template(..., tokenize=False)`` renders it."""
+    def render(self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
+        """The conversation as text, exactly as ``apply_chat_template(..., tools=tools, tokenize=False)`` renders it."""
         if self.template is None:
             raise ValueError("this data needs a chat template and none was given (tokenizer.chat_template)")
-        return chatrender.render(self.template, messages, add_generation_prompt, self.special)
+        return chatrender.render(self.template, messages, add_generation_prompt, self.special, tools)
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         """Token ids of ``text`` (torchtune's BaseTokenizer protocol)."""

@@ -17,7 +17,7 @@ from omegaconf import MISSING
 
 from core.schema import SECTIONS
 
-KINDS = ("messages", "prompt_completion", "preference", "text")
+KINDS = ("messages", "prompt_completion", "preference", "unpaired", "text")
 """Canonical record kinds the data normalises to."""
 
 NEEDS = {

@@ -38,7 +38,7 @@ def core(default: Any = None, **meta: Any) -> Any:
 
 #: ``when`` metadata: the field has an effect only when another field holds one of these values.
 SFT_ONLY = {"method.name": ("sft",)}
-PREFERENCE_ONLY = {"method.name": ("dpo", "orpo")}
+PREFERENCE_ONLY = {"method.name": ("dpo", "orpo", "kto")}
 DPO_ONLY = {"method.name": ("dpo",)}
 WITH_ADAPTER = {"peft.type": ("lora", "dora", "qlora")}
 
@@ -60,7 +60,7 @@ class DataConfig:
     eval: Optional[str] = core(None)
     """Held-out file in the same format; null: split eval_fraction off train."""
     format: str = choice("auto", "auto", "messages", "sharegpt", "alpaca", "prompt_completion",
-                         "preference", "text", core=True)
+                         "preference", "unpaired", "text", core=True)
     """Row format; auto detects it from the first row's fields."""
     columns: Dict[str, str] = core({})
     """Map canonical field -> column in the file, e.g. {prompt: question, completion: answer}."""
@@ -78,14 +78,14 @@ class DataConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = choice("sft", "sft", "dpo", "orpo")
-    """Training objective: supervised fine-tuning or a preference method."""
+    name: str = choice("sft", "sft", "dpo", "orpo", "kto")
+    """Training objective: supervised fine-tuning, a paired preference method (dpo, orpo; prompt/chosen/rejected data) or kto (unpaired preference: prompt/completion rows with a boolean label)."""
     completion_only_loss: bool = field(default=True, metadata={"when": SFT_ONLY})
     """SFT: loss on assistant/completion tokens only (false: on every token)."""
     packing: bool = field(default=False, metadata={"when": SFT_ONLY})
     """SFT: pack several short examples into each max_length sequence."""
     beta: float = number(0.1, gt=0, when=PREFERENCE_ONLY)
-    """DPO: KL strength; ORPO: weight of the odds-ratio term (lambda)."""
+    """DPO and KTO: KL strength; ORPO: weight of the odds-ratio term (lambda)."""
     loss_type: str = choice("sigmoid", "sigmoid", "ipo", "hinge", when=DPO_ONLY)
     """DPO loss variant."""
 

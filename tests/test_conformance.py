@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conformance_backends import TorchtuneFields, TrlFields
-from core import lossmask, plugins
+from core import checks, lossmask, plugins
 from core.conformance import BackendConformance, never, notimpl, notyet
 from core.conformance import reference as ref
 from core.conformance.suite import CURVE, TOLERANCE
@@ -45,6 +45,21 @@ class TestTorchtune(TorchtuneFields, BackendConformance, backend="torchtune"):
     ]
 
 
+@pytest.mark.skipif(not checks.cuda_present(), reason="Unsloth runs only on an NVIDIA GPU: its suite runs on the "
+                    "lent GPU (bench/gpu_unsloth.sh); CI covers it up to the engine call in tests/test_unsloth.py")
+class TestUnsloth(BackendConformance, backend="unsloth"):
+    """Unsloth 2026.10.9 in its managed environment, on CUDA in bf16 (the suite's CPU/fp32 jobs swapped,
+    ``suite.for_backend``; losses against the reference within ``suite.GPU_TOLERANCE``)."""
+
+    gaps = [
+        never("test_accepts[train.device=cpu]", "test_accepts[train.precision=fp32]",
+              "test_accepts[model.dtype=float32]",
+              reason="Unsloth loads no model without an NVIDIA GPU and computes in the dtype it loads (bf16/fp16)"),
+        notimpl("test_accepts[model.trust_remote_code=True]",
+                reason="untested with Unsloth's patched model classes; refused until a job with remote code ran"),
+    ]
+
+
 def test_every_first_party_backend_runs_the_suite():
     """Each backend anytune's distribution registers loads, and has a conformance class here."""
     reg = plugins.registry()
@@ -53,7 +68,7 @@ def test_every_first_party_backend_runs_the_suite():
     assert eps, "anytune's own entry points are missing: is anytune installed (pip install -e .)?"
     assert not {ep.name for ep in eps} & set(reg.broken), reg.broken
     first_party = {n for n, source in reg.sources.items() if source == "anytune" and n.startswith("backend/")}
-    covered = {f"backend/{b}" for cls in (TestTrl, TestTorchtune) for b in cls.backends}
+    covered = {f"backend/{b}" for cls in (TestTrl, TestTorchtune, TestUnsloth) for b in cls.backends}
     assert first_party == covered, (first_party, covered)
 
 

@@ -29,11 +29,20 @@ from typing import Any, Iterable, Sequence
 
 GENERATION_CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endgeneration %}{% else %}{{ message['content'] + '<|im_end|>' + '\n' }}{% endif %}{% endfor %}"
+    "{% if message['role'] == 'assistant' and message.get('weight', 1) != 0 %}"
+    "{% if message.get('train_spans') is none %}"
+    "{% generation %}{{ message['content'] + '<|im_end|>' + '\n' }}{% endgeneration %}"
+    "{% else %}{% set ns = namespace(pos=0) %}{% for span in message['train_spans'] %}"
+    "{{ message['content'][ns.pos:span[0]] }}{% generation %}{{ message['content'][span[0]:span[1]] }}"
+    "{% endgeneration %}{% set ns.pos = span[1] %}{% endfor %}{{ message['content'][ns.pos:] }}"
+    "{% if message['train_spans'] %}{% generation %}{{ '<|im_end|>' + '\n' }}{% endgeneration %}"
+    "{% else %}{{ '<|im_end|>' + '\n' }}{% endif %}{% endif %}"
+    "{% else %}{{ message['content'] + '<|im_end|>' + '\n' }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 """ChatML (the tiny model's template) with each assistant turn, its ``<|im_end|>`` and newline inside
-``{% generation %}``: what transformers marks as assistant tokens is what carries loss."""
+``{% generation %}``: what transformers marks as assistant tokens is what carries loss. A turn with
+``weight: 0`` has no generation block; a turn with ``train_spans`` has one per trained character range of its
+content, and one around its ``<|im_end|>`` and newline when it has any (the rule ``docs/data.md`` states)."""
 
 DEMO_SFT = "demo/gsm8k_sft.jsonl"
 """Demo conversations (shipped asset) the suite trains on."""
@@ -122,8 +131,23 @@ def demo_rows(name: str = DEMO_SFT, rows: int | None = None) -> list[dict]:
 
 
 def records_of_kind(kind: str, rows: int) -> list[dict]:
-    """``rows`` SFT records of ``kind`` made from the demo conversations (question, answer)."""
+    """``rows`` SFT records of ``kind`` made from the demo conversations (question, answer).
+
+    ``weighted``: two questions and answers per conversation, as a user's file holds them: the first
+    answer ``weight: 0`` (OpenAI), the second as two content parts, the first (up to its first space) marked
+    ``train: false`` (Axolotl).
+    """
     out = []
+    if kind == "weighted":
+        demo = demo_rows(DEMO_SFT, 2 * rows)
+        for first, second in zip(demo[::2], demo[1::2]):
+            a2 = second["messages"][1]["content"]
+            cut = a2.index(" ")
+            out.append({"messages": [
+                first["messages"][0], {**first["messages"][1], "weight": 0}, second["messages"][0],
+                {"role": "assistant", "content": [{"type": "text", "text": a2[:cut], "train": False},
+                                                  {"type": "text", "text": a2[cut:]}]}]})
+        return out
     for row in demo_rows(DEMO_SFT, rows):
         q, a = row["messages"][0]["content"], row["messages"][1]["content"]
         if kind == "messages":

@@ -47,6 +47,8 @@ TOLERANCE = 1e-5
 """Largest difference allowed between an engine's logged loss and the reference's (fp32)."""
 LN2 = math.log(2)
 SFT_KINDS = ("messages", "prompt_completion", "text")
+EXAMPLE_KINDS = (*SFT_KINDS, "weighted")
+"""``test_examples_match_reference``'s cases: each SFT kind, and conversations with per-turn loss flags."""
 PARITY = ["offline=true", "train.device=cpu", "train.precision=fp32", "data.eval_fraction=0",
           "train.max_length=512", "train.shuffle=false"]
 """Overrides of the parity jobs: fp32 on CPU, the rows in file order."""
@@ -54,6 +56,29 @@ CURVE = {"batch_size": 2, "grad_accum": 2, "steps": 5, "learning_rate": 1e-3}
 """The whole-curve job: a full fine-tune, 5 steps of 2 micro-batches of 2 conversations."""
 CASES = [(feature, value) for feature, values in FEATURES.items() for value in values]
 """Every value of every value feature: ``test_accepts``'s cases."""
+GPU_TOLERANCE = 0.05
+"""The same for a backend that runs only on an NVIDIA GPU (Unsloth), whose jobs train in bf16 on CUDA against
+the fp32 reference: bf16 keeps 8 bits of mantissa (a relative step of 2**-8 = 0.4 %), so a loss near 5 moves
+by ~0.02 from one rounding of the logits alone; 0.05 allows that plus the rounding of the layers before.
+Measured on an H200 and justified in docs/unsloth.md."""
+GPU_SWAP = {"train.device=cpu": "train.device=cuda", "train.precision=fp32": "train.precision=bf16"}
+"""How the suite's CPU/fp32 overrides read for a backend that runs only on an NVIDIA GPU."""
+
+
+def gpu_only(backend: str) -> bool:
+    """True if the backend's capability table has no ``train.device=cpu`` (it runs only on an NVIDIA GPU)."""
+    return not registry().backend(backend).capabilities.can("train.device", "cpu")
+
+
+def for_backend(backend: str, overrides: Sequence[str]) -> list[str]:
+    """The suite's overrides as ``backend`` runs them: CUDA and bf16 instead of CPU and fp32 for a GPU-only one."""
+    return [GPU_SWAP.get(o, o) for o in overrides] if gpu_only(backend) else list(overrides)
+
+
+def tolerance_of(backend: str) -> float:
+    """Largest loss difference allowed against the reference on ``backend`` (:data:`TOLERANCE`, or
+    :data:`GPU_TOLERANCE` for a backend that trains in bf16 on a GPU only)."""
+    return GPU_TOLERANCE if gpu_only(backend) else TOLERANCE
 
 
 def needs(*what: str) -> pytest.MarkDecorator:
@@ -129,7 +154,7 @@ def validation_job(backend: str, feature: str, value: Any, assets: dict[str, str
             edits[feature] = value
     key = (backend, preference)
     if key not in _BASES:
-        _BASES[key] = compose([f"backend={backend}", *SMALL,
+        _BASES[key] = compose([f"backend={backend}", *for_backend(backend, SMALL),
                                *(["data=demo_pref", "data.max_rows=16"] if preference else [])])
     cfg = copy.deepcopy(_BASES[key])
     for k, v in edits.items():
@@ -174,7 +199,7 @@ def train(backend: str, overrides: list[str], run_dir: Path) -> Trained:
     require that it succeeded and logged only metrics of the one schema."""
     from core import runner
 
-    cfg = compose([f"backend={backend}", *overrides])
+    cfg = compose([f"backend={backend}", *for_backend(backend, overrides)])
     runner.check(copy.deepcopy(cfg), registry())
     result = runner.run(cfg, run_dir)
     assert result["status"] == "succeeded", result.get("error")
@@ -228,7 +253,7 @@ class BackendConformance(FieldsReachEngine):
         """(config, run directory, result) of one small job (:data:`SMALL` + ``overrides``), whatever its status."""
         from core import runner
 
-        cfg = compose([f"backend={backend}", *SMALL, *overrides])
+        cfg = compose([f"backend={backend}", *for_backend(backend, [*SMALL, *overrides])])
         run_dir = tmp_path / "run"
         return cfg, run_dir, runner.run(cfg, run_dir)
 
@@ -271,7 +296,7 @@ class BackendConformance(FieldsReachEngine):
             pairs = [reference.encode_preference(r) for r in records]
             rows = [pairs[i] for i in last]
             if cfg.method.name == "dpo":
-                assert abs(losses[0] - LN2) < TOLERANCE, f"DPO step 1 (policy = reference) must be ln 2: {losses[0]}"
+                assert abs(losses[0] - LN2) < tolerance_of(backend), f"DPO step 1 (policy = reference) must be ln 2: {losses[0]}"
                 before, (after, _) = LN2, ref.dpo(tuned, base, rows, cfg.method.beta)
                 _, margin = ref.dpo(tuned, base, pairs, cfg.method.beta)
                 assert margin > 0, f"the chosen-minus-rejected margin did not grow from 0: {margin}"
@@ -291,11 +316,13 @@ class BackendConformance(FieldsReachEngine):
 
     @pytest.mark.slow
     @needs("weights")
-    @pytest.mark.parametrize("kind", SFT_KINDS, ids=list(SFT_KINDS))
+    @pytest.mark.parametrize("kind", EXAMPLE_KINDS, ids=list(EXAMPLE_KINDS))
     def test_examples_match_reference(self, backend: str, kind: str, anytune_trained_model: str, tmp_path: Path,
                                       request: pytest.FixtureRequest):
         """One example per step, the model all but unchanged (learning rate 1e-9): each step's loss is the
-        reference's loss of that example, within 1e-5."""
+        reference's loss of that example, within 1e-5. ``weighted``: conversations whose first answer has
+        ``weight: 0`` and whose second has a first part marked ``train: false``; the reference masks the records
+        anytune prepared (checked to keep both flags) with transformers' own generation mask."""
         model, records = anytune_trained_model, ref.records_of_kind(kind, 4)
         data = ref.write_jsonl(tmp_path / f"{kind}.jsonl", records)
         run = train(backend, [*PARITY, f"model.name_or_path={model}", f"data.train={data}", "peft=lora",
@@ -303,9 +330,12 @@ class BackendConformance(FieldsReachEngine):
                               "train.save_artifacts=false"],
                     tmp_path / "run")
         reference = ref.Reference(model)
+        if kind == "weighted":
+            kind, records = "messages", run.records("train")
+            assert all(r["messages"][1]["weight"] == 0 and r["messages"][3]["train_spans"] for r in records), records
         want = ref.example_losses(ref.load_model(model), [reference.encode(kind, r) for r in records])
         record(request, "max_abs_diff", max_diff(run.losses, want))
-        assert run.losses == pytest.approx(want, abs=TOLERANCE, rel=0), (run.losses, want)
+        assert run.losses == pytest.approx(want, abs=tolerance_of(backend), rel=0), (run.losses, want)
 
     @pytest.mark.slow
     @needs("weights")
@@ -325,9 +355,9 @@ class BackendConformance(FieldsReachEngine):
         examples = [ref.Reference(model).encode("messages", r) for r in records]
         want, trained = ref.sft_curve(model, examples, **c)
         record(request, "max_abs_diff", max_diff(run.losses, want))
-        assert run.losses == pytest.approx(want, abs=TOLERANCE, rel=0), (run.losses, want)
+        assert run.losses == pytest.approx(want, abs=tolerance_of(backend), rel=0), (run.losses, want)
         assert run.result["trainable_parameters"] == ref.trainable_parameters(model, run.cfg.peft)
         last = examples[-c["batch_size"] * c["grad_accum"]:]  # the saved model is the reference's after step 5
         saved, expected = ref.token_mean(run.artifact(), last), ref.token_mean(trained, last)
         record(request, "saved_model_diff", saved - expected)
-        assert saved == pytest.approx(expected, abs=TOLERANCE, rel=0), (saved, expected)
+        assert saved == pytest.approx(expected, abs=tolerance_of(backend), rel=0), (saved, expected)

@@ -23,7 +23,7 @@ class TrlConfig(core.BackendConfig):
 
 
 class TrlBackend(core.Trainer):
-    """Hugging Face TRL (SFTTrainer, DPOTrainer, experimental ORPOTrainer) with peft."""
+    """Hugging Face TRL (SFTTrainer, DPOTrainer, KTOTrainer, experimental ORPOTrainer) with peft."""
 
     name: ClassVar[str] = "trl"
     config_class: ClassVar[type] = TrlConfig
@@ -34,9 +34,9 @@ class TrlBackend(core.Trainer):
         supports={
             "model.dtype": frozenset({"auto", "float32", "bfloat16", "float16"}),
             "model.trust_remote_code": frozenset({False, True}),
-            "method.name": frozenset({"sft", "dpo", "orpo"}),
+            "method.name": frozenset({"sft", "dpo", "orpo", "kto"}),
             "peft.type": frozenset({"none", "lora", "dora", "qlora"}),
-            "data.kind": frozenset({"messages", "prompt_completion", "preference", "text"}),
+            "data.kind": frozenset({"messages", "prompt_completion", "preference", "unpaired", "text"}),
             "train.device": frozenset({"cpu", "cuda"}),
             "train.precision": frozenset({"fp32", "bf16", "fp16"}),
             "train.optimizer": frozenset(hftrainer.OPTIMIZERS),
@@ -53,6 +53,17 @@ class TrlBackend(core.Trainer):
         needs=frozenset({"tokenizer", "template", "weights", "device"}),
         requires={"peft.type=qlora": "cuda"},
     )
+
+    def check(self) -> None:
+        """KTO's KL term pairs each row with its neighbours in a batch: TRL's KTOTrainer needs at least 2 rows a
+        batch, read in order."""
+        t = self.job.train
+        if self.job.method.name == "kto" and t.batch_size < 2:
+            raise core.ConfigError(f"method.name=kto on TRL needs train.batch_size of at least 2 (its KL estimate "
+                                   f"pairs rows within a batch); got {t.batch_size}")
+        if self.job.method.name == "kto" and t.shuffle:
+            raise core.ConfigError("method.name=kto on TRL reads rows in file order (KTOTrainer's KL estimate needs "
+                                   "sequential sampling): set train.shuffle=false, and shuffle the file if needed")
 
     def plan(self, ctx: core.Context) -> core.Plan:
         """Write ``plan/trl_args.json`` and ship the worker with the run protocol, loss masks and HF glue."""

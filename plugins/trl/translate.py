@@ -31,6 +31,11 @@ def trainer_args(job: Any, has_eval: bool) -> dict[str, Any]:
                     truncation_mode="keep_start", precompute_ref_log_probs=False)
     elif m.name == "orpo":
         args.update(beta=m.beta, disable_dropout=False)  # TRL's default zeroes every dropout, peft.dropout too
+    elif m.name == "kto":
+        args.update(beta=m.beta, loss_type="kto", desirable_weight=1.0, undesirable_weight=1.0,
+                    disable_dropout=False,  # TRL's default zeroes every dropout, peft.dropout included
+                    precompute_ref_log_probs=False,
+                    train_sampling_strategy="sequential")  # its KL term pairs neighbouring rows (check() refuses shuffle)
     args.update(OmegaConf.to_container(job.backend.native, resolve=True) if job.backend.get("native") else {})
     return args
 

@@ -30,6 +30,8 @@ def settings(spec):
         from trl import DPOConfig as config_class, DPOTrainer as trainer_class
     elif method == "orpo":
         from trl.experimental.orpo import ORPOConfig as config_class, ORPOTrainer as trainer_class
+    elif method == "kto":
+        from trl import KTOConfig as config_class, KTOTrainer as trainer_class
     else:
         raise ValueError(f"unknown method {method!r}")
     config = hfglue.config_args(config_class, args)

@@ -1,0 +1,223 @@
+"""The Unsloth backend up to the engine call (CPU, CI): capability refusals and the no-GPU message, the
+translation into ``FastLanguageModel`` and TRL arguments, the environment spec, and the worker's argument
+handling. The engine itself runs only on an NVIDIA GPU: its jobs are the conformance suite's
+``TestUnsloth`` and the GPU tests at the end of this file, run on the lent GPU (``bench/gpu_unsloth.sh``).
+
+CI does not create Unsloth's environment: it is 2.9 GB and 1.5 min with a warm pip cache on a 2-core
+machine, and on a CPU-only machine it cannot even import (PyPI's torchvision is a CUDA build, which
+Unsloth refuses beside a CPU torch), so nothing past the plan could run there.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core import checks, envs, plugins, runner
+from core.conformance import compose
+from core.errors import ConfigError, UnreadField, UnsupportedFeature
+from plugins.unsloth import translate
+from plugins.unsloth.backend import UnslothBackend
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU = pytest.mark.skipif(not checks.cuda_present(), reason="Unsloth runs only on an NVIDIA GPU (bench/gpu_unsloth.sh)")
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """Validation as on a machine with an NVIDIA GPU."""
+    monkeypatch.setattr(checks, "cuda_present", lambda: True)
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """Validation as on a machine without one."""
+    monkeypatch.setattr(checks, "cuda_present", lambda: False)
+
+
+def job(*overrides: str):
+    return compose(["backend=unsloth", "offline=true", *overrides])
+
+
+def check(*overrides: str):
+    return runner.check(job(*overrides), plugins.registry())
+
+
+def plan(tmp_path: Path, *overrides: str) -> dict:
+    """``plan/unsloth_args.json`` of a planned job (plan_only: nothing runs)."""
+    result = runner.run(job("plan_only=true", "train.device=cuda", *overrides), tmp_path / "run")
+    assert result["status"] == "planned", result.get("error")
+    return json.loads((tmp_path / "run" / "plan" / "unsloth_args.json").read_text())
+
+
+# -- registration, environment ------------------------------------------------------------------------
+
+def test_registered_first_party_with_its_own_environment():
+    reg = plugins.registry()
+    assert reg.backends["unsloth"] is UnslothBackend and reg.sources["backend/unsloth"] == "anytune"
+    assert "not released" not in plugins.FIRST_PARTY["unsloth"]
+    pins = dict(r.split("==") for r in UnslothBackend.environment)
+    # Unsloth 2026.10.9's own bounds: transformers <= 5.17.0, trl <= 1.15.0, datasets < 5
+    assert pins["unsloth"] == pins["unsloth_zoo"] == "2026.10.9"
+    assert (pins["transformers"], pins["trl"], pins["datasets"]) == ("5.17.0", "1.15.0", "4.8.5")
+    assert all("==" in r for r in UnslothBackend.environment), "every pin exact"
+    env = envs.of(UnslothBackend)
+    assert env.path.name.startswith("unsloth-") and env.path.parent == envs.home()
+    assert list(env.requirements) == UnslothBackend.environment
+
+
+# -- validation ---------------------------------------------------------------------------------------
+
+def test_no_gpu_is_said_before_anything_loads_naming_the_backends_that_run_here(no_gpu):
+    with pytest.raises(UnsupportedFeature, match=r"train.device=cpu \(this machine has no NVIDIA GPU") as e:
+        check()  # auto resolves to cpu here
+    assert {"trl", "torchtune"} <= set(e.value.able) and "unsloth" not in e.value.able
+    with pytest.raises(ConfigError, match="needs an NVIDIA GPU .* and this machine has none; the ones that run "
+                                          "here, on its CPU: .*trl") as e:
+        check("train.device=cuda")
+    assert "torchtune" in str(e.value) and "plan_only=true" in str(e.value)
+
+
+def test_plan_only_writes_the_plan_without_a_gpu(tmp_path, no_gpu):
+    spec = plan(tmp_path)
+    assert spec["method"] == "sft" and (tmp_path / "run" / "plan" / "unsloth_worker.py").is_file()
+    command = json.loads((tmp_path / "run" / "plan" / "command.json").read_text())
+    assert command["command"][1:] == ["plan/unsloth_worker.py", "plan/unsloth_args.json"]
+    assert command["env"]["UNSLOTH_DISABLE_STATISTICS"] == "1"  # no statistics call to the hub
+    run_sh = (tmp_path / "run" / "plan" / "run.sh").read_text()
+    assert "UNSLOTH_DISABLE_STATISTICS=1" in run_sh and "UNSLOTH_LLAMA_CPP_OFFLINE=1" in run_sh
+    for shipped in ("runproto.py", "lossmask.py", "hfglue.py"):
+        assert (tmp_path / "run" / "plan" / shipped).is_file()
+
+
+@pytest.mark.parametrize("overrides,field", [
+    (["train.device=cuda", "train.precision=fp32"], "train.precision"),
+    (["train.device=cuda", "model.dtype=float32", "train.precision=bf16"], "model.dtype"),
+    (["train.device=cuda", "model.trust_remote_code=true"], "model.trust_remote_code"),
+])
+def test_refuses_what_its_table_lacks(gpu, overrides, field):
+    with pytest.raises(UnsupportedFeature) as e:
+        check(*overrides)
+    assert e.value.field == field and "trl" in e.value.able
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["peft.target_modules=[c_attn]"], r"Unsloth adapts only .*\['c_attn'\]"),
+    (["model.dtype=float16", "train.precision=bf16"], "loads the weights in the dtype it computes in"),
+])
+def test_check_refuses_what_no_table_can_say(gpu, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        check("train.device=cuda", *overrides)
+
+
+def test_accepts_every_method_and_adapter_on_a_gpu(gpu):
+    for overrides in (["peft=lora"], ["peft=dora"], ["peft=qlora"], ["peft=none"], ["method.packing=true"],
+                      ["method=dpo", "data=demo_pref"], ["method=orpo", "data=demo_pref"],
+                      ["train.gradient_checkpointing=true"], ["train.precision=fp16"],
+                      ["peft.target_modules=[q_proj,v_proj]"]):
+        check("train.device=cuda", *overrides)
+
+
+# -- translation --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("peft,four_bit,full,dora", [("lora", False, False, False), ("dora", False, False, True),
+                                                     ("qlora", True, False, False), ("none", False, True, None)])
+def test_load_in_4bit_comes_from_peft_type_never_from_unsloths_default(tmp_path, peft, four_bit, full, dora):
+    spec = plan(tmp_path, f"peft={peft}")
+    m = spec["model"]
+    assert m["load_in_4bit"] is four_bit and m["load_in_8bit"] is False and m["full_finetuning"] is full
+    assert m["dtype"] == "bfloat16" and m["fix_tokenizer"] is False and m["trust_remote_code"] is False
+    if dora is None:
+        assert spec["peft"] is None
+    else:
+        assert spec["peft"]["use_dora"] is dora
+
+
+def test_lora_fields_and_seed_reach_get_peft_model(tmp_path):
+    spec = plan(tmp_path, "peft=lora", "peft.r=8", "peft.alpha=16", "peft.dropout=0.1",
+                "peft.target_modules=[q_proj,k_proj]", "train.seed=7")
+    p = spec["peft"]
+    assert (p["r"], p["lora_alpha"], p["lora_dropout"], p["target_modules"]) == (8, 16, 0.1, ["q_proj", "k_proj"])
+    assert p["bias"] == "none" and p["use_rslora"] is False and p["random_state"] == 7
+    assert spec["model"]["random_state"] == 7 and spec["args"]["seed"] == 7
+    assert plan(tmp_path / "b", "peft=lora")["peft"]["target_modules"] == "all-linear"
+
+
+@pytest.mark.parametrize("on,mode", [(True, "unsloth"), (False, False)])
+def test_gradient_checkpointing_is_unsloths_own_mode(tmp_path, on, mode):
+    spec = plan(tmp_path, f"train.gradient_checkpointing={str(on).lower()}")
+    assert spec["model"]["use_gradient_checkpointing"] == mode and spec["peft"]["use_gradient_checkpointing"] == mode
+    assert spec["args"]["activation_checkpointing"] is False  # the Trainer's own would wrap Unsloth's twice
+
+
+def test_trl_arguments_are_trls_translation(tmp_path):
+    sft = plan(tmp_path / "sft", "method.packing=true", "train.batch_size=3", "train.max_length=256",
+               "train.precision=fp16", "train.shuffle=false")
+    a = sft["args"]
+    assert (a["packing"], a["per_device_train_batch_size"], a["max_length"]) == (True, 3, 256)
+    assert (a["fp16"], a["bf16"], a["train_sampling_strategy"]) == (True, False, "sequential")
+    assert sft["model"]["dtype"] == "float16" and sft["model"]["max_seq_length"] == 256
+    dpo = plan(tmp_path / "dpo", "method=dpo", "data=demo_pref", "method.beta=0.2", "method.loss_type=ipo")
+    assert (dpo["method"], dpo["kind"], dpo["args"]["beta"], dpo["args"]["loss_type"]) == ("dpo", "preference", 0.2,
+                                                                                         ["ipo"])
+    orpo = plan(tmp_path / "orpo", "method=orpo", "data=demo_pref")
+    assert orpo["method"] == "orpo" and orpo["args"]["disable_dropout"] is False
+
+
+def test_native_keys_go_last(tmp_path):
+    spec = plan(tmp_path, "+backend.native.activation_checkpointing=true", "+backend.native.warmup_steps=3")
+    assert spec["args"]["activation_checkpointing"] is True and spec["args"]["warmup_steps"] == 3
+
+
+# -- the worker, up to the engine ----------------------------------------------------------------------
+
+def run_worker(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "plan/unsloth_worker.py", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_worker_refuses_wrong_arguments_before_importing_anything(tmp_path):
+    plan(tmp_path)
+    run_dir = tmp_path / "run"
+    for args, match in [((), "got 0 arguments"), (("a", "b"), "got 2 arguments"),
+                        (("plan/missing.json",), "cannot read plan/missing.json"),
+                        (("data/stats.json",), "is not an Unsloth plan")]:
+        proc = run_worker(run_dir, *args)
+        assert proc.returncode == 2, proc.stderr
+        assert match in proc.stderr, proc.stderr
+    assert not (run_dir / "logs" / "train.outcome.json").exists() and not (run_dir / "outcome.json").exists()
+
+
+def test_worker_reads_its_plan_and_goes_offline_and_quiet(tmp_path):
+    plan(tmp_path, "peft=qlora")
+    sys.path.insert(0, str(tmp_path / "run" / "plan"))
+    try:
+        import importlib
+
+        worker = importlib.import_module("unsloth_worker")
+        importlib.reload(worker)
+        os.chdir(tmp_path / "run")
+        spec = worker.read_spec(["w", "plan/unsloth_args.json"])
+        env: dict = {"UNSLOTH_DISABLE_STATISTICS": "0"}
+        worker.quiet(spec, env)
+        assert env["HF_HUB_OFFLINE"] == "1" and env["UNSLOTH_LLAMA_CPP_OFFLINE"] == "1"
+        assert env["UNSLOTH_DISABLE_STATISTICS"] == "0", "a value the user set is kept"
+        assert "unsloth" not in sys.modules, "reading the plan imports no engine"
+    finally:
+        sys.path.remove(str(tmp_path / "run" / "plan"))
+        sys.modules.pop("unsloth_worker", None)
+        os.chdir(ROOT)
+
+
+def test_translation_imports_no_engine():
+    code = "import plugins.unsloth, sys; print([m for m in ('torch','transformers','trl','unsloth') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_translate_targets_are_unsloths_accepted_modules():
+    assert translate.LORA_TARGETS >= {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}

@@ -221,3 +221,51 @@ def test_translation_imports_no_engine():
 
 def test_translate_targets_are_unsloths_accepted_modules():
     assert translate.LORA_TARGETS >= {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+# -- on the GPU (bench/gpu_unsloth.sh runs these with the conformance suite's TestUnsloth) ---------------
+
+@GPU
+@pytest.mark.slow
+@pytest.mark.parametrize("peft", ["qlora", "none"])
+def test_gpu_qlora_and_full_fine_tune_train_and_save(peft, tmp_path, anytune_assets):
+    """QLoRA (4-bit base, set by anytune, not by Unsloth's default) and a full fine-tune: the loss falls, the
+    trainable parameters are the reference setup's, and the saved artefact is what the layout says."""
+    from core.conformance import SMALL
+    from core.conformance import reference as ref
+    from core.conformance.suite import train
+
+    model = anytune_assets["nf4_model"] if peft == "qlora" else str(ROOT / "core" / "assets" / "tiny-llama")
+    run = train("unsloth", [*SMALL, f"model.name_or_path={model}", f"peft={peft}", "train.shuffle=false",
+                            "train.learning_rate=1e-3" if peft == "none" else "train.learning_rate=5e-3"],
+                tmp_path / "run")
+    losses = run.losses
+    assert len(losses) == 8 and sum(losses[-2:]) < sum(losses[:2]), losses
+    assert run.result["trainable_parameters"] == ref.trainable_parameters(model, run.cfg.peft)
+    kind = "adapter" if peft == "qlora" else "model"
+    assert (run.run_dir / run.result["artifacts"][kind]["path"]).is_dir()
+    if peft == "qlora":  # the adapter of a 4-bit base: peft's own config, never merged weights
+        config = json.loads((run.run_dir / "artifacts" / "adapter" / "adapter_config.json").read_text())
+        assert config["r"] == 16 and not (run.run_dir / "artifacts" / "adapter" / "model.safetensors").exists()
+    stderr = (run.run_dir / "logs" / "train.stderr.log").read_text()
+    assert "anytune: Unsloth" in stderr and "gradient checkpointing False" in stderr
+
+
+@GPU
+@pytest.mark.slow
+def test_gpu_parity_with_trl_from_the_same_weights_and_batches(tmp_path, anytune_trained_model, request):
+    """The same SFT LoRA job (rows in order, bf16 on CUDA) on TRL and on Unsloth: equal trainable parameters
+    and, at every one of 10 steps, losses within the suite's bf16 tolerance."""
+    from core.conformance.reference import records_of_kind, write_jsonl
+    from core.conformance.suite import GPU_TOLERANCE, max_diff, record, train
+
+    data = write_jsonl(tmp_path / "rows.jsonl", records_of_kind("messages", 20))
+    job = ["offline=true", "train.device=cuda", "train.precision=bf16", "data.eval_fraction=0", "train.shuffle=false",
+           f"model.name_or_path={anytune_trained_model}", f"data.train={data}", "peft=lora", "train.batch_size=2",
+           "train.max_steps=10", "train.learning_rate=1e-4", "train.max_length=512", "train.save_artifacts=false"]
+    trl = train("trl", job, tmp_path / "trl")
+    us = train("unsloth", job, tmp_path / "unsloth")
+    record(request, "max_abs_diff", max_diff(us.losses, trl.losses))
+    record(request, "losses", {"trl": trl.losses, "unsloth": us.losses})
+    assert us.result["trainable_parameters"] == trl.result["trainable_parameters"]
+    assert us.losses == pytest.approx(trl.losses, abs=GPU_TOLERANCE, rel=0), (us.losses, trl.losses)

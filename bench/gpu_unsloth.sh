@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The Unsloth backend on the lent GPU, and the benchmark at the shape people train: a random-init
+# Llama-3.2-1B shape (vocab 128,256, tied), all 7,473 GSM8K rows as chat, sequence 2,048 with packing,
+# LoRA r16 alpha16 on the 7 projections, bf16, AdamW, lr 2e-4, batch 8, 60 steps. Prints the table
+# (bench/gpu_table.py) and leaves summary.md/summary.json, env.txt, suite.xml and runs.tar.gz in $OUT.
+#
+# Runs (each a run directory under $WORK/runs; lanes run side by side on two GPUs when there are two):
+#   <engine>_anytune   python -m core backend=<engine> ...         (trl, tt = torchtune, us = unsloth)
+#   <engine>_native    the same plan's plan/run.sh, without anytune (a copy of plan/ and data/)
+#   trl_plain          bench/trl_plain.py: plain TRL with its own defaults (no packing, checkpointing on)
+#   us_qlora, us_gc, us_bs16, trl_bs16: QLoRA, Unsloth's checkpointing on, batch 16 (when time is left)
+#   suite              Unsloth's conformance suite and GPU tests (pytest -n 6 on one GPU: correctness only)
+#
+# Prepare here (not on the GPU), from the repository root:
+#   printf '/.whl/\n/.whl-us/\n/.whl-tt/\n/.bench/\n/.src/\n' >> .git/info/exclude
+#   .whl:    TRL 1.16's side, see bench/gpu_shape.sh;   .whl-us: ../shared/gpu/fetch-wheels.sh .whl-us
+#   .whl-tt: torchtune's side, see bench/gpu_compare.sh (torchtune 0.6.1, torchao 0.15.0, ...)
+#   .bench:  the GSM8K rows, see bench/gpu_shape.sh
+#   .src:    the commit measured: rm -rf .src && mkdir .src && git archive HEAD pyproject.toml README.md core
+#            plugins conf tests bench | tar -x -C .src
+# then with the device tool (carry .whl .whl-us .whl-tt .bench .src):  OUT=$OUT bash bench/gpu_unsloth.sh
+# Settings: STEPS (60) BATCH (8) WARMUP (10) LIMIT (seconds for everything, 570) LANE0/LANE1 (run lists)
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SRC=${SRC:-$ROOT/.src}; [ -d "$SRC/core" ] || SRC=$ROOT
+OUT=${OUT:-/tmp/gpu-out}; W=${WORK:-/tmp/gpu-work}
+STEPS=${STEPS:-60}; BATCH=${BATCH:-8}; WARMUP=${WARMUP:-10}; LIMIT=${LIMIT:-570}
+LANE0=${LANE0:-"us_anytune us_native trl_anytune trl_native us_qlora us_bs16"}
+LANE1=${LANE1:-"suite trl_plain tt_anytune tt_native us_gc trl_bs16"}
+mkdir -p "$OUT" "$W/runs"
+T0=$(date +%s)
+say() { echo "== [$(( $(date +%s) - T0 ))s] $*"; }
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 \
+  TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 UNSLOTH_DISABLE_STATISTICS=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1
+
+# --- install: each engine's wheels into a site of its own; anytune (from $SRC) beside TRL's -------------
+pipi() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$@"; }
+pipi /tmp/site "$ROOT"/.whl/*.whl && pipi /tmp/site-us "$ROOT"/.whl-us/*.whl && pipi /tmp/site-tt "$ROOT"/.whl-tt/*.whl \
+  || { echo "wheel install failed"; exit 1; }
+src=$(mktemp -d); cp -r "$SRC"/pyproject.toml "$SRC"/README.md "$SRC"/core "$SRC"/plugins "$SRC"/conf "$src/"
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site "$src" \
+  > "$W/install.log" 2>&1 || { cat "$W/install.log"; exit 1; }
+for e in us tt; do printf '#!/bin/sh\nPYTHONPATH=/tmp/site-%s exec python3 "$@"\n' $e > /tmp/$e-python; chmod +x /tmp/$e-python; done
+export PYTHONPATH=/tmp/site ANYTUNE_PYTHON_UNSLOTH=/tmp/us-python ANYTUNE_PYTHON_TORCHTUNE=/tmp/tt-python \
+  ANYTUNE_CREATE_ENVS=0 ANYTUNE_HOME=$W/home
+say installed
+{ date -u +%FT%TZ; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; python3 -V
+  echo "anytune: $(cat "$SRC/COMMIT" 2>/dev/null || echo working tree)"
+  for s in site site-us site-tt; do echo "--- /tmp/$s"; PYTHONPATH=/tmp/$s python3 -c "
+import importlib.metadata as m
+for d in ('torch','transformers','peft','accelerate','trl','datasets','unsloth','unsloth_zoo','bitsandbytes','torchtune','torchao','triton'):
+    try: print(d, m.version(d))
+    except m.PackageNotFoundError: pass"; done; } > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+python3 - > "$W/matmul.json" <<'PY'
+import json, torch
+a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+for _ in range(3): a @ b
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+s.record(); [a @ b for _ in range(50)]; e.record(); torch.cuda.synchronize()
+print(json.dumps({"tflops": round(50 * 2 * 8192**3 / (s.elapsed_time(e) / 1e3) / 1e12, 1)}))
+PY
+say "matmul $(cat $W/matmul.json)"
+ROOT=$ROOT TINY=$SRC/tests MODEL=$W/model DIMS=llama1b VOCAB=128256 MAXPOS=4096 DATA=$W/chat.jsonl \
+  python3 "$ROOT/bench/gpu_model.py" || { echo "model build failed"; exit 1; }
+say "model built"
+
+# --- jobs ----------------------------------------------------------------------------------------
+JOB=(offline=true model.name_or_path=$W/model data.train=$W/chat.jsonl method.packing=true peft=lora peft.r=16
+     peft.alpha=16 train.max_length=2048 train.max_steps=$STEPS train.precision=bf16 train.device=cuda
+     train.learning_rate=2e-4 train.gradient_checkpointing=false train.save_artifacts=false quiet=true)
+left() { echo $(( LIMIT - ($(date +%s) - T0) )); }
+timed() {  # NAME ESTIMATE DIR COMMAND...: run in DIR unless less than ESTIMATE s are left; outer.json
+  local name=$1 est=$2 dir=$3; shift 3
+  local rd=$W/runs/$name; mkdir -p "$rd"
+  if [ "$(left)" -lt "$est" ]; then say "$name skipped ($(left)s left)"; rm -rf "$rd"; return; fi
+  say "$name: $*"
+  local s=$(date +%s.%N)
+  ( while [ ! -s "$rd/metrics.jsonl" ]; do sleep 0.2; done; date +%s.%N > "$rd/first_step_at" ) &
+  local watch=$!
+  ( cd "$dir" && timeout -k 10 $(( $(left) - 5 )) "$@" ) > "$W/$name.log" 2>&1
+  local rc=$?; kill $watch 2>/dev/null
+  python3 -c "import json,time; json.dump({'rc': $rc, 'wall_s': round(time.time() - $s, 1), 'first_step_s': (round(float(open('$rd/first_step_at').read()) - $s, 1) if __import__('os').path.exists('$rd/first_step_at') else None)}, open('$rd/outer.json', 'w'))"
+  say "$name: exit $rc"; tail -n 4 "$W/$name.log"
+}
+anytune() { local name=$1 backend=$2; shift 2
+  timed $name 100 "$W" python3 -m core backend=$backend "${JOB[@]}" train.batch_size=$BATCH \
+    run_dir=$W/runs/$name hydra.run.dir=$W/runs/$name "$@"; }
+native() { local name=$1 from=$W/runs/$2; [ -f "$from/plan/run.sh" ] || { say "$name: no plan in $from"; return; }
+  mkdir -p $W/runs/$name; cp -r "$from/plan" "$from/data" "$W/runs/$name/"
+  timed $name 90 "$W/runs/$name" sh plan/run.sh; }
+run() {
+  case $1 in
+    us_anytune) anytune us_anytune unsloth ;;          us_native) native us_native us_anytune ;;
+    trl_anytune) anytune trl_anytune trl ;;            trl_native) native trl_native trl_anytune ;;
+    tt_anytune) anytune tt_anytune torchtune ;;        tt_native) native tt_native tt_anytune ;;
+    us_qlora) anytune us_qlora unsloth peft=qlora ;;   us_gc) anytune us_gc unsloth train.gradient_checkpointing=true ;;
+    us_bs16) anytune us_bs16 unsloth train.batch_size=16 ;;  trl_bs16) anytune trl_bs16 trl train.batch_size=16 ;;
+    trl_plain) timed trl_plain 120 "$W" python3 "$ROOT/bench/trl_plain.py" $W/model $W/chat.jsonl $W/runs/trl_plain $BATCH $STEPS ;;
+    suite) say "suite"; ( cd "$SRC" && timeout -k 10 $(( $(left) - 200 )) python3 -m pytest -q -p no:cacheprovider -n 6 \
+             tests/test_conformance.py::TestUnsloth tests/test_unsloth.py -k "not test_field_reaches_engine" \
+             --junitxml="$OUT/suite.xml" ) > "$W/suite.log" 2>&1; say "suite: exit $?"; tail -n 25 "$W/suite.log" ;;
+  esac
+}
+lane() { for r in $2; do CUDA_VISIBLE_DEVICES=$1 run $r; done; }
+if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then lane 0 "$LANE0" & lane 1 "$LANE1" & wait
+else lane 0 "$LANE1 $LANE0"; fi
+say "jobs done"
+python3 "$ROOT/bench/gpu_table.py" "$W" "$OUT" "$WARMUP"
+( cd $W && tar czf "$OUT/runs.tar.gz" --ignore-failed-read *.log matmul.json model-info.json $(cd $W && find runs -maxdepth 3 \
+    \( -name result.json -o -name metrics.jsonl -o -name outer.json -o -name config.yaml -o -name outcome.json \
+    -o -path '*/plan/*.json' -o -path '*/plan/*.yaml' -o -path '*/plan/run.sh' -o -path '*/logs/*.log' \) -size -4M) 2>/dev/null )
+say done

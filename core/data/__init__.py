@@ -21,7 +21,7 @@ from core.data.formats import FIELDS as FORMATS
 from core.data.formats import KIND as FORMAT_KIND
 from core.data.prepare import METHOD_KINDS, check_method, detect_kind, prepare, split
 
-KINDS = ("messages", "prompt_completion", "preference", "text")
+KINDS = ("messages", "prompt_completion", "preference", "unpaired", "text")
 
 __all__ = ["KINDS", "FORMATS", "FORMAT_KIND", "METHOD_KINDS", "cache_dir", "detect_kind", "check_method", "prepare",
            "split"]

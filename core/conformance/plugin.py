@@ -183,7 +183,7 @@ def anytune_trained_model(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def anytune_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """What validation cases need: ``prompt_completion`` and ``text`` data files, and ``nf4_model``, the tiny
+    """What validation cases need: ``prompt_completion``, ``text`` and ``unpaired`` data files, and ``nf4_model``, the tiny
     model's tokenizer and weights under a config every engine can quantise to NF4 (128 wide, 4 heads: each
     linear weight a multiple of 64 x 256 values). Validation reads a model's config, never its weights."""
     from core.config import asset
@@ -191,7 +191,7 @@ def anytune_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
     root = tmp_path_factory.mktemp("anytune-assets")
     out = {kind: str(write_jsonl(root / f"{kind}.jsonl", records_of_kind(kind, 8)))
-           for kind in ("prompt_completion", "text")}
+           for kind in ("prompt_completion", "text", "unpaired")}
     nf4 = root / "nf4-model"
     shutil.copytree(asset("tiny-llama"), nf4)
     config = json.loads((nf4 / "config.json").read_text())

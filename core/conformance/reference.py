@@ -133,7 +133,7 @@ def demo_rows(name: str = DEMO_SFT, rows: int | None = None) -> list[dict]:
 def records_of_kind(kind: str, rows: int) -> list[dict]:
     """``rows`` SFT records of ``kind`` made from the demo conversations (question, answer).
 
-    ``weighted``: two questions and answers per conversation, as a user's file holds them: the first
+    ``unpaired``: question, answer and a boolean label (KTO). ``weighted``: two questions and answers per conversation, as a user's file holds them: the first
     answer ``weight: 0`` (OpenAI), the second as two content parts, the first (up to its first space) marked
     ``train: false`` (Axolotl).
     """
@@ -156,6 +156,8 @@ def records_of_kind(kind: str, rows: int) -> list[dict]:
             out.append({"prompt": f"Question: {q}\nAnswer:", "completion": f" {a}"})
         elif kind == "text":
             out.append({"text": f"Question: {q}\nAnswer: {a}"})
+        elif kind == "unpaired":  # KTO: every other answer marked undesirable
+            out.append({"prompt": q, "completion": a, "label": len(out) % 2 == 0})
         else:
             raise ValueError(kind)
     return out

@@ -122,6 +122,7 @@ def validation_job(backend: str, feature: str, value: Any, assets: dict[str, str
 
     - ``method.name=dpo|orpo`` and ``data.kind=preference``: preference data (and a preference method the
       backend lists, DPO first); ``method.loss_type``: DPO on preference data;
+    - ``method.name=kto`` and ``data.kind=unpaired``: KTO on unpaired data, rows in order (``assets["unpaired"]``);
     - ``data.kind=prompt_completion|text``: a data file of that kind; ``data.eval=True``: a held-out fraction;
     - ``peft.type=qlora``: CUDA and a model every engine can quantise to NF4 (``assets["nf4_model"]``);
     - ``train.precision=fp16``: CUDA; ``model.dtype``: the training precision of that dtype (CUDA for float16).
@@ -133,6 +134,8 @@ def validation_job(backend: str, feature: str, value: Any, assets: dict[str, str
     if value != FEATURES[feature][0]:
         if feature == "method.name" and value in ("dpo", "orpo"):
             preference = True
+        elif (feature, value) in (("method.name", "kto"), ("data.kind", "unpaired")):
+            edits.update({"data.train": assets["unpaired"], "method.name": "kto", "train.shuffle": False})
         elif feature == "method.loss_type":
             preference, edits["method.name"] = True, "dpo"
         elif feature == "data.kind" and value == "preference":

@@ -43,7 +43,8 @@ class Metrics(TrainerCallback):
 
 args = SFTConfig(output_dir=os.path.join(out, "checkpoints"), per_device_train_batch_size=batch, max_steps=steps,
                  learning_rate=2e-4, logging_steps=1, report_to="none", save_strategy="no", seed=42,
-                 include_num_input_tokens_seen="non_padding")  # the last: to count tokens/s, as anytune does
+                 include_num_input_tokens_seen="non_padding",  # to count tokens/s, as anytune does
+                 **({} if torch.cuda.is_available() else {"use_cpu": True, "bf16": False}))  # a CPU dry run
 trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"messages": r["messages"]} for r in rows]),
                      peft_config=LoraConfig(r=16, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
                      callbacks=[Metrics()])

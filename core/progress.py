@@ -125,6 +125,11 @@ def summary(result: dict, run_dir: Path, next_steps: bool = True, quiet: bool = 
         error(result.get("error", ""))
         if result.get("traceback"):
             console.print(result["traceback"], markup=False, highlight=False)
+    if status == "planned" and result.get("data"):  # plan_only: what the data holds (data/stats.json)
+        from core.data import report
+
+        out.print(report.text(result["data"]), markup=False, highlight=False, soft_wrap=True)
+        out.print(f"  label view: python -m core.data show {run_dir}", markup=False, highlight=False, soft_wrap=True)
     if result.get("final"):
         out.print("  " + _fmt(result["final"]), markup=False, highlight=False)
     for s in result.get("steps") or []:

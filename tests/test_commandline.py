@@ -33,6 +33,9 @@ def test_summary_goes_to_stdout_and_quiet_prints_the_run_directory_alone(tmp_pat
     p = core("plan_only=true", f"run_dir={tmp_path / 'a'}")
     assert p.returncode == 0, p.stderr
     assert "planned" in p.stdout and "Run directory:" in p.stdout and "plan/run.sh" in p.stdout
+    # the data report (data/stats.json) and where to see the labels
+    assert "data: messages (messages), 300 train / 0 eval rows, 0 skipped" in p.stdout
+    assert "tokens p50 " in p.stdout and f"python -m core.data show {tmp_path / 'a'}" in p.stdout
     q = core("plan_only=true", "quiet=true", f"run_dir={tmp_path / 'b'}")
     assert q.returncode == 0 and q.stdout == f"{tmp_path / 'b'}\n"
 

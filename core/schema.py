@@ -60,7 +60,7 @@ class DataConfig:
     eval: Optional[str] = core(None)
     """Held-out file in the same format; null: split eval_fraction off train."""
     format: str = choice("auto", "auto", "messages", "sharegpt", "alpaca", "prompt_completion",
-                         "preference", "unpaired", "text", core=True)
+                         "prompt_completion_chat", "preference", "unpaired", "text", core=True)
     """Row format; auto detects it from the first row's fields."""
     columns: Dict[str, str] = core({})
     """Map canonical field -> column in the file, e.g. {prompt: question, completion: answer}."""
@@ -144,6 +144,8 @@ class TrainConfig:
     """Evaluate every N steps (0 = only at the end, when there is eval data)."""
     save_artifacts: bool = True
     """Save the adapter / model into artifacts/ at the end."""
+    save_steps: int = number(0, ge=0)
+    """Save a resumable checkpoint (weights, optimiser, schedule, data position) every N optimiser steps into artifacts/checkpoints/checkpoint-N (0 = none); Ctrl-C saves one where the engine can."""
 
 
 @dataclass
@@ -194,6 +196,8 @@ class JobConfig:
     """Allow run_dir to name a directory that already holds a run (its files are replaced)."""
     quiet: bool = False
     """Print only the run directory on stdout (for scripts): no progress display, no summary."""
+    resume: Optional[str] = None
+    """Run directory of an interrupted or failed run to continue, in place, from its last checkpoint (python -m core resume=runs/...): its config.yaml is the job."""
 
 
 #: The canonical sections: each field is checked against the schema and the backend's capabilities.

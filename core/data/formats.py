@@ -26,6 +26,7 @@ FIELDS = {
     "sharegpt": ("conversations", "system", "tools"),
     "alpaca": ("instruction", "input", "output", "system", "history"),
     "prompt_completion": ("prompt", "completion"),
+    "prompt_completion_chat": ("prompt", "completion", "tools"),
     "preference": ("prompt", "chosen", "rejected", "conversations", "instruction", "input", "system"),
     "unpaired": ("prompt", "completion", "messages", "conversations", "label"),
     "text": ("text",),
@@ -43,7 +44,8 @@ DETECT = {
 }
 #: format -> canonical record kind it normalises to.
 KIND = {"messages": "messages", "sharegpt": "messages", "alpaca": "messages",
-        "prompt_completion": "prompt_completion", "preference": "preference", "unpaired": "unpaired",
+        "prompt_completion": "prompt_completion", "prompt_completion_chat": "messages", "preference": "preference",
+        "unpaired": "unpaired",
         "text": "text"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "observation": "tool", "tool": "tool", "function_call": "function_call"}
@@ -79,6 +81,8 @@ def detect(row: dict, columns: dict[str, str]) -> str | None:
                     fields.has(row, "messages") or fields.has(row, "conversations")
                     or (fields.has(row, "prompt") and fields.has(row, "completion"))):
                 continue
+        if fmt == "prompt_completion" and isinstance(fields.get(row, "prompt"), list):
+            return "prompt_completion_chat"  # TRL's conversational prompt/completion: message lists
         return fmt
     return None
 
@@ -93,7 +97,8 @@ def normaliser(fmt: str, columns: dict[str, str], system_prompt: str | None) -> 
     """A function turning one raw row of format ``fmt`` into its canonical record (raises :class:`BadRow`)."""
     fields = _Fields(columns)
     conv = {"messages": _messages, "sharegpt": _sharegpt, "alpaca": _alpaca, "preference": _preference,
-            "prompt_completion": _prompt_completion, "unpaired": _unpaired}
+            "prompt_completion": _prompt_completion, "prompt_completion_chat": _prompt_completion_chat,
+            "unpaired": _unpaired}
     if fmt in conv:
         def normalise(row: dict) -> dict:
             _no_media_columns(row)
@@ -253,14 +258,17 @@ def _alpaca(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
 
 
 def _prompt_completion(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
-    """Plain strings -> prompt_completion; message lists (TRL's conversational form) -> messages, the
-    prompt's own assistant turns carrying no loss (only the completion does, as in TRL)."""
+    """Plain strings, trained as ``prompt + completion + eos``."""
+    return {"prompt": conversation.text_field(fields.need(row, "prompt"), "prompt"),
+            "completion": conversation.text_field(fields.need(row, "completion"), "completion")}
+
+
+def _prompt_completion_chat(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
+    """Message lists (TRL's conversational prompt/completion) -> messages; the prompt's own assistant turns
+    carry no loss (only the completion does, as in TRL)."""
     prompt, completion = fields.need(row, "prompt"), fields.need(row, "completion")
-    if isinstance(prompt, str) and isinstance(completion, str):
-        return {"prompt": conversation.text_field(prompt, "prompt"),
-                "completion": conversation.text_field(completion, "completion")}
     if not (isinstance(prompt, list) and isinstance(completion, list)):
-        raise BadRow(f"prompt and completion must both be strings or both be message lists, got "
+        raise BadRow(f"prompt and completion must both be message lists (conversational prompt/completion), got "
                      f"{_json_type(prompt)} and {_json_type(completion)}")
     before = [{**m, "weight": 0} if m["role"] == "assistant" else m
               for m in (_no_spans(t) for t in conversation.turns(prompt, "prompt"))]

@@ -72,6 +72,36 @@ def _precheck(argv: list[str], reg) -> None:
         rundir.check_free(Path(cfg.run_dir).expanduser(), overwrite=bool(cfg.overwrite))
 
 
+def _resume(argv: list[str], reg) -> int:
+    """``python -m core resume=DIR``: continue an interrupted run in place, without Hydra (its config.yaml is
+    the job). Returns the exit code."""
+    from core import progress, rundir, runner
+
+    target = next(a.split("=", 1)[1] for a in argv if a.startswith("resume="))
+    cfg = runner.resume_config(Path(target), [a for a in argv if not a.startswith("resume=")], reg)
+    runner.check(cfg.copy(), reg)  # a config or capability error exits 2 before anything is touched
+    run_dir = rundir.reclaim(Path(cfg.run_dir))
+    label = f"{cfg.backend.name}:{cfg.method.name} (resumed)"
+    with progress.Display(label, enabled=not cfg.quiet) as display:
+        result = runner.run(cfg, run_dir, reg=reg, display=display)
+    progress.summary(result, run_dir, quiet=bool(cfg.quiet))
+    return exit_code(result)
+
+
+def _claim_sweep_dir(argv: list[str]) -> list[str]:
+    """A multirun's sweep directory, claimed exclusively like a run directory (two sweeps started in the same
+    second get two directories): ``hydra.sweep.dir`` as the config names it, made unique, added to ``argv``."""
+    from core import config, rundir
+
+    if not any(a in ("-m", "--multirun") for a in argv) or any(a.startswith("hydra.sweep.dir=") for a in argv):
+        return argv
+    if any(a.split("=")[0] in HYDRA_INFO_FLAGS for a in argv):
+        return argv
+    pattern = config.compose([], hydra=True).hydra.sweep.dir
+    claimed = rundir.claim(Path(pattern))
+    return [*argv, f"hydra.sweep.dir={config.quote(str(claimed))}"]
+
+
 def main() -> None:
     """Load plugins, check the command line and the job, then hand over to Hydra."""
     argv = sys.argv[1:]
@@ -81,10 +111,13 @@ def main() -> None:
 
         reg = plugins.registry()
         config.register()
+        if any(a.startswith("resume=") for a in argv):
+            sys.exit(_resume(argv, reg))
         argv = config.open_mappings(argv)
         config.check_syntax(argv)
         config.check_overrides(argv, reg)
         _precheck(argv, reg)
+        argv = _claim_sweep_dir(argv)
     except AnytuneError as exc:
         if debug:
             raise

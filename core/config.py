@@ -117,8 +117,11 @@ def check_overrides(overrides: list[str], reg) -> None:
             raise ConfigError.unknown_key(key, list(allowed), prefix=f"{parts[0]}.")
 
 
-def compose(overrides: list[str]) -> DictConfig:
-    """The job Hydra composes for ``python -m core <overrides>`` (plugins loaded, schema registered)."""
+def compose(overrides: list[str], hydra: bool = False) -> DictConfig:
+    """The job Hydra composes for ``python -m core <overrides>`` (plugins loaded, schema registered).
+
+    :param hydra: include the ``hydra`` node (run and sweep directories ...).
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
@@ -127,7 +130,7 @@ def compose(overrides: list[str]) -> DictConfig:
     plugins.registry()
     register()
     with initialize_config_module("conf", version_base="1.3"):
-        return hydra_compose("config", overrides=open_mappings(list(overrides)))
+        return hydra_compose("config", overrides=open_mappings(list(overrides)), return_hydra_config=hydra)
 
 
 def quote(value: str) -> str:

@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from core import runproto
+
 console = Console(stderr=True)
 """Progress and errors: stderr."""
 out = Console()
@@ -99,6 +101,8 @@ def next_commands(result: dict, run_dir: Path) -> list[tuple[str, str]]:
             f"{'export' if failed['kind'] == 'exporter' else 'eval'}-{failed['name']}"
         log = run_dir / "logs" / f"{stem}.stderr.log"
         cmds = [(f"less {log}", "the failed step's whole log")] if log.exists() else []
+        if runproto.last_checkpoint(str(run_dir)):
+            cmds.insert(0, (f"python -m core resume={run_dir}", "continue from its last checkpoint"))
         return cmds + [("python -m core ... debug=true", "the same job with full tracebacks for anytune's own errors")]
     held_out = ((result.get("data") or {}).get("rows") or {}).get("eval")
     cmds = [(f"python -m core.after {run_dir} export=[merged] eval=[heldout]",

@@ -4,7 +4,8 @@ Hydra names a run's directory by the second it started, so two jobs started in t
 same second (or one after another) would share it. A job claims a directory by
 creating ``.anytune-run`` in it with ``O_EXCL``; when that file is already there, the
 job takes the next free ``<name>-2``, ``<name>-3`` ... A directory the user names
-(``run_dir=``) that already holds a run is refused unless ``overwrite=true``.
+(``run_dir=``) that already holds a run is refused unless ``overwrite=true``. A resumed run
+(``resume=DIR``) takes its directory back once no live process owns it.
 """
 from __future__ import annotations
 
@@ -66,3 +67,33 @@ def claim(path: Path, given: bool = False, overwrite: bool = False) -> Path:
         n += 1
         candidate = path.with_name(f"{path.name}-{n}")
     return candidate
+
+
+def owner(path: Path) -> int | None:
+    """The pid written into ``path``'s marker by the job that claimed it, or None."""
+    try:
+        return int((Path(path) / MARKER).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def check_idle(path: Path) -> None:
+    """:raises ConfigError: a live process other than this one owns ``path`` (a job is running in it)."""
+    pid = owner(path)
+    if pid is None or pid == os.getpid():
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        pass
+    raise ConfigError(f"{path} is in use by a running job (pid {pid}); wait for it, or stop it first")
+
+
+def reclaim(path: Path) -> Path:
+    """Take back a run directory to resume the run in it: it must be idle; the marker then names this process."""
+    path = Path(path).expanduser().resolve()
+    check_idle(path)
+    runproto.atomic_write_text(str(path / MARKER), f"{os.getpid()}\n")
+    return path

@@ -8,6 +8,7 @@ run through the same path.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -97,23 +98,31 @@ class StepRun:
 
 
 def run(cfg: DictConfig, run_dir: Path, reg: Registry | None = None, display: Display | None = None) -> dict:
-    """Run one job into ``run_dir`` and return its result (the content of ``result.json``)."""
+    """Run one job into ``run_dir`` and return its result (the content of ``result.json``).
+
+    With ``cfg.resume`` (the config of an interrupted run, :func:`resume_config`) the job continues in
+    ``run_dir`` from its last complete checkpoint: metrics after that step are dropped, logs are appended to.
+    """
     reg = reg or registry()
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (runproto.RESULT, runproto.METRICS_FILE, runproto.EVAL_FILE):
+    resuming = bool(cfg.get("resume"))
+    for stale in (runproto.RESULT, runproto.EVAL_FILE) + (() if resuming else (runproto.METRICS_FILE,)):
         (run_dir / stale).unlink(missing_ok=True)
     started = time.time()
-    job, data, planned, runs, error, status = None, None, [], [], None, "failed"
+    job, data, planned, runs, error, status, point = None, None, [], [], None, "failed", None
     try:
         try:
             job = check(cfg, reg)
         finally:
-            save_config(job.cfg if job else cfg, run_dir)  # once, as resolved (or as given, if refused)
+            if not resuming:  # a resumed run keeps the config.yaml it was started with
+                save_config(job.cfg if job else cfg, run_dir)  # once, as resolved (or as given, if refused)
+        if resuming:
+            point = resume_point(job, run_dir, reg)
         if not cfg.plan_only:
             ensure_engines(job.steps)
         data = prepare(job, run_dir)
-        planned = plan(job.steps, job.cfg, data, run_dir, job.trainer.artifacts())
+        planned = plan(job.steps, job.cfg, data, run_dir, job.trainer.artifacts(), resume=point and point[1])
         if cfg.plan_only:
             status = "planned"
         else:
@@ -127,6 +136,9 @@ def run(cfg: DictConfig, run_dir: Path, reg: Registry | None = None, display: Di
     if error is not None:
         notify(reg, "on_run_error", run_dir=str(run_dir), error=error)
     result = finish(run_dir, cfg, status, started, job=job, data=data, planned=planned, runs=runs, error=error)
+    if point:
+        result["resumed_from"] = {"step": point[0], "checkpoint": point[1]}
+        runproto.atomic_write_json(str(run_dir / runproto.RESULT), result)
     if status != "planned":
         notify(reg, "on_run_end", run_dir=str(run_dir), result=result)
     return result
@@ -168,6 +180,82 @@ def check(cfg: DictConfig, reg: Registry) -> Job:
     return job
 
 
+def can_resume(backend_cls: type) -> bool:
+    """A backend resumes if it reads ``train.save_steps``: it then writes resumable checkpoints and continues
+    from one (``Context.resume``)."""
+    return backend_cls.capabilities.reads_field("train.save_steps")
+
+
+def resume_point(job: Job, run_dir: Path, reg: Registry) -> tuple[int, str]:
+    """(step, checkpoint folder) a resumed run continues from; drops the metrics rows logged after it.
+
+    :raises ConfigError: the backend cannot resume (naming those that can), or the run left no complete checkpoint.
+    """
+    if not can_resume(type(job.trainer)):
+        able = sorted(n for n, b in reg.backends.items() if can_resume(b))
+        raise ConfigError(f"backend={job.trainer.name} cannot resume a run; backends that can: {', '.join(able)}")
+    point = runproto.last_checkpoint(str(run_dir))
+    if point is None:
+        raise ConfigError(f"{run_dir} holds no complete checkpoint under {runproto.CHECKPOINTS}/ (the run stopped "
+                          "before its first one: set train.save_steps to save them periodically); start it again")
+    metrics = run_dir / runproto.METRICS_FILE
+    if metrics.is_file():
+        kept = [r for r in runproto.read_jsonl(str(metrics)) if r.get("step", 0) <= point[0]]
+        runproto.atomic_write_text(str(metrics), "".join(json.dumps(r) + "\n" for r in kept))
+    return point
+
+
+def resume_config(run_dir: Path, overrides: list[str], reg: Registry | None = None) -> DictConfig:
+    """The job of an interrupted or failed run directory, to continue in place (``python -m core resume=DIR``).
+
+    :param overrides: ``key=value`` of the command line: only ``quiet``, ``debug`` and the secret values the
+        saved config.yaml redacted (they are never saved) may be given.
+    :raises ConfigError: not a run directory, a run that finished or was only planned, one in use, another
+        override.
+    """
+    from core import rundir
+    from core.schema import JobConfig
+
+    reg = reg or registry()
+    run_dir = Path(run_dir).expanduser().resolve()
+    if not (run_dir / runproto.CONFIG).is_file():
+        raise ConfigError(f"resume={run_dir}: not a run directory (no {runproto.CONFIG})")
+    previous = runproto.read_json(str(run_dir / runproto.RESULT)) if (run_dir / runproto.RESULT).is_file() else {}
+    if previous.get("status") in ("succeeded", "planned"):
+        raise ConfigError(f"resume={run_dir}: the run {previous['status']}; only an interrupted or failed run "
+                          "resumes (start a new run, e.g. with more train.max_steps)")
+    rundir.check_idle(run_dir)
+    saved = OmegaConf.load(run_dir / runproto.CONFIG)
+    redacted_keys = set()
+
+    def walk(node: Any, prefix: str) -> None:
+        for k, v in node.items():
+            if isinstance(v, DictConfig):
+                walk(v, f"{prefix}{k}.")
+            elif v == "***":
+                redacted_keys.add(f"{prefix}{k}")
+
+    walk(saved, "")
+    cfg = OmegaConf.merge(OmegaConf.structured(JobConfig), {"backend": OmegaConf.structured(
+        reg.backend(saved.backend.name).config_class)}, saved)
+    cfg.quiet = cfg.debug = False  # how the first run was shown is not part of the job
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key in ("quiet", "debug"):
+            OmegaConf.update(cfg, key, value.lower() == "true")
+        elif key in redacted_keys:
+            OmegaConf.update(cfg, key, value, force_add=True)
+        else:
+            raise ConfigError(f"resume={run_dir} continues the run as its config.yaml says; {key}= cannot be "
+                              f"changed (start a new run for another job){'; secrets to give again: ' + ', '.join(sorted(redacted_keys)) if redacted_keys else ''}")
+    missing = sorted(k for k in redacted_keys if OmegaConf.select(cfg, k) == "***")
+    if missing:
+        raise ConfigError(f"resume={run_dir}: secrets are never saved; give them again: "
+                          + " ".join(f"{k}=..." for k in missing))
+    cfg.resume, cfg.run_dir, cfg.plan_only = str(run_dir), str(run_dir), False
+    return cfg
+
+
 def ensure_engines(steps: list[Step]) -> None:
     """Every step's engine is installed, its managed environment created on first use (before any progress
     display starts), unless ``ANYTUNE_CREATE_ENVS=0``.
@@ -207,18 +295,20 @@ def plan_dir_of(step: Step, run_dir: Path) -> Path:
     return base if step.kind == "trainer" else base / f"{step.group}-{step.name}"
 
 
-def plan(steps: list[Step], cfg: DictConfig, data: DataInfo, run_dir: Path, artifacts: dict) -> list[Planned]:
+def plan(steps: list[Step], cfg: DictConfig, data: DataInfo, run_dir: Path, artifacts: dict,
+         resume: str | None = None) -> list[Planned]:
     """Each step writes its native files into its plan directory; the core adds ``command.json`` and ``run.sh``.
 
     :param artifacts: what the steps after the trainer get (what the trainer declares it leaves, or what a
         finished run's result lists).
+    :param resume: the checkpoint folder the trainer continues from (a resumed run).
     """
     out = []
     for step in steps:
         plan_dir = plan_dir_of(step, run_dir)
         plan_dir.mkdir(parents=True, exist_ok=True)
         ctx = Context(job=cfg, run_dir=run_dir, plan_dir=plan_dir, data=data, config=step.config,
-                      artifacts=artifacts)
+                      artifacts=artifacts, resume=resume if step.kind == "trainer" else None)
         p = step.plan(ctx)
         p.write(plan_dir, run_dir)
         out.append(Planned(step, p, plan_dir))
@@ -273,12 +363,14 @@ def run_step(p: Planned, cfg: DictConfig, run_dir: Path, reg: Registry, display:
         display(p.step.label, None)
     started = time.time()
     interrupted = False
-    with open(logs / f"{stem}.stdout.log", "w") as out, open(logs / f"{stem}.stderr.log", "w") as err:
+    mode = "a" if cfg.get("resume") else "w"  # a resumed run's logs go on after the interrupted one's
+    with open(logs / f"{stem}.stdout.log", mode) as out, open(logs / f"{stem}.stderr.log", mode) as err:
         try:
             proc = subprocess.Popen(p.plan.command, cwd=run_dir, stdout=out, stderr=err, env=env)
         except OSError as exc:
             raise EngineMissing(f"cannot start {p.plan.command[0]} for {p.step.label}: {exc}") from exc
-        tail = MetricsTail(run_dir / runproto.METRICS_FILE) if p.step.kind == "trainer" else None
+        tail = MetricsTail(run_dir / runproto.METRICS_FILE, skip_existing=bool(cfg.get("resume"))) \
+            if p.step.kind == "trainer" else None
 
         def dispatch() -> None:
             for row in tail.read() if tail else ():
@@ -371,6 +463,9 @@ def finish(run_dir: Path, cfg: DictConfig, status: str, started: float, *, job: 
                 scores[r.step.name] = r.outcome.get("scores", {})
     if steps:
         result["steps"] = list(steps.values())
+    point = runproto.last_checkpoint(str(run_dir)) if status in ("interrupted", "failed") else None
+    if point:  # what `python -m core resume=RUN_DIR` would continue from
+        result["checkpoint"] = {"step": point[0], "path": point[1]}
     if scores:
         runproto.atomic_write_json(str(run_dir / runproto.EVAL_FILE), scores)
         result["eval"] = scores
@@ -477,8 +572,9 @@ def child_env(cfg: DictConfig, plan_env: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def stop(proc: subprocess.Popen, grace: float = 15.0) -> None:
-    """Interrupt the step's process (it records ``interrupted``), then terminate, then kill."""
+def stop(proc: subprocess.Popen, grace: float = 60.0) -> None:
+    """Interrupt the step's process (it finishes its step, saves a checkpoint and records ``interrupted``),
+    then terminate, then kill."""
     for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 5.0)):
         if proc.poll() is not None:
             return
@@ -505,8 +601,10 @@ def log_tail(path: Path, lines: int = 25) -> str:
 class MetricsTail:
     """Reads rows appended to metrics.jsonl since the last call (complete lines only)."""
 
-    def __init__(self, path: Path):
-        self.path, self.pos, self.buf = path, 0, ""
+    def __init__(self, path: Path, skip_existing: bool = False):
+        """:param skip_existing: start after the rows already there (a resumed run's earlier rows)."""
+        self.path, self.buf = path, ""
+        self.pos = path.stat().st_size if skip_existing and path.exists() else 0
 
     def read(self) -> list[dict]:
         """New complete rows; a malformed line is reported and skipped."""

@@ -18,8 +18,10 @@ rest from the outcome file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import random
 import resource
 import sys
 import tempfile
@@ -179,6 +181,64 @@ def hardware() -> dict[str, Any]:
     if torch is not None and torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
+
+
+# -- the schedule: which examples each optimiser step trains on, the same on every engine ----------------
+
+CHECKPOINTS = "artifacts/checkpoints"
+"""Resumable checkpoints, one folder per step: ``checkpoint-<step>/`` (the engine's own layout inside)."""
+CHECKPOINT_DONE = ".anytune-complete"
+"""Written last into a checkpoint folder: a folder without it is an interrupted save, never resumed from."""
+
+
+def steps_and_passes(rows: int, batch: int, accum: int, max_steps: int, epochs: float) -> tuple[int, int]:
+    """(optimiser steps, passes over the data) of a job on ``rows`` examples.
+
+    Steps: ``max_steps``, else ``ceil(epochs * ceil(ceil(rows / batch) / accum))`` as Hugging Face counts
+    them. Passes: how many passes over the data those steps' full batches reach into.
+    """
+    if max_steps > 0:
+        steps = max_steps
+    else:
+        steps = max(1, math.ceil(epochs * math.ceil(math.ceil(rows / batch) / accum)))
+    return steps, max(1, math.ceil(steps * batch * accum / max(rows, 1)))
+
+
+def example_order(rows: int, steps: int, batch: int, accum: int, seed: int, shuffle: bool) -> list[int]:
+    """Indices of the examples that ``steps`` optimiser steps of ``accum`` micro-batches of ``batch`` train on.
+
+    Pass ``p`` over the data is a permutation seeded with ``seed + p`` (file order when not ``shuffle``);
+    passes are concatenated and cut at ``steps * batch * accum``, so every batch is full and an epoch
+    boundary may fall inside a batch (the next pass's first examples complete it). Every engine trains on
+    this order, so engines see the same batches, shuffled or not.
+    """
+    need = steps * batch * accum
+    order: list[int] = []
+    p = 0
+    while len(order) < need:
+        idx = list(range(rows))
+        if shuffle:
+            random.Random(seed + p).shuffle(idx)
+        order += idx
+        p += 1
+    return order[:need]
+
+
+def last_checkpoint(run_dir: str = ".") -> tuple[int, str] | None:
+    """(step, path relative to ``run_dir``) of the newest complete checkpoint, or None."""
+    base = os.path.join(run_dir, CHECKPOINTS)
+    found = []
+    for name in os.listdir(base) if os.path.isdir(base) else ():
+        head, _, step = name.rpartition("-")
+        if head == "checkpoint" and step.isdigit() and os.path.exists(os.path.join(base, name, CHECKPOINT_DONE)):
+            found.append((int(step), f"{CHECKPOINTS}/{name}"))
+    return max(found) if found else None
+
+
+def mark_complete(path: str) -> None:
+    """Mark a checkpoint folder as completely written (call after its last file)."""
+    with open(os.path.join(path, CHECKPOINT_DONE), "w") as f:
+        f.write("")
 
 
 class MetricsWriter:

@@ -66,6 +66,9 @@ class Context:
     """This step's own config node (``job.backend``, ``job.export.<name>`` or ``job.eval.<name>``)."""
     artifacts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """What earlier steps leave: name -> ``{"path": ...}`` (relative to the run dir) or ``{"id", "provider"}``."""
+    resume: str | None = None
+    """For the trainer of a resumed run (``resume=``): its last complete checkpoint folder, relative to the run
+    directory (``artifacts/checkpoints/checkpoint-N``), to continue from; None: train from the start."""
 
     def rel(self, path: Path | str) -> str:
         """``path`` relative to the run directory, as commands and native files should name it."""

@@ -234,6 +234,7 @@ class TorchtuneFields(FieldsReachEngine):
         "train.shuffle": _tt_shuffle,
         "train.logging_steps": at("log_every_n_steps"),
         "train.save_artifacts": at("metric_logger.artifacts", lambda a: a != "none"),
+        "train.save_steps": at("optimizer.save_steps"),
     }
 
     def effective_configs(self, run_dirs: list[Path]) -> list[Mapping[str, Any]]:

@@ -102,12 +102,13 @@ def test_plan_sft_lora(tmp_path, tiny):
     assert cfg["save_adapter_weights_only"] is True, "never merged weights beside an adapter"
     assert cfg["tokenizer"]["chat_template"] == "data/chat_template.jinja"
     assert cfg["dataset"] == {"_component_": "plan.anytune_torchtune.sft_dataset", "source": "data/train.jsonl",
-                              "kind": "messages", "completion_only_loss": True, "passes": 2, "seed": 7, "shuffle": True}
+                              "kind": "messages", "completion_only_loss": True, "steps": 8, "batch_size": 4,
+                              "grad_accum": 2, "seed": 7, "shuffle": True, "start_step": 0}
     assert (cfg["batch_size"], cfg["gradient_accumulation_steps"], cfg["max_steps_per_epoch"]) == (4, 2, 8)
     assert (cfg["epochs"], cfg["shuffle"], cfg["seed"]) == (1, False, 7)
     assert cfg["optimizer"]["_component_"] == "plan.anytune_torchtune.AdamW"
     assert cfg["lr_scheduler"] == {"_component_": "plan.anytune_torchtune.lr_schedule", "name": "cosine",
-                                   "warmup_ratio": 0.1}
+                                   "warmup_ratio": 0.1, "start_step": 0}
     assert cfg["loss"]["_component_"] == "torchtune.modules.loss.CEWithChunkedOutputLoss"
     assert cfg["clip_grad_norm"] == 1.0 and cfg["enable_activation_checkpointing"] is True
     assert (cfg["device"], cfg["dtype"]) == ("cpu", "fp32")
@@ -126,7 +127,7 @@ def test_plan_full_and_native_keys(tmp_path, tiny):
     assert "lora_rank" not in cfg["model"] and "save_adapter_weights_only" not in cfg
     assert cfg["optimizer_in_bwd"] is False and cfg["clip_grad_norm"] is None
     assert cfg["optimizer"] == {"_component_": "plan.anytune_torchtune.SGD", "lr": 5e-3, "weight_decay": 0.0,
-                                "momentum": 0.9}
+                                "momentum": 0.9, "save_steps": 0, "resume": None, "start_step": 0}
     assert cfg["log_peak_memory_stats"] is True, "backend.native is merged last"
     assert cfg["metric_logger"]["artifacts"] == "none"
 
@@ -168,7 +169,7 @@ def test_plan_dpo(tmp_path, tiny):
     assert json.loads((run_dir / "plan" / "command.json").read_text())["command"][4] == "lora_dpo_single_device"
     assert cfg["loss"] == {"_component_": "torchtune.rlhf.loss.DPOLoss", "beta": 0.25}
     assert cfg["dataset"]["_component_"] == "plan.anytune_torchtune.preference_dataset"
-    assert cfg["dataset"]["passes"] == 2, "16 rows, batch 4, 8 steps: two passes"
+    assert (cfg["dataset"]["steps"], cfg["dataset"]["batch_size"]) == (8, 4), "16 rows, batch 4, 8 steps"
     assert cfg["optimizer"]["max_grad_norm"] == 1.0, "the DPO recipe does not clip; the optimiser does"
     assert "clip_grad_norm" not in cfg
     _, _, cfg = plan_only(tmp_path / "hinge", "method=dpo", "data=demo_pref", "method.loss_type=hinge",
@@ -233,6 +234,7 @@ READS = {
     "train.shuffle": ("sft", ["train.shuffle=false"]),
     "train.logging_steps": ("sft", ["train.logging_steps=2"]),
     "train.save_artifacts": ("sft", ["train.save_artifacts=false"]),
+    "train.save_steps": ("sft", ["train.save_steps=2"]),
 }
 
 
@@ -589,7 +591,7 @@ def test_plan_packing(tmp_path, tiny):
     assert cfg["dataset"] == {"_component_": "plan.anytune_torchtune.packed_sft_dataset", "packed": True,
                               "source": "data/train.jsonl", "kind": "messages", "completion_only_loss": True,
                               "seed": 42, "max_steps": 8, "epochs": 1.0, "batch_size": 4, "grad_accum": 2,
-                              "shuffle": True}
+                              "shuffle": True, "start_step": 0}
     assert cfg["max_steps_per_epoch"] is None, "the dataset holds exactly the packs of max_steps steps"
     assert cfg["metric_logger"]["max_steps"] == 8
     _, _, cfg = plan_only(tmp_path / "epochs", "method.packing=true", "train.max_steps=-1", "train.epochs=2",

@@ -128,7 +128,8 @@ def effective(run_dir: Path) -> dict:
                   "adapters": adapters(model)},
         "optimizer": {"class": next(c.__name__ for c in type(opt).__mro__ if c.__module__.startswith("torch.optim")),
                       "lr": group["initial_lr"], "weight_decay": group["weight_decay"],
-                      "max_grad_norm": getattr(opt, "max_grad_norm", None)},
+                      "max_grad_norm": getattr(opt, "max_grad_norm", None),
+                      "save_steps": getattr(opt, "save_steps", None)},
         "lr_factors": [r._lr_scheduler.lr_lambdas[0](s) for s in range(total)],
         "loss": {"class": type(loss).__name__, **{k: getattr(loss, k) for k in ("beta", "gamma", "label_smoothing")
                                                   if hasattr(loss, k)}},

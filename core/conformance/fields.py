@@ -78,6 +78,7 @@ CANDIDATES: dict[str, list[list[str]]] = {
     "train.seed": [["train.seed=7"]],
     "train.logging_steps": [["train.logging_steps=2"]],
     "train.eval_steps": [["train.eval_steps=2", "data.eval_fraction=0.25"]],
+    "train.save_steps": [["train.save_steps=2"]],
 }
 
 #: What a value of a field needs beside its own override (``field=value``): alternatives, tried in order until
@@ -627,9 +628,16 @@ def _resolved(path: Any) -> str:
     return str(Path(str(path)).expanduser().resolve())
 
 
-def _trainer_steps(effective: Mapping[str, Any]) -> int:
-    """Optimiser steps the Trainer runs: ``max_steps``, else its count over the epochs (ceil of batches/accum)."""
-    a = effective["args"]
+def _trainer_steps(effective: Mapping[str, Any]) -> Any:
+    """Optimiser steps the Trainer runs: ``max_steps``, else its count over the epochs (ceil of batches/accum).
+    With an example order (``order``: the examples put in the schedule's order, read sequentially) the order
+    must hold exactly those steps of the Trainer's batches."""
+    a, order = effective["args"], effective.get("order")
+    if order:
+        mine = (int(a.max_steps), a.per_device_train_batch_size, a.gradient_accumulation_steps)
+        if mine != (order["steps"], order["batch"], order["accum"]) or _value(a.train_sampling_strategy) != "sequential":
+            return ("order disagrees with the Trainer", order, mine, _value(a.train_sampling_strategy))
+        return int(a.max_steps)
     if a.max_steps > 0:
         return int(a.max_steps)
     per_epoch = max(1, math.ceil(math.ceil(effective["rows"] / a.per_device_train_batch_size)
@@ -672,7 +680,14 @@ def _lora_dropout(effective: Mapping[str, Any], job: DictConfig) -> float:
 
 def _shuffle(effective: Mapping[str, Any], job: DictConfig) -> bool:
     a = effective["args"]
+    if effective.get("order"):  # the worker orders the examples; the Trainer reads them in that order
+        return bool(effective["order"]["shuffle"]) or _value(a.train_sampling_strategy) != "sequential"
     return _value(a.train_sampling_strategy) != "sequential" or bool(getattr(a, "shuffle_dataset", False))
+
+
+def _save_steps(effective: Mapping[str, Any], job: DictConfig) -> int:
+    a = effective["args"]
+    return a.save_steps if _value(a.save_strategy) == "steps" else 0
 
 
 def _eval_steps(effective: Mapping[str, Any], job: DictConfig) -> int:
@@ -695,8 +710,8 @@ TRAINER_FIELD_MAP: dict[str, Check] = {
     "peft.alpha": at("lora.lora_alpha"),
     "peft.dropout": _lora_dropout,
     "peft.target_modules": Expect(_lora_targets, lambda job, e: targets_of(job)),
-    "train.epochs": at("args.num_train_epochs"),
-    "train.max_steps": at("args.max_steps"),
+    "train.epochs": Expect(lambda e, job: _trainer_steps(e), lambda job, e: steps_of(job, e["rows"])),
+    "train.max_steps": Expect(lambda e, job: _trainer_steps(e), lambda job, e: steps_of(job, e["rows"])),
     "train.batch_size": agree(at("args.per_device_train_batch_size"), at("args.per_device_eval_batch_size")),
     "train.grad_accum": at("args.gradient_accumulation_steps"),
     "train.learning_rate": at("args.learning_rate"),
@@ -714,9 +729,10 @@ TRAINER_FIELD_MAP: dict[str, Check] = {
     "train.logging_steps": at("args.logging_steps"),
     "train.eval_steps": _eval_steps,
     "train.save_artifacts": at("save"),
+    "train.save_steps": _save_steps,
 }
 """Readers for a backend whose worker builds a ``transformers.Trainer`` (or a TRL trainer). Its effective
 configuration holds: ``args`` (the ``TrainingArguments``/TRL ``*Config`` object after ``__post_init__``),
 ``lora`` (``peft.LoraConfig`` or None), ``load`` (``from_pretrained`` kwargs), ``model`` (the path loaded),
 ``tokenizer`` (as the worker loads it), ``kind``, ``eval`` (eval data path or None), ``save`` and ``rows``
-(training records). The method fields and ``train.max_length`` are the backend's own to add."""
+(training records), and ``order`` when the worker orders the examples (``hftrainer.schedule``). The method fields and ``train.max_length`` are the backend's own to add."""

@@ -22,12 +22,18 @@ The tests:
 - ``test_curve_matches_reference``: a full fine-tune with gradient accumulation and no shuffling logs, at
   every step, the loss of the same training written out in plain torch, within 1e-5, and saves the model
   that training ends with.
+- ``test_interrupt_and_resume``: Ctrl-C mid-run saves a checkpoint; ``resume=RUN_DIR`` continues from it
+  to the losses of the same job run without a break (backends that read ``train.save_steps``).
 - ``test_field_reaches_engine[field]`` (:class:`~core.conformance.fields.FieldsReachEngine`).
 """
 from __future__ import annotations
 
 import copy
 import math
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -54,6 +60,12 @@ PARITY = ["offline=true", "train.device=cpu", "train.precision=fp32", "data.eval
 """Overrides of the parity jobs: fp32 on CPU, the rows in file order."""
 CURVE = {"batch_size": 2, "grad_accum": 2, "steps": 5, "learning_rate": 1e-3}
 """The whole-curve job: a full fine-tune, 5 steps of 2 micro-batches of 2 conversations."""
+CURVE_ROWS = 7
+"""Rows of the whole-curve job's data: 20 examples of 5 steps make 2 passes and 6 rows (the epoch boundaries
+fall inside steps 2 and 4, the first inside a micro-batch): every engine fills each batch from the next pass."""
+RESUME = ["offline=true", "train.device=cpu", "train.precision=fp32", "data.eval_fraction=0", "data.max_rows=24",
+          "train.batch_size=2", "train.max_steps=40", "peft.dropout=0.1", "train.learning_rate=1e-3"]
+"""The interrupted job: shuffled, with dropout (the random state must resume too), 40 steps over 24 rows."""
 CASES = [(feature, value) for feature, values in FEATURES.items() for value in values]
 """Every value of every value feature: ``test_accepts``'s cases."""
 GPU_TOLERANCE = 0.05
@@ -344,10 +356,11 @@ class BackendConformance(FieldsReachEngine):
     @needs("weights")
     def test_curve_matches_reference(self, backend: str, anytune_trained_model: str, tmp_path: Path,
                                      request: pytest.FixtureRequest):
-        """A full fine-tune, rows in order, 2 micro-batches of 2 per step, 5 steps: every step's loss is the
-        plain-torch training's (:func:`core.conformance.reference.sft_curve`), within 1e-5."""
+        """A full fine-tune, rows in order, 2 micro-batches of 2 per step, 5 steps over 7 rows (epoch boundaries
+        inside steps): every step's loss is the plain-torch training's over the passes joined and cut into full
+        batches (:func:`core.conformance.reference.sft_curve`), within 1e-5."""
         model, c = anytune_trained_model, CURVE
-        records = ref.records_of_kind("messages", c["steps"] * c["batch_size"] * c["grad_accum"])
+        records = ref.records_of_kind("messages", CURVE_ROWS)
         data = ref.write_jsonl(tmp_path / "curve.jsonl", records)
         run = train(backend, [*PARITY, f"model.name_or_path={model}", f"data.train={data}", "peft=none",
                               f"train.batch_size={c['batch_size']}", f"train.grad_accum={c['grad_accum']}",
@@ -355,7 +368,9 @@ class BackendConformance(FieldsReachEngine):
                               "train.lr_scheduler=linear", "train.warmup_ratio=0", "train.weight_decay=0",
                               "train.max_grad_norm=1.0", "train.optimizer=adamw"],
                     tmp_path / "run")
-        examples = [ref.Reference(model).encode("messages", r) for r in records]
+        per_pass = [ref.Reference(model).encode("messages", r) for r in records]
+        need = c["steps"] * c["batch_size"] * c["grad_accum"]
+        examples = (per_pass * -(-need // len(per_pass)))[:need]  # passes in file order, cut at the last step
         want, trained = ref.sft_curve(model, examples, **c)
         record(request, "max_abs_diff", max_diff(run.losses, want))
         assert run.losses == pytest.approx(want, abs=tolerance_of(backend), rel=0), (run.losses, want)
@@ -364,3 +379,42 @@ class BackendConformance(FieldsReachEngine):
         saved, expected = ref.token_mean(run.artifact(), last), ref.token_mean(trained, last)
         record(request, "saved_model_diff", saved - expected)
         assert saved == pytest.approx(expected, abs=tolerance_of(backend), rel=0), (saved, expected)
+
+    @pytest.mark.slow
+    @needs("weights")
+    def test_interrupt_and_resume(self, backend: str, tmp_path: Path, request: pytest.FixtureRequest):
+        """Ctrl-C in the middle of a shuffled LoRA job with dropout records ``interrupted`` and a complete
+        checkpoint at the step it stopped after; ``python -m core resume=RUN_DIR`` continues from it and logs,
+        step for step, the losses of the same job run without a break (same steps, same data order)."""
+        from core import runner
+
+        if not runner.can_resume(registry().backend(backend)):
+            pytest.skip(f"{backend} does not read train.save_steps: it declares no checkpoints to resume from")
+        overrides = for_backend(backend, RESUME)
+        whole = train(backend, overrides, tmp_path / "whole")
+        cut = tmp_path / "cut"
+        cmd = [sys.executable, "-m", "core", f"backend={backend}", *overrides, f"run_dir={cut}"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        metrics, deadline = cut / runproto.METRICS_FILE, time.time() + 600
+        while proc.poll() is None and time.time() < deadline:  # Ctrl-C once the third step is logged
+            rows = runproto.read_jsonl(str(metrics)) if metrics.exists() else []
+            if any(r.get("step", 0) >= 3 for r in rows):
+                proc.send_signal(signal.SIGINT)
+                break
+            time.sleep(0.05)
+        _, err = proc.communicate(timeout=600)
+        result = runproto.read_json(str(cut / runproto.RESULT))
+        assert proc.returncode == 130 and result["status"] == "interrupted", (proc.returncode, result, err[-2000:])
+        stopped = result["checkpoint"]["step"]
+        record(request, "interrupted_at_step", stopped)
+        assert 3 <= stopped < 40, result["checkpoint"]
+        resumed = subprocess.run([sys.executable, "-m", "core", f"resume={cut}"], capture_output=True, text=True,
+                                 timeout=600)
+        result = runproto.read_json(str(cut / runproto.RESULT))
+        assert resumed.returncode == 0 and result["status"] == "succeeded", (result, resumed.stderr[-2000:])
+        assert result["resumed_from"]["step"] == stopped
+        losses = [r["loss"] for r in runproto.read_jsonl(str(metrics)) if "loss" in r]
+        record(request, "max_abs_diff", max_diff(losses, whole.losses))
+        assert losses == pytest.approx(whole.losses, abs=tolerance_of(backend), rel=0), (stopped, losses, whole.losses)
+        assert result["final"]["last_loss"] == pytest.approx(whole.result["final"]["last_loss"],
+                                                             abs=tolerance_of(backend), rel=0)

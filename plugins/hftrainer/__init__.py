@@ -29,14 +29,33 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 """canonical train.precision -> torch dtype name"""
 
 
-def training_args(job: Any, has_eval: bool) -> dict[str, Any]:
+def schedule(job: Any, rows: int) -> dict[str, Any] | None:
+    """The order the worker puts the training examples in (``runproto.example_order``'s arguments), so the
+    Trainer reads them sequentially, batch by batch, as every engine does; None when packing (the engine
+    packs, then its sampler orders the packs).
+
+    :param rows: training records.
+    """
+    from core import runproto
+
+    t = job.train
+    if job.method.get("packing"):
+        return None
+    steps, _ = runproto.steps_and_passes(rows, t.batch_size, t.grad_accum, t.max_steps, t.epochs)
+    return {"steps": steps, "batch": t.batch_size, "accum": t.grad_accum, "seed": t.seed, "shuffle": bool(t.shuffle)}
+
+
+def training_args(job: Any, has_eval: bool, order: dict[str, Any] | None = None) -> dict[str, Any]:
     """``TrainingArguments`` keyword arguments for the canonical ``train`` section.
 
     :param has_eval: the prepared data has an eval split.
+    :param order: the job's :func:`schedule`: the Trainer runs its steps over the examples in that order.
     """
+    from core import runproto
+
     t = job.train
     args: dict[str, Any] = {
-        "output_dir": "artifacts/checkpoints",
+        "output_dir": runproto.CHECKPOINTS,
         "per_device_train_batch_size": t.batch_size,
         "per_device_eval_batch_size": t.batch_size,
         "gradient_accumulation_steps": t.grad_accum,
@@ -52,7 +71,7 @@ def training_args(job: Any, has_eval: bool) -> dict[str, Any]:
         "data_seed": t.seed,
         "logging_steps": t.logging_steps,
         "logging_first_step": True,
-        "save_strategy": "no",
+        "save_strategy": "steps" if t.save_steps > 0 else "no",
         "report_to": "none",
         "disable_tqdm": True,
         "bf16": t.precision == "bf16",
@@ -64,6 +83,10 @@ def training_args(job: Any, has_eval: bool) -> dict[str, Any]:
     # so writing it only when true would train with checkpointing on while config.yaml says off.
     args["activation_checkpointing"] = bool(t.gradient_checkpointing)
     args["train_sampling_strategy"] = "random" if t.shuffle else "sequential"
+    if order:  # the examples come in the schedule's order: one pass of them, read in order
+        args.update(max_steps=order["steps"], train_sampling_strategy="sequential")
+    if t.save_steps > 0:
+        args["save_steps"] = t.save_steps
     if has_eval and t.eval_steps > 0:
         args.update(eval_strategy="steps", eval_steps=t.eval_steps)
     else:  # no evaluation during training (the worker evaluates once at the end when there is eval data)

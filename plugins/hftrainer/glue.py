@@ -14,9 +14,19 @@ import lossmask
 import runproto
 
 
-def metrics_callback(writer: runproto.MetricsWriter) -> Any:
-    """A ``transformers.TrainerCallback`` writing the Trainer's log rows as ``metrics.jsonl`` rows."""
+def metrics_callback(writer: runproto.MetricsWriter, order: dict[str, Any] | None = None,
+                     rows: int | None = None) -> Any:
+    """A ``transformers.TrainerCallback`` writing the Trainer's log rows as ``metrics.jsonl`` rows.
+
+    :param order: the schedule the examples were put in (:func:`scheduled`), with ``rows`` training records:
+        the epoch is then counted in passes over those records (the Trainer sees one pass of the schedule).
+    """
     from transformers import TrainerCallback
+
+    def epoch_of(state: Any, logs: dict) -> Any:
+        if order and rows:
+            return round(state.global_step * order["batch"] * order["accum"] / rows, 4)
+        return logs.get("epoch")
 
     class MetricsCallback(TrainerCallback):
         """One metrics.jsonl row per training log and one per evaluation."""
@@ -27,7 +37,7 @@ def metrics_callback(writer: runproto.MetricsWriter) -> Any:
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
             tokens = state.num_input_tokens_seen or logs.get("num_tokens")
-            common = {"step": state.global_step, "max_steps": state.max_steps, "epoch": logs.get("epoch")}
+            common = {"step": state.global_step, "max_steps": state.max_steps, "epoch": epoch_of(state, logs)}
             if "loss" in logs:
                 writer.write(**common, loss=logs["loss"], learning_rate=logs.get("learning_rate"),
                              grad_norm=logs.get("grad_norm"), tokens=int(tokens) if tokens else None)
@@ -35,6 +45,55 @@ def metrics_callback(writer: runproto.MetricsWriter) -> Any:
                 writer.write(**common, eval_loss=logs["eval_loss"])
 
     return MetricsCallback()
+
+
+def scheduled(dataset: Any, order: dict[str, Any] | None) -> Any:
+    """``dataset`` (a ``datasets.Dataset`` or a list) in the order of the job's schedule
+    (``runproto.example_order``: seeded passes, cut to whole steps), or as it is when there is none (packing)."""
+    if not order:
+        return dataset
+    idx = runproto.example_order(len(dataset), order["steps"], order["batch"], order["accum"], order["seed"],
+                                 order["shuffle"])
+    return dataset.select(idx) if hasattr(dataset, "select") else [dataset[i] for i in idx]
+
+
+def checkpoints_callback() -> Any:
+    """A ``transformers.TrainerCallback`` that marks each saved checkpoint complete and turns Ctrl-C into
+    a clean stop: the step under way finishes, a resumable checkpoint is saved, ``train()`` returns.
+
+    Its ``interrupted`` attribute says whether that happened.
+    """
+    import signal
+
+    from transformers import TrainerCallback
+
+    class Checkpoints(TrainerCallback):
+        """Ctrl-C (SIGINT) while training: save a checkpoint at the end of the step, then stop."""
+
+        interrupted = False
+        _previous: Any = None
+
+        def _on_sigint(self, signum, frame):
+            self.interrupted = True
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.interrupted:
+                control.should_save = True
+                control.should_training_stop = True
+
+        def on_save(self, args, state, control, **kwargs):
+            path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if os.path.isdir(path):
+                runproto.mark_complete(path)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self._previous is not None:
+                signal.signal(signal.SIGINT, self._previous)
+
+    return Checkpoints()
 
 
 def load_tokenizer(name_or_path: str, template_path: str | None, trust_remote_code: bool = False,
@@ -72,19 +131,27 @@ def config_args(config_class: type, args: dict[str, Any]) -> Any:
 
 
 def train(trainer: Any, out: dict[str, Any], tokenizer: Any = None, adapter: bool = True,
-          save_artifacts: bool = True) -> None:
+          save_artifacts: bool = True, resume: str | None = None) -> None:
     """Train a ``Trainer`` (TRL's trainers too), record its own final losses in the outcome ``out`` and
     save the weights (:func:`save`) into ``out["artifacts"]``.
 
-    On Ctrl-C the weights trained so far are saved all the same (``out["interrupted_at_step"]`` says
-    where), then the interrupt goes on, so the process exits 130 and the core records ``interrupted``.
-    The core computes steps and first/last loss from ``metrics.jsonl`` for every engine.
+    On Ctrl-C during a step the step finishes, a resumable checkpoint is saved (:func:`checkpoints_callback`)
+    and so are the weights trained so far (``out["interrupted_at_step"]`` says where); then the interrupt goes
+    on, so the process exits 130 and the core records ``interrupted``. The core computes steps and first/last
+    loss from ``metrics.jsonl`` for every engine.
+
+    :param resume: a checkpoint folder (``artifacts/checkpoints/checkpoint-N``) to continue from: weights,
+        optimiser, schedule, random state and the position in the data.
     """
     out["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     out["artifacts"] = {}
+    stop = checkpoints_callback()
+    trainer.add_callback(stop)
     loop_start = time.time()
     try:
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=resume)
+        if stop.interrupted:
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
         import signal
 

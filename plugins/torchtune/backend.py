@@ -70,7 +70,7 @@ class TorchtuneBackend(core.Trainer):
         config_file = ctx.rel(ctx.plan_dir / translate.PLAN_FILE)
         components = ctx.rel(ctx.plan_dir / translate.COMPONENTS)
         module = components[: -len(".py")].replace("/", ".")
-        recipe, config = translate.native_config(ctx.job, ctx.data, ctx.rel, module)
+        recipe, config = translate.native_config(ctx.job, ctx.data, ctx.rel, module, ctx.resume)
         header = (f"# torchtune {self.environment_version()} recipe config written by anytune.\n"
                   f"# Run it from the run directory (the folder holding plan/ and data/):\n"
                   f"#   tune run {recipe} --config {config_file}\n"

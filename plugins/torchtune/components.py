@@ -39,6 +39,8 @@ import runproto  # noqa: E402
 import torch  # noqa: E402
 
 IGNORE = -100
+CHECKPOINT_STATE = "anytune_state.pt"
+"""A torchtune checkpoint's file (in ``artifacts/checkpoints/checkpoint-<step>/``)."""
 #: State shared by the components of one run (one process, one module object).
 STATE: dict[str, Any] = {"tokens": 0, "trainable": None, "grad_norm": None, "logger": None}
 #: Tokenizer files copied next to a saved adapter or model.
@@ -125,23 +127,42 @@ class ChatTemplateTokenizer:
 # -- datasets ----------------------------------------------------------------------------------------
 
 
-def _passes(n: int, passes: int, seed: int, shuffle: bool = True) -> list[int]:
-    """Indices of ``passes`` passes over ``n`` records, each a fresh seeded permutation (or in order)."""
-    order = []
-    for p in range(passes):
-        idx = list(range(n))
-        if shuffle:
-            random.Random(seed + p).shuffle(idx)
-        order += idx
-    return order
+def _order(n: int, steps: int, batch_size: int, grad_accum: int, seed: int, shuffle: bool, start_step: int) -> list[int]:
+    """The job's example order (``runproto.example_order``, the one every engine trains on), from ``start_step``."""
+    return runproto.example_order(n, steps, batch_size, grad_accum, seed, shuffle)[start_step * batch_size * grad_accum:]
+
+
+def _stop_if_asked() -> None:
+    """After Ctrl-C: once the step under way is saved and logged (the next batch is being drawn), record the
+    outcome and stop the recipe with ``KeyboardInterrupt`` (the process exits 130)."""
+    if STATE.get("stopped_at") is None:
+        return
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the core's own SIGINT must not cut the outcome
+    logger = STATE["logger"]
+    if logger is not None:
+        outcome = logger.outcome({})
+        outcome["interrupted_at_step"] = STATE["stopped_at"]
+        runproto.atomic_write_json(runproto.outcome_path(), outcome)
+    raise KeyboardInterrupt
+
+
+def _resume_rng() -> None:
+    """Restore the random state a resumed checkpoint saved, once, as the first batch is drawn (after the data
+    loader's own draw of its base seed, as in the run that saved it)."""
+    rng = STATE.pop("rng", None)
+    if rng is not None:
+        torch.set_rng_state(rng["cpu"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 class _Records(torch.utils.data.Dataset):
-    """Pre-tokenised examples served in the order of ``passes`` seeded shuffles."""
+    """Pre-tokenised examples served in the job's example order (``order``: indices into ``examples``)."""
 
-    def __init__(self, examples: list[dict], passes: int, seed: int, shuffle: bool = True):
-        self.examples = examples
-        self.order = _passes(len(examples), max(1, int(passes)), seed, shuffle)
+    def __init__(self, examples: list[dict], order: list[int]):
+        self.examples, self.order = examples, order
 
     def __len__(self) -> int:
         return len(self.order)
@@ -150,6 +171,8 @@ class _Records(torch.utils.data.Dataset):
         if STATE["logger"] is not None and not STATE.get("started"):
             STATE["started"] = True
             STATE["logger"].writer.restart()  # training begins with the first batch
+            _resume_rng()
+        _stop_if_asked()
         item = self.examples[self.order[i]]
         STATE["tokens"] += sum(len(v) for k, v in item.items() if k in ("tokens", "chosen_input_ids",
                                                                            "rejected_input_ids"))
@@ -157,33 +180,30 @@ class _Records(torch.utils.data.Dataset):
 
 
 def sft_dataset(tokenizer: ChatTemplateTokenizer, source: str, kind: str, completion_only_loss: bool = True,
-                passes: int = 1, seed: int = 0, shuffle: bool = True) -> torch.utils.data.Dataset:
-    """SFT examples (``tokens``, ``labels``) from a normalised jsonl file of the run directory.
+                steps: int = 1, batch_size: int = 1, grad_accum: int = 1, seed: int = 0, shuffle: bool = True,
+                start_step: int = 0) -> torch.utils.data.Dataset:
+    """SFT examples (``tokens``, ``labels``) from a normalised jsonl file of the run directory, in the job's
+    example order (the recipe runs one epoch of it).
 
     :param kind: canonical record kind: messages, prompt_completion or text.
     :param completion_only_loss: loss on assistant turns / completions only (else on every token).
-    :param passes: shuffled passes over the records, concatenated (the recipe runs one epoch of them).
-    :param seed: seed of the shuffles.
+    :param steps: optimiser steps of ``grad_accum`` micro-batches of ``batch_size`` examples to serve.
+    :param seed: seed of each pass's shuffle.
     :param shuffle: false: every pass in file order (``train.shuffle=false``).
+    :param start_step: steps already trained (a resumed run): their examples are skipped.
     """
     examples = []
     for rec in runproto.read_jsonl(source):
         ids, mask = tokenizer.example(kind, rec, completion_only_loss)
         examples.append({"tokens": ids, "labels": [t if m else IGNORE for t, m in zip(ids, mask)]})
-    return _Records(examples, passes, seed, shuffle)
+    return _Records(examples, _order(len(examples), steps, batch_size, grad_accum, seed, shuffle, start_step))
 
 
 class _Packs(torch.utils.data.Dataset):
-    """Packs of torchtune's ``PackedDataset`` served ``count`` times in all, in seeded shuffles of the packs."""
+    """Packs of torchtune's ``PackedDataset`` in the job's order over the packs (``order``: indices)."""
 
-    def __init__(self, packs: list[dict], count: int, seed: int, shuffle: bool = True):
-        self.packs = packs
-        self.order: list[int] = []
-        p = 0
-        while len(self.order) < count:
-            self.order += _passes(len(packs), 1, seed + p, shuffle)
-            p += 1
-        self.order = self.order[:count]
+    def __init__(self, packs: list[dict], order: list[int]):
+        self.packs, self.order = packs, order
 
     def __len__(self) -> int:
         return len(self.order)
@@ -192,6 +212,8 @@ class _Packs(torch.utils.data.Dataset):
         if STATE["logger"] is not None and not STATE.get("started"):
             STATE["started"] = True
             STATE["logger"].writer.restart()
+            _resume_rng()
+        _stop_if_asked()
         pack = self.packs[self.order[i]]
         STATE["tokens"] += int(pack["real_tokens"])
         return {k: v for k, v in pack.items() if k != "real_tokens"}
@@ -199,7 +221,8 @@ class _Packs(torch.utils.data.Dataset):
 
 def packed_sft_dataset(tokenizer: ChatTemplateTokenizer, source: str, kind: str, completion_only_loss: bool = True,
                        seed: int = 0, packed: bool = True, max_steps: int = -1, epochs: float = 1.0,
-                       batch_size: int = 1, grad_accum: int = 1, shuffle: bool = True) -> torch.utils.data.Dataset:
+                       batch_size: int = 1, grad_accum: int = 1, shuffle: bool = True,
+                       start_step: int = 0) -> torch.utils.data.Dataset:
     """SFT examples packed by torchtune's ``PackedDataset`` into sequences of ``tokenizer.max_seq_len`` tokens.
 
     The records are shuffled once (``seed``) and packed in that order, greedily, an example never split
@@ -211,6 +234,7 @@ def packed_sft_dataset(tokenizer: ChatTemplateTokenizer, source: str, kind: str,
     :param packed: tells the recipe to collate with ``padded_collate_packed`` (read from the config).
     :param max_steps: optimiser steps to serve; <= 0: ``ceil(epochs * ceil(ceil(packs / batch) / accum))``
         as Hugging Face counts them over the packed data.
+    :param start_step: steps already trained (a resumed run): their packs are skipped.
     """
     from torchtune.datasets import PackedDataset
 
@@ -221,7 +245,7 @@ def packed_sft_dataset(tokenizer: ChatTemplateTokenizer, source: str, kind: str,
         if labels:
             labels[0] = IGNORE  # never a target across a pack's example boundary
         examples.append({"tokens": ids, "labels": labels})
-    order = _passes(len(examples), 1, seed, shuffle)
+    order = runproto.example_order(len(examples), 1, len(examples), 1, seed, shuffle)  # one pass
     packed_ds = PackedDataset([examples[i] for i in order], max_seq_len=int(tokenizer.max_seq_len),
                               padding_idx=tokenizer.pad_id, split_across_pack=False)
     ordered, j, packs = [len(examples[i]["tokens"]) for i in order], 0, []
@@ -237,13 +261,15 @@ def packed_sft_dataset(tokenizer: ChatTemplateTokenizer, source: str, kind: str,
         max_steps = max(1, math.ceil(epochs * math.ceil(math.ceil(len(packs) / batch_size) / grad_accum)))
     STATE["packs"] = len(packs)
     STATE["max_steps"] = max_steps
-    return _Packs(packs, max_steps * batch_size * grad_accum, seed, shuffle)
+    return _Packs(packs, _order(len(packs), max_steps, batch_size, grad_accum, seed, shuffle, start_step))
 
 
-def preference_dataset(tokenizer: ChatTemplateTokenizer, source: str, passes: int = 1,
-                       seed: int = 0, shuffle: bool = True) -> torch.utils.data.Dataset:
+def preference_dataset(tokenizer: ChatTemplateTokenizer, source: str, steps: int = 1, batch_size: int = 1,
+                       grad_accum: int = 1, seed: int = 0, shuffle: bool = True,
+                       start_step: int = 0) -> torch.utils.data.Dataset:
     """DPO examples (``chosen_input_ids``, ``chosen_labels``, ``rejected_*``) from normalised preference records."""
-    return _Records([tokenizer.preference(rec) for rec in runproto.read_jsonl(source)], passes, seed, shuffle)
+    examples = [tokenizer.preference(rec) for rec in runproto.read_jsonl(source)]
+    return _Records(examples, _order(len(examples), steps, batch_size, grad_accum, seed, shuffle, start_step))
 
 
 # -- optimisers and schedules ------------------------------------------------------------------------
@@ -271,23 +297,93 @@ class _Clipping:
         return super().step(closure)
 
 
-class AdamW(_Clipping, torch.optim.AdamW):
-    """``torch.optim.AdamW``; ``max_grad_norm`` clips gradients first."""
+class _Checkpointing:
+    """Mixin over a torch optimiser: resumable checkpoints, which torchtune 0.6's recipes write only at the end
+    of an epoch (anytune's runs are one epoch), and a clean stop on Ctrl-C.
+
+    The optimiser sees every optimiser step, the trainable parameters and its own state, so it saves, after
+    the step, ``artifacts/checkpoints/checkpoint-<step>/anytune_state.pt``: the trainable parameters in order,
+    the optimiser state, the random state and the token count. A resumed run loads them here (the recipe
+    builds the optimiser after the model); the data set skips the trained steps' examples and the schedule
+    starts where it was.
+
+    :param save_steps: save every N optimiser steps (0: only on Ctrl-C).
+    :param resume: checkpoint folder to load (a resumed run), or None.
+    :param start_step: steps the loaded checkpoint had trained (0 without one).
+    """
+
+    def __init__(self, params, save_steps: int = 0, resume: str | None = None, start_step: int = 0, **kwargs):
+        import signal
+
+        super().__init__(params, **kwargs)
+        self.save_steps, self.step_count = int(save_steps or 0), int(start_step)
+        self.trainable = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        if resume:
+            self._load(resume)
+        STATE["stop"] = False
+        signal.signal(signal.SIGINT, lambda signum, frame: STATE.update(stop=True))
+
+    def _load(self, path: str) -> None:
+        state = torch.load(os.path.join(path, CHECKPOINT_STATE), map_location="cpu", weights_only=True)
+        lrs = [g["lr"] for g in self.param_groups]
+        with torch.no_grad():
+            for p, saved in zip(self.trainable, state["params"], strict=True):
+                p.copy_(saved)
+        self.load_state_dict(state["optimizer"])
+        for g, lr in zip(self.param_groups, lrs):  # the schedule sets the rate from the configured peak
+            g["lr"] = lr
+            g.pop("initial_lr", None)
+        STATE["tokens"], STATE["rng"] = int(state["tokens"]), state["rng"]
+
+    def save(self) -> str:
+        """Write this step's checkpoint (atomically: a folder renamed into place once complete)."""
+        final = os.path.join(runproto.CHECKPOINTS, f"checkpoint-{self.step_count}")
+        tmp = final + ".partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+               else None}
+        torch.save({"step": self.step_count, "params": [p.detach().cpu() for p in self.trainable],
+                    "optimizer": self.state_dict(), "rng": rng, "tokens": STATE["tokens"]},
+                   os.path.join(tmp, CHECKPOINT_STATE))
+        runproto.mark_complete(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(tmp, final)
+        return final
+
+    def step(self, closure=None):
+        out = super().step(closure)
+        self.step_count += 1
+        stop = STATE.get("stop")
+        if stop or (self.save_steps and self.step_count % self.save_steps == 0):
+            self.save()
+        if stop:  # the recipe logs this step; the next batch drawn then stops the run (_stop_if_asked)
+            STATE["stopped_at"] = self.step_count
+        return out
 
 
-class SGD(_Clipping, torch.optim.SGD):
-    """``torch.optim.SGD``; ``max_grad_norm`` clips gradients first."""
+class AdamW(_Checkpointing, _Clipping, torch.optim.AdamW):
+    """``torch.optim.AdamW``; ``max_grad_norm`` clips gradients first; checkpoints and resume."""
 
 
-def lr_schedule(optimizer, name: str, num_training_steps: int, warmup_ratio: float = 0.0, last_epoch: int = -1):
+class SGD(_Checkpointing, _Clipping, torch.optim.SGD):
+    """``torch.optim.SGD``; ``max_grad_norm`` clips gradients first; checkpoints and resume."""
+
+
+def lr_schedule(optimizer, name: str, num_training_steps: int, warmup_ratio: float = 0.0, last_epoch: int = -1,
+                start_step: int = 0):
     """Hugging Face's learning-rate schedules (``transformers.get_scheduler``) as a LambdaLR.
 
     :param name: linear, cosine, constant or constant_with_warmup.
-    :param warmup_ratio: warm-up steps = ceil(ratio * num_training_steps), rising linearly from 0
+    :param num_training_steps: the steps the recipe will run (after ``start_step`` in a resumed run).
+    :param warmup_ratio: warm-up steps = ceil(ratio * total steps), rising linearly from 0
         (``constant`` ignores it, as transformers does).
+    :param start_step: steps trained before (a resumed run): the schedule starts there.
     """
-    warmup = math.ceil(num_training_steps * warmup_ratio) if warmup_ratio else 0
-    total = num_training_steps
+    import warnings
+
+    total = num_training_steps + start_step
+    warmup = math.ceil(total * warmup_ratio) if warmup_ratio else 0
 
     def factor(step: int) -> float:
         if name == "constant":  # as transformers: no warm-up
@@ -303,7 +399,12 @@ def lr_schedule(optimizer, name: str, num_training_steps: int, warmup_ratio: flo
             return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
         raise ValueError(f"unknown schedule {name!r}")
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch)
+    with warnings.catch_warnings():  # "step() before optimizer.step()": these steps were trained before
+        warnings.simplefilter("ignore")
+        for _ in range(start_step):
+            schedule.step()
+    return schedule
 
 
 # -- metrics, artefacts, outcome ---------------------------------------------------------------------
@@ -325,10 +426,13 @@ class MetricLogger:
     :param train_rows: training records (for the ``epoch`` column).
     :param examples_per_step: batch_size * gradient_accumulation_steps.
     :param artifacts: ``adapter`` (PEFT layout into artifacts/adapter), ``model`` (artifacts/model) or ``none``.
+    :param start_step: steps trained before (a resumed run): the recipe counts from 0, the rows from here.
     """
 
     def __init__(self, filename: str = runproto.METRICS_FILE, max_steps: int | None = None,
-                 train_rows: int | None = None, examples_per_step: int = 1, artifacts: str = "adapter", **_):
+                 train_rows: int | None = None, examples_per_step: int = 1, artifacts: str = "adapter",
+                 start_step: int = 0, **_):
+        self.start_step = int(start_step)
         self.writer = runproto.MetricsWriter(filename)
         self.max_steps, self.train_rows, self.examples_per_step = max_steps, train_rows, examples_per_step
         self.artifacts = artifacts
@@ -348,6 +452,7 @@ class MetricLogger:
 
     def log_dict(self, payload: dict, step: int) -> None:
         """One recipe log row -> one metrics.jsonl row in anytune's schema."""
+        step += self.start_step
         loss = _scalar(payload.get("loss"))
         epoch = None
         rows = STATE.get("packs") or self.train_rows  # with packing an epoch is a pass over the packs

@@ -9,7 +9,6 @@ metrics are anytune components shipped in ``plan/anytune_torchtune.py``.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,24 +183,15 @@ def lora_targets(targets: list[str], tied: bool) -> dict[str, Any]:
 
 
 def total_steps(rows: int, batch: int, accum: int, max_steps: int, epochs: float) -> tuple[int, int]:
-    """(optimiser steps, passes over the data) for torchtune's drop-last data loader.
+    """(optimiser steps, passes over the data) of the job (``runproto.steps_and_passes``); torchtune's data
+    loader drops an incomplete batch, so the data set serves exactly those steps' examples.
 
-    Steps: ``max_steps``, else ``ceil(epochs * ceil(ceil(rows / batch) / accum))`` as Hugging Face
-    counts them. Passes: shuffled copies of the data the dataset concatenates so one torchtune
-    epoch holds that many full steps.
     :raises ConfigError: fewer rows than one batch.
     """
     if rows < batch:
         raise ConfigError(f"the training data has {rows} rows, fewer than train.batch_size={batch}; torchtune "
                           "drops an incomplete batch, so nothing would train: lower train.batch_size")
-    if max_steps > 0:
-        steps = max_steps
-    else:
-        steps = max(1, math.ceil(epochs * math.ceil(math.ceil(rows / batch) / accum)))
-    passes = 1
-    while (passes * rows) // batch // accum < steps:
-        passes += 1
-    return steps, passes
+    return runproto.steps_and_passes(rows, batch, accum, max_steps, epochs)
 
 
 def hf_config(name_or_path: str) -> tuple[Path, dict]:
@@ -252,13 +242,15 @@ def check(job: Any) -> None:
 
 
 def native_config(job: Any, data: Any, rel: Callable[[Any], str] = str,
-                  components: str = "plan.anytune_torchtune") -> tuple[str, dict[str, Any]]:
+                  components: str = "plan.anytune_torchtune", resume: str | None = None) -> tuple[str, dict[str, Any]]:
     """(recipe name, recipe config) for the job.
 
     :param data: the prepared data (``core.DataInfo``: kind, row counts in ``stats``, train/template paths).
     :param rel: turns a path into the form the plan names it by (relative to the run directory).
     :param components: module the recipe imports anytune's components from (``plan/anytune_torchtune.py``
         as a dotted name from the run directory, which ``tune run`` puts on ``sys.path``).
+    :param resume: checkpoint folder (``artifacts/checkpoints/checkpoint-<step>``) to continue from: anytune's
+        optimiser loads it, the data set skips the trained steps, the schedule and the metrics go on from there.
     """
     t, m, p = job.train, job.method, job.peft
     path, hf = hf_config(str(job.model.name_or_path))
@@ -266,7 +258,10 @@ def native_config(job: Any, data: Any, rel: Callable[[Any], str] = str,
     full = p.type == "none"
     recipe = RECIPES[(m.name, full)]
     rows = int(data.stats["rows"]["train"])
-    steps, passes = total_steps(rows, t.batch_size, t.grad_accum, t.max_steps, t.epochs)
+    steps, _ = total_steps(rows, t.batch_size, t.grad_accum, t.max_steps, t.epochs)
+    start = int(resume.rsplit("-", 1)[1]) if resume else 0
+    order = {"batch_size": t.batch_size, "grad_accum": t.grad_accum, "seed": t.seed, "shuffle": bool(t.shuffle),
+             "start_step": start}
     args = model_args(hf, t.max_length)
     if full:
         model = {"_component_": fam.builder, **args}
@@ -281,20 +276,19 @@ def native_config(job: Any, data: Any, rel: Callable[[Any], str] = str,
     tokenizer = {"_component_": f"{components}.ChatTemplateTokenizer", "path": str(path),
                  "chat_template": rel(data.template) if data.template else None, "max_seq_len": t.max_length}
     if m.name == "dpo":
-        dataset = {"_component_": f"{components}.preference_dataset", "source": source,
-                   "passes": passes, "seed": t.seed, "shuffle": bool(t.shuffle)}
+        dataset = {"_component_": f"{components}.preference_dataset", "source": source, "steps": steps, **order}
     elif m.packing:  # torchtune's PackedDataset; the recipe collates with padded_collate_packed
         dataset = {"_component_": f"{components}.packed_sft_dataset", "packed": True,
                    "source": source, "kind": data.kind,
-                   "completion_only_loss": bool(m.completion_only_loss), "seed": t.seed,
-                   "max_steps": t.max_steps, "epochs": float(t.epochs), "batch_size": t.batch_size,
-                   "grad_accum": t.grad_accum, "shuffle": bool(t.shuffle)}
+                   "completion_only_loss": bool(m.completion_only_loss),
+                   "max_steps": t.max_steps, "epochs": float(t.epochs), **order}
     else:
         dataset = {"_component_": f"{components}.sft_dataset", "source": source,
-                   "kind": data.kind, "completion_only_loss": bool(m.completion_only_loss),
-                   "passes": passes, "seed": t.seed, "shuffle": bool(t.shuffle)}
+                   "kind": data.kind, "completion_only_loss": bool(m.completion_only_loss), "steps": steps,
+                   **order}
     optimizer = {"_component_": f"{components}.{'AdamW' if t.optimizer == 'adamw' else 'SGD'}",
-                 "lr": t.learning_rate, "weight_decay": t.weight_decay}
+                 "lr": t.learning_rate, "weight_decay": t.weight_decay,
+                 "save_steps": t.save_steps, "resume": resume, "start_step": start}
     clip = t.max_grad_norm if t.max_grad_norm and t.max_grad_norm > 0 else None
     config: dict[str, Any] = {
         "output_dir": TUNE_DIR,
@@ -310,11 +304,11 @@ def native_config(job: Any, data: Any, rel: Callable[[Any], str] = str,
         "batch_size": t.batch_size,
         "epochs": 1,  # one epoch over `passes` shuffled passes of the data
         # packing: the dataset holds exactly the steps' packs (their number is known only once packed)
-        "max_steps_per_epoch": None if m.packing else steps,
+        "max_steps_per_epoch": None if m.packing else steps - start,
         "gradient_accumulation_steps": t.grad_accum,
         "optimizer": optimizer,
         "lr_scheduler": {"_component_": f"{components}.lr_schedule", "name": t.lr_scheduler,
-                         "warmup_ratio": t.warmup_ratio},
+                         "warmup_ratio": t.warmup_ratio, "start_step": start},
         "compile": bool(job.backend.get("compile", False)),
         "device": t.device,
         "dtype": {"fp32": "fp32", "bf16": "bf16"}.get(t.precision, t.precision),
@@ -324,7 +318,8 @@ def native_config(job: Any, data: Any, rel: Callable[[Any], str] = str,
                           "max_steps": None if m.packing and t.max_steps <= 0 else steps,
                           "train_rows": rows,
                           "examples_per_step": t.batch_size * t.grad_accum,
-                          "artifacts": ("none" if not t.save_artifacts else "model" if full else "adapter")},
+                          "artifacts": ("none" if not t.save_artifacts else "model" if full else "adapter"),
+                          "start_step": start},
         "log_every_n_steps": t.logging_steps,
         "log_peak_memory_stats": False,
         "profiler": {"_component_": "torchtune.training.setup_torch_profiler", "enabled": False},

@@ -67,7 +67,7 @@ class TrlBackend(core.Trainer):
 
     def plan(self, ctx: core.Context) -> core.Plan:
         """Write ``plan/trl_args.json`` and ship the worker with the run protocol, loss masks and HF glue."""
-        spec = translate.native_spec(ctx.job, ctx.data, ctx.rel)
+        spec = translate.native_spec(ctx.job, ctx.data, ctx.rel, ctx.resume)
         files = [ctx.write_json("trl_args.json", spec),
                  *ctx.ship(HERE / "worker.py", rename={"worker.py": "trl_worker.py"}),
                  *hftrainer.ship(ctx)]

@@ -9,10 +9,13 @@ from omegaconf import OmegaConf
 from plugins import hftrainer
 
 
-def trainer_args(job: Any, has_eval: bool) -> dict[str, Any]:
-    """TRL ``*Config`` keyword arguments: TrainingArguments' plus the method's own, then ``backend.native``."""
+def trainer_args(job: Any, has_eval: bool, order: dict[str, Any] | None = None) -> dict[str, Any]:
+    """TRL ``*Config`` keyword arguments: TrainingArguments' plus the method's own, then ``backend.native``.
+
+    :param order: the job's example order (``hftrainer.schedule``).
+    """
     t, m = job.train, job.method
-    args = hftrainer.training_args(job, has_eval)
+    args = hftrainer.training_args(job, has_eval, order)
     args["max_length"] = t.max_length
     # Every key below is explicit, never left to a TRL default that might differ from what the job means
     # (TRL 1.16's *Config defaults gradient_checkpointing=True, bf16=None->True, disable_dropout=True ...).
@@ -40,13 +43,16 @@ def trainer_args(job: Any, has_eval: bool) -> dict[str, Any]:
     return args
 
 
-def native_spec(job: Any, data: Any, rel: Callable[[Any], str] = str) -> dict[str, Any]:
-    """The whole job in TRL's terms: model loading, peft.LoraConfig kwargs, *Config kwargs, data paths.
+def native_spec(job: Any, data: Any, rel: Callable[[Any], str] = str, resume: str | None = None) -> dict[str, Any]:
+    """The whole job in TRL's terms: model loading, peft.LoraConfig kwargs, *Config kwargs, data paths, the
+    order of the examples, the checkpoint to resume from.
 
-    :param data: the prepared data (``core.DataInfo``: kind, train/eval/template paths).
+    :param data: the prepared data (``core.DataInfo``: kind, row counts, train/eval/template paths).
     :param rel: turns a path into the form the plan names it by (relative to the run directory).
+    :param resume: checkpoint folder to continue from (``Context.resume``).
     """
     p = job.peft
+    order = hftrainer.schedule(job, int(data.stats["rows"]["train"]))
     return {
         "method": job.method.name,
         "kind": data.kind,
@@ -55,7 +61,9 @@ def native_spec(job: Any, data: Any, rel: Callable[[Any], str] = str) -> dict[st
         "peft": hftrainer.lora_kwargs(p),
         "data": {"train": rel(data.train), "eval": rel(data.eval) if data.eval else None,
                  "chat_template": rel(data.template) if data.template else None},
-        "args": trainer_args(job, data.eval is not None),
+        "args": trainer_args(job, data.eval is not None, order),
+        "order": order,
+        "resume": resume,
         "offline": bool(job.offline),
         "save": bool(job.train.save_artifacts),
     }

@@ -55,7 +55,8 @@ def settings(spec):
             # SFT data is tokenised here, with the loss masks every engine uses; TRL takes it as processed
             "completion_only": args["completion_only_loss"] if method == "sft" else None,
             "max_length": args["max_length"],
-            "train": spec["data"]["train"], "eval": spec["data"]["eval"], "save": spec["save"]}
+            "train": spec["data"]["train"], "eval": spec["data"]["eval"], "save": spec["save"],
+            "order": spec.get("order")}
 
 
 def build_trainer(spec, writer):
@@ -66,17 +67,18 @@ def build_trainer(spec, writer):
     s = settings(spec)
     tokenizer = s["tokenizer"]
     model = AutoModelForCausalLM.from_pretrained(s["model"], **s["load"])
-    common = {"model": model, "processing_class": tokenizer, "peft_config": s["lora"],
-              "callbacks": [hfglue.metrics_callback(writer)]}
     train, evals = s["train"], s["eval"]
+    common = {"model": model, "processing_class": tokenizer, "peft_config": s["lora"],
+              "callbacks": [hfglue.metrics_callback(writer, s["order"], len(runproto.read_jsonl(train)))]}
     if s["method"] == "sft":
         def tokenized(path):  # input_ids + completion_mask, which TRL takes as already processed
             return Dataset.from_list(hfglue.tokenize(path, tokenizer, s["kind"], s["completion_only"],
                                                      s["max_length"]))
 
-        data = {"train_dataset": tokenized(train), "eval_dataset": tokenized(evals) if evals else None}
+        data = {"train_dataset": hfglue.scheduled(tokenized(train), s["order"]),
+                "eval_dataset": tokenized(evals) if evals else None}
     else:
-        data = {"train_dataset": Dataset.from_list(runproto.read_jsonl(train)),
+        data = {"train_dataset": hfglue.scheduled(Dataset.from_list(runproto.read_jsonl(train)), s["order"]),
                 "eval_dataset": Dataset.from_list(runproto.read_jsonl(evals)) if evals else None}
     return s["trainer_class"](args=s["args"], **data, **common), tokenizer
 
@@ -88,7 +90,8 @@ def main(argv):
     outcome = runproto.Outcome(("trl", "transformers", "peft", "torch", "datasets", "accelerate", "bitsandbytes"))
     with outcome as out:
         trainer, tokenizer = build_trainer(spec, writer)
-        hfglue.train(trainer, out, tokenizer, adapter=bool(spec["peft"]), save_artifacts=spec["save"])
+        hfglue.train(trainer, out, tokenizer, adapter=bool(spec["peft"]), save_artifacts=spec["save"],
+                     resume=spec.get("resume"))
     return outcome.code
 
 

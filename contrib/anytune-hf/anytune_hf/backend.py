@@ -64,7 +64,7 @@ class HfBackend(core.Trainer):
 
     def plan(self, ctx: core.Context) -> core.Plan:
         """Write ``plan/hf_args.json``; ship the worker with the run protocol, loss masks and HF glue."""
-        files = [ctx.write_json("hf_args.json", translate.native_spec(ctx.job, ctx.data, ctx.rel)),
+        files = [ctx.write_json("hf_args.json", translate.native_spec(ctx.job, ctx.data, ctx.rel, ctx.resume)),
                  *ctx.ship(HERE / "worker.py", rename={"worker.py": "hf_worker.py"}),
                  *hftrainer.ship(ctx)]
         return core.Plan(command=[self.python(), files[1], files[0]], files=files)

@@ -76,10 +76,12 @@ def build_trainer(spec, writer):
         return tokenize_sft(path, tokenizer, spec["kind"], tspec["completion_only_loss"], tspec["max_length"])
 
     train, evals = spec["data"]["train"], spec["data"]["eval"]
-    trainer = Trainer(model=model, args=hfglue.config_args(TrainingArguments, args), train_dataset=tokenized(train),
+    order, train_set = spec.get("order"), tokenized(train)
+    trainer = Trainer(model=model, args=hfglue.config_args(TrainingArguments, args),
+                      train_dataset=hfglue.scheduled(train_set, order),
                       eval_dataset=tokenized(evals) if evals else None,
                       data_collator=PadCollator(tokenizer.pad_token_id, tspec.get("pad_to_multiple_of")),
-                      processing_class=tokenizer, callbacks=[hfglue.metrics_callback(writer)])
+                      processing_class=tokenizer, callbacks=[hfglue.metrics_callback(writer, order, len(train_set))])
     return trainer, tokenizer
 
 
@@ -92,7 +94,8 @@ def main(argv):
     outcome = runproto.Outcome(("transformers", "peft", "torch", "accelerate"))
     with outcome as out:
         trainer, tokenizer = build_trainer(spec, writer)
-        hfglue.train(trainer, out, tokenizer, adapter=bool(spec["peft"]), save_artifacts=spec.get("save", True))
+        hfglue.train(trainer, out, tokenizer, adapter=bool(spec["peft"]), save_artifacts=spec.get("save", True),
+                     resume=spec.get("resume"))
     return outcome.code
 
 

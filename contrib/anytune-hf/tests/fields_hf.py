@@ -51,4 +51,5 @@ class HfFields(FieldsReachEngine):
         return {"args": args, "lora": LoraConfig(**spec["peft"]) if spec["peft"] else None, "load": load,
                 "model": m["name_or_path"], "tokenizer": tokenizer, "trainer_class": Trainer,
                 "kind": spec["kind"], "eval": spec["data"]["eval"], "save": spec["save"], "rows": rows,
+                "order": spec.get("order"),
                 "completion_only": tok["completion_only_loss"], "max_length": tok["max_length"]}

@@ -186,18 +186,24 @@ def can_resume(backend_cls: type) -> bool:
     return backend_cls.capabilities.reads_field("train.save_steps")
 
 
-def resume_point(job: Job, run_dir: Path, reg: Registry) -> tuple[int, str]:
-    """(step, checkpoint folder) a resumed run continues from; drops the metrics rows logged after it.
+def resumable(backend_cls: type, run_dir: Path, reg: Registry) -> tuple[int, str]:
+    """(step, checkpoint folder) of the newest complete checkpoint a run of ``backend_cls`` can resume from.
 
     :raises ConfigError: the backend cannot resume (naming those that can), or the run left no complete checkpoint.
     """
-    if not can_resume(type(job.trainer)):
+    if not can_resume(backend_cls):
         able = sorted(n for n, b in reg.backends.items() if can_resume(b))
-        raise ConfigError(f"backend={job.trainer.name} cannot resume a run; backends that can: {', '.join(able)}")
+        raise ConfigError(f"backend={backend_cls.name} cannot resume a run; backends that can: {', '.join(able)}")
     point = runproto.last_checkpoint(str(run_dir))
     if point is None:
         raise ConfigError(f"{run_dir} holds no complete checkpoint under {runproto.CHECKPOINTS}/ (the run stopped "
                           "before its first one: set train.save_steps to save them periodically); start it again")
+    return point
+
+
+def resume_point(job: Job, run_dir: Path, reg: Registry) -> tuple[int, str]:
+    """:func:`resumable`, then drop the metrics rows logged after that checkpoint."""
+    point = resumable(type(job.trainer), run_dir, reg)
     metrics = run_dir / runproto.METRICS_FILE
     if metrics.is_file():
         kept = [r for r in runproto.read_jsonl(str(metrics)) if r.get("step", 0) <= point[0]]
@@ -210,8 +216,8 @@ def resume_config(run_dir: Path, overrides: list[str], reg: Registry | None = No
 
     :param overrides: ``key=value`` of the command line: only ``quiet``, ``debug`` and the secret values the
         saved config.yaml redacted (they are never saved) may be given.
-    :raises ConfigError: not a run directory, a run that finished or was only planned, one in use, another
-        override.
+    :raises ConfigError: not a run directory, a run that finished or was only planned, one in use, one without
+        a checkpoint or of a backend that cannot resume, another override.
     """
     from core import rundir
     from core.schema import JobConfig
@@ -236,8 +242,10 @@ def resume_config(run_dir: Path, overrides: list[str], reg: Registry | None = No
                 redacted_keys.add(f"{prefix}{k}")
 
     walk(saved, "")
+    backend_cls = reg.backend(saved.backend.name)
+    resumable(backend_cls, run_dir, reg)  # before anything is touched
     cfg = OmegaConf.merge(OmegaConf.structured(JobConfig), {"backend": OmegaConf.structured(
-        reg.backend(saved.backend.name).config_class)}, saved)
+        backend_cls.config_class)}, saved)
     cfg.quiet = cfg.debug = False  # how the first run was shown is not part of the job
     for o in overrides:
         key, _, value = o.partition("=")

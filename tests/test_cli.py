@@ -113,6 +113,7 @@ def test_ctrl_c_keeps_the_weights_trained_so_far(tmp_path):
     assert (adapter / "adapter_model.safetensors").exists()
     outcome = runproto.read_json(str(run_dir / "logs" / "train.outcome.json"))
     assert outcome["interrupted_at_step"] >= 3
+    assert result["checkpoint"]["step"] == outcome["interrupted_at_step"], "the step under way finished and was saved"
 
 
 @pytest.mark.slow

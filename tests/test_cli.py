@@ -114,6 +114,8 @@ def test_ctrl_c_keeps_the_weights_trained_so_far(tmp_path):
     outcome = runproto.read_json(str(run_dir / "logs" / "train.outcome.json"))
     assert outcome["interrupted_at_step"] >= 3
     assert result["checkpoint"]["step"] == outcome["interrupted_at_step"], "the step under way finished and was saved"
+    log = (run_dir / "logs" / "train.stderr.log").read_text()
+    assert "deprecated" not in log, "no deprecation warning about names anytune or its engines pass"
 
 
 @pytest.mark.slow

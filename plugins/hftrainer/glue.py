@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import Any
 
 import lossmask
 import runproto
+
+# transformers 5 renamed the attribute; TRL 1.16 and peft 0.21 still read the old name inside their own code, so
+# every run's log carried a deprecation warning the user can do nothing about (anytune passes the new names)
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def metrics_callback(writer: runproto.MetricsWriter, order: dict[str, Any] | None = None,

@@ -397,3 +397,76 @@ def test_llamafactory_alpaca_system_and_history(tmp_path):
     assert rec == {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": U1},
                                 {"role": "assistant", "content": A1}, {"role": "user", "content": U2},
                                 {"role": "assistant", "content": A2}]}
+
+
+# --------------------------------------------------------------------------- more published shapes
+
+
+def test_openai_preference_fine_tuning_rows(tmp_path):
+    """OpenAI's preference (DPO) fine-tuning format: input.messages, preferred_output, non_preferred_output."""
+    path = write(tmp_path / "openai_dpo.jsonl", [{
+        "input": {"messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": U1}]},
+        "preferred_output": [{"role": "assistant", "content": "5"}],
+        "non_preferred_output": [{"role": "assistant", "content": "6"}]}])
+    _, [rec] = prepared(tmp_path, path, method="dpo")
+    assert rec == {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": U1}],
+                   "chosen": [{"role": "assistant", "content": "5"}],
+                   "rejected": [{"role": "assistant", "content": "6"}]}
+
+
+@pytest.mark.parametrize("row", [
+    {"system": "Be brief.", "prompt": U1, "chosen": "5", "rejected": "6"},                     # chatml.prompt_pairs
+    {"system": "Be brief.", "question": U1, "chosen": "5", "rejected": "6"},                   # chatml.intel
+    {"system": "Be brief.", "instruction": U1, "chosen_response": "5", "rejected_response": "6"},  # llama3.icr
+    {"system": "Be brief.", "input": U1, "chosen": "5", "rejected": "6"},                      # chatml.argilla
+    {"system": "Be brief.", "prompt": U1,                                                     # chat_template.argilla
+     "chosen": [{"role": "user", "content": U1}, {"role": "assistant", "content": "5"}],
+     "rejected": [{"role": "user", "content": U1}, {"role": "assistant", "content": "6"}]},
+    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": U1}],  # chat_template DPO
+     "chosen": {"role": "assistant", "content": "5"}, "rejected": {"role": "assistant", "content": "6"}},
+], ids=["prompt_pairs", "intel", "icr", "argilla", "argilla_chat", "chat_template"])
+def test_axolotl_dpo_shapes_keep_their_system_prompt(tmp_path, row):
+    """Axolotl's DPO dataset types (docs/rlhf.qmd): every one keeps its system prompt and its prompt."""
+    path = write(tmp_path / "dpo.jsonl", [row])
+    _, [rec] = prepared(tmp_path, path, method="dpo")
+    assert rec == {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": U1}],
+                   "chosen": [{"role": "assistant", "content": "5"}],
+                   "rejected": [{"role": "assistant", "content": "6"}]}
+
+
+def test_a_prompt_field_that_contradicts_the_dialogues_is_refused(tmp_path):
+    path = write(tmp_path / "dpo.jsonl", [{"prompt": "Something else?",
+                                           "chosen": [{"role": "user", "content": U1}, {"role": "assistant", "content": "5"}],
+                                           "rejected": [{"role": "user", "content": U1}, {"role": "assistant", "content": "6"}]}])
+    assert f"{path}:1: the prompt field differs from the turns chosen and rejected share" in refused(tmp_path, path, "dpo")
+
+
+def test_axolotl_kto_rows_with_system_and_instruction(tmp_path):
+    path = write(tmp_path / "kto.jsonl", [{"system": "Be brief.", "instruction": U1, "completion": "5", "label": True}])
+    _, [rec] = prepared(tmp_path, path, method="kto")
+    assert rec == {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": U1}],
+                   "completion": [{"role": "assistant", "content": "5"}], "label": True}
+
+
+def test_a_system_column_beside_plain_prompt_completion_is_refused(tmp_path):
+    """Plain prompt/completion is trained without a template: a system column would be dropped."""
+    path = write(tmp_path / "pc.jsonl", [{"system": "Be brief.", "prompt": "2+3=", "completion": "5"}])
+    assert f"{path}:1: the row has a system column, which plain prompt/completion rows cannot carry" in refused(
+        tmp_path, path)
+
+
+def test_openai_legacy_function_calling_rows(tmp_path):
+    """OpenAI's legacy function-calling fine-tuning format: ``functions``, ``function_call``, role ``function``."""
+    tmpl = tmp_path / "tools.jinja"
+    tmpl.write_text(TOOL_TEMPLATE)
+    functions = [{"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+    path = write(tmp_path / "fn.jsonl", [{"messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "function_call": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}},
+        {"role": "function", "name": "get_weather", "content": "18C"},
+        {"role": "assistant", "content": "It is 18C."}], "functions": functions}])
+    _, [rec] = prepared(tmp_path, path, chat_template=str(tmpl))
+    assert rec["tools"] == functions
+    assert rec["messages"][1] == {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}
+    assert rec["messages"][2] == {"role": "tool", "content": "18C", "name": "get_weather"}

@@ -17,8 +17,9 @@ from typing import Any
 from core.data.readers import BadRow, _json_type
 
 ROLES = ("system", "user", "assistant", "tool")
-#: Source roles that mean something else in the canonical form (OpenAI's legacy function role).
-ROLE_ALIASES = {"function": "tool"}
+#: Source roles that mean something else in the canonical form (OpenAI's legacy function role; its developer
+#: role, which newer models take in place of system).
+ROLE_ALIASES = {"function": "tool", "developer": "system"}
 #: Placeholders multimodal data sets put in text (LLaMA-Factory, LLaVA): such rows are refused.
 MEDIA_PLACEHOLDER = re.compile(r"<(image|video|audio)>")
 #: Per-turn training flags: boolean keys and 0/1 keys (Axolotl ``train``/``training``; OpenAI ``weight``;

@@ -27,8 +27,8 @@ FIELDS = {
     "alpaca": ("instruction", "input", "output", "system", "history"),
     "prompt_completion": ("prompt", "completion"),
     "prompt_completion_chat": ("prompt", "completion", "tools"),
-    "preference": ("prompt", "chosen", "rejected", "conversations", "instruction", "input", "system"),
-    "unpaired": ("prompt", "completion", "messages", "conversations", "label"),
+    "preference": ("prompt", "chosen", "rejected", "messages", "conversations", "instruction", "input", "system"),
+    "unpaired": ("prompt", "completion", "messages", "conversations", "label", "instruction", "system"),
     "text": ("text",),
 }
 #: format -> fields a row must have for auto-detection to pick it, in the order formats are tried
@@ -52,7 +52,9 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 #: Columns of multimodal rows (LLaMA-Factory, TRL's vision formats): a row with any of them non-empty is refused.
 MEDIA_COLUMNS = ("images", "image", "videos", "video", "audios", "audio")
 #: Other spellings of canonical fields, read when the canonical name is absent and nothing maps it.
-ALIASES = {"chosen": ("chosen_messages",), "rejected": ("rejected_messages",), "label": ("kto_tag",)}
+ALIASES = {"chosen": ("chosen_messages", "chosen_response", "preferred_output"),
+           "rejected": ("rejected_messages", "rejected_response", "non_preferred_output"),
+           "label": ("kto_tag",), "tools": ("functions",), "prompt": ("question",)}
 _DIALOGUE = re.compile(r"(?:\A\s*|\n\n)(Human|Assistant):[ \t]?")
 
 
@@ -78,8 +80,8 @@ def detect(row: dict, columns: dict[str, str]) -> str | None:
             continue
         if fmt == "unpaired":  # a boolean label beside a conversation or a prompt/completion pair
             if not isinstance(fields.get(row, "label"), bool) or not (
-                    fields.has(row, "messages") or fields.has(row, "conversations")
-                    or (fields.has(row, "prompt") and fields.has(row, "completion"))):
+                    fields.has(row, "messages") or fields.has(row, "conversations") or (fields.has(row, "completion")
+                    and any(fields.has(row, f) for f in ("prompt", "instruction", "input")))):
                 continue
         if fmt == "prompt_completion" and isinstance(fields.get(row, "prompt"), list):
             return "prompt_completion_chat"  # TRL's conversational prompt/completion: message lists
@@ -259,6 +261,10 @@ def _alpaca(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
 
 def _prompt_completion(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
     """Plain strings, trained as ``prompt + completion + eos``."""
+    if row.get("system") not in (None, ""):
+        raise BadRow("the row has a system column, which plain prompt/completion rows cannot carry (they are "
+                     "trained as prompt + completion, without a chat template); put it in the prompt, or give "
+                     "messages")
     return {"prompt": conversation.text_field(fields.need(row, "prompt"), "prompt"),
             "completion": conversation.text_field(fields.need(row, "completion"), "completion")}
 
@@ -298,28 +304,21 @@ def _plain(msgs: list[dict], name: str) -> list[dict]:
 
 
 def _preference(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
-    if fields.has(row, "tools") and fields.get(row, "tools") not in (None, "", "[]", []):
+    if _has_tools(row, fields):
         raise BadRow("the row has tools; tool calling is supported in SFT conversations only, not in "
                      "preference data yet")
     chosen_v, rejected_v = fields.need(row, "chosen"), fields.need(row, "rejected")
-    prompt = None
-    if fields.has(row, "conversations"):  # sharegpt: LLaMA-Factory's DPO format
-        prompt = _system_column(row, fields, _sharegpt_turns(fields.get(row, "conversations"), "conversations"),
-                                "conversations")
-    elif fields.has(row, "instruction"):  # alpaca: LLaMA-Factory's ranking format
-        prompt = _system_column(row, fields, [{"role": "user", "content": _user_text(row, fields)}], "the row")
-    elif fields.get(row, "prompt") is not None:
-        prompt_v = fields.get(row, "prompt")
-        if isinstance(prompt_v, str):
-            prompt = [{"role": "user", "content": conversation.text_field(prompt_v, "prompt")}]
-        else:
-            _string_or_turns(prompt_v, "prompt")
-            prompt = conversation.turns(prompt_v, "prompt")
-    if prompt is None:  # whole dialogues: the shared prefix is the prompt
+    prompt = _prompt_turns(row, fields)
+    if prompt is None or _is_dialogue(chosen_v):  # whole dialogues: the shared prefix is the prompt
         chosen_d, rejected_d = _dialogue(chosen_v, "chosen"), _dialogue(rejected_v, "rejected")
         if chosen_d == rejected_d:
             raise BadRow("chosen and rejected are identical")
-        prompt, chosen, rejected = _split_shared(_plain(chosen_d, "chosen"), _plain(rejected_d, "rejected"))
+        shared, chosen, rejected = _split_shared(_plain(chosen_d, "chosen"), _plain(rejected_d, "rejected"))
+        if prompt is not None and [m for m in prompt if m["role"] != "system"] != \
+                [m for m in shared if m["role"] != "system"][-1:]:
+            raise BadRow("the prompt field differs from the turns chosen and rejected share; give one or the other")
+        system = [m for m in (prompt or []) if m["role"] == "system"]
+        prompt = system + shared if system and shared[0]["role"] != "system" else shared
     else:
         _plain(prompt, "prompt")
         conversation.order(prompt, "prompt", ends_with="user")
@@ -331,29 +330,74 @@ def _preference(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
     return {"prompt": _with_system(prompt, system_prompt), "chosen": chosen, "rejected": rejected}
 
 
-def _unpaired(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
-    """KTO rows: a boolean label beside a prompt/completion pair (TRL) or a whole conversation (LLaMA-Factory),
-    whose last assistant turn is the completion."""
-    label = fields.need(row, "label")
-    if not isinstance(label, bool):
-        raise BadRow(f"wrong type: label must be true or false, got {_json_type(label)}")
-    if fields.has(row, "tools") and fields.get(row, "tools") not in (None, "", "[]", []):
-        raise BadRow("the row has tools; tool calling is supported in SFT conversations only, not in KTO data yet")
-    if fields.has(row, "messages") or fields.has(row, "conversations"):
-        name = "messages" if fields.has(row, "messages") else "conversations"
-        msgs = _plain(conversation.turns(_maybe_json_list(fields.get(row, name)), name) if name == "messages"
-                      else _sharegpt_turns(fields.get(row, name), name), name)
-        conversation.order(msgs, name)
-        prompt, completion = msgs[:-1], msgs[-1:]
-    else:
-        prompt_v, completion_v = fields.need(row, "prompt"), fields.need(row, "completion")
+def _has_tools(row: dict, fields: _Fields) -> bool:
+    value = fields.get(row, "tools")
+    if value in (None, "", "[]", []) and isinstance(fields.get(row, "input"), dict):
+        value = fields.get(row, "input").get("tools")  # OpenAI's preference format keeps them in input
+    return value not in (None, "", "[]", [])
+
+
+def _prompt_turns(row: dict, fields: _Fields) -> list[dict] | None:
+    """The prompt of a preference or unpaired row, wherever its format keeps it (None: no prompt field), with
+    a ``system`` column as its first turn:
+
+    - ``conversations`` (LLaMA-Factory's sharegpt DPO) or ``messages`` (Axolotl's chat_template DPO);
+    - ``input: {"messages": [...]}`` (OpenAI's preference fine-tuning format);
+    - ``instruction`` and ``input`` (alpaca ranking), or ``input`` alone (Axolotl's chatml.argilla);
+    - ``prompt`` (or ``question``) as a string or a message list.
+    """
+    value = fields.get(row, "input")
+    if isinstance(value, dict):
+        if not isinstance(value.get("messages"), list):
+            raise BadRow("input must hold the prompt's messages ({\"messages\": [...]}, OpenAI's preference format)")
+        prompt = conversation.turns(value["messages"], "input messages")
+    elif fields.has(row, "conversations"):
+        prompt = _sharegpt_turns(fields.get(row, "conversations"), "conversations")
+    elif fields.has(row, "messages"):
+        prompt = conversation.turns(_maybe_json_list(fields.get(row, "messages")), "messages")
+    elif fields.has(row, "instruction"):
+        prompt = [{"role": "user", "content": _user_text(row, fields)}]
+    elif isinstance(value, str):
+        prompt = [{"role": "user", "content": conversation.text_field(value, "input")}]
+    elif fields.get(row, "prompt") is not None:
+        prompt_v = fields.get(row, "prompt")
         if isinstance(prompt_v, str):
             prompt = [{"role": "user", "content": conversation.text_field(prompt_v, "prompt")}]
         else:
             _string_or_turns(prompt_v, "prompt")
-            prompt = _plain(conversation.turns(prompt_v, "prompt"), "prompt")
-        completion = _answer(completion_v, "completion")
-        _plain(completion, "completion")
+            prompt = conversation.turns(prompt_v, "prompt")
+    else:
+        return None
+    return _system_column(row, fields, prompt, "the prompt")
+
+
+def _is_dialogue(value: Any) -> bool:
+    """True for a whole dialogue (a message list whose first turn is the user's or the system's)."""
+    return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and \
+        value[0].get("role", value[0].get("from")) in ("user", "system", "human")
+
+
+def _unpaired(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
+    """KTO rows: a boolean label beside a prompt/completion pair (TRL, Axolotl) or a whole conversation
+    (LLaMA-Factory), whose last assistant turn is the completion."""
+    label = fields.need(row, "label")
+    if not isinstance(label, bool):
+        raise BadRow(f"wrong type: label must be true or false, got {_json_type(label)}")
+    if _has_tools(row, fields):
+        raise BadRow("the row has tools; tool calling is supported in SFT conversations only, not in KTO data yet")
+    if not fields.has(row, "completion") and (fields.has(row, "messages") or fields.has(row, "conversations")):
+        name = "messages" if fields.has(row, "messages") else "conversations"
+        msgs = _plain(conversation.turns(_maybe_json_list(fields.get(row, name)), name) if name == "messages"
+                      else _sharegpt_turns(fields.get(row, name), name), name)
+        msgs = _system_column(row, fields, msgs, name)
+        conversation.order(msgs, name)
+        prompt, completion = msgs[:-1], msgs[-1:]
+    else:
+        prompt = _prompt_turns(row, fields)
+        if prompt is None:
+            raise BadRow("missing field 'prompt' (or messages, instruction, input)")
+        _plain(prompt, "prompt")
+        completion = _plain(_answer(fields.need(row, "completion"), "completion"), "completion")
         conversation.order(prompt + completion, "prompt + completion")
     return {"prompt": _with_system(prompt, system_prompt), "completion": completion, "label": label}
 
@@ -361,9 +405,8 @@ def _unpaired(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
 def _answer(value: Any, name: str) -> list[dict]:
     if isinstance(value, str):
         return [{"role": "assistant", "content": conversation.text_field(value, name)}]
-    if isinstance(value, dict) and "from" in value:  # sharegpt: one {from, value} turn
-        value = [value]
-        turns = _sharegpt_turns(value, name)
+    if isinstance(value, dict):  # one turn: sharegpt {from, value} or {role, content} (Axolotl's chat_template DPO)
+        turns = _sharegpt_turns([value], name)
     else:
         _string_or_turns(value, name)
         turns = conversation.turns(value, name)

@@ -91,13 +91,15 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 @lru_cache(maxsize=1)
 def code_digest() -> str:
-    """sha256 over the data layer's source (``core/data/*.py``, ``core/chatrender.py``) and library versions.
+    """sha256 over the data layer's source (``core/data/*.py``, ``core/chatrender.py``, ``core/lossmask.py``, which
+    checks every conversation's loss spans) and library versions.
 
     A change to the code that writes the files, or to the ``tokenizers`` or ``jinja2``
     that count and render them, makes every earlier entry a miss.
     """
     h = hashlib.sha256()
-    for path in [_CODE_DIR / name for name in _CODE] + [_CODE_DIR.parent / "chatrender.py"]:
+    for path in [_CODE_DIR / name for name in _CODE] + [_CODE_DIR.parent / "chatrender.py",
+                                                        _CODE_DIR.parent / "lossmask.py"]:
         try:
             h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
         except OSError:

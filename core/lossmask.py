@@ -85,6 +85,7 @@ def tokenize_records(records: Iterable[dict], tokenizer: Any, kind: str, complet
     :param tokenizer: a Hugging Face fast tokenizer whose ``chat_template`` is the template of record.
     """
     def render(messages, add_generation_prompt, tools=None):
+        """The record rendered by the tokenizer's template of record."""
         return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
                                              add_generation_prompt=add_generation_prompt)
 

@@ -58,6 +58,7 @@ def _prepare(overrides: list[str], run_dir: Path) -> dict:
 
 
 def _show(run_dir: Path, args, labels, report) -> int:
+    """Print the data report and the label view of a prepared run directory."""
     import json
 
     stats = json.loads((run_dir / "data" / "stats.json").read_text(encoding="utf-8"))

@@ -71,6 +71,7 @@ def turns(value: Any, name: str, roles: dict[str, str] | None = None,
 
 
 def _turn(turn: Any, where: str, roles: dict[str, str], keys: tuple[str, str]) -> dict[str, Any]:
+    """One canonical turn (see the module docstring) from a source turn at ``where``."""
     role_key, content_key = keys
     if not isinstance(turn, dict):
         raise BadRow(f"wrong type: {where} must be an object, got {_json_type(turn)}")

@@ -103,6 +103,7 @@ def normaliser(fmt: str, columns: dict[str, str], system_prompt: str | None) -> 
             "unpaired": _unpaired}
     if fmt in conv:
         def normalise(row: dict) -> dict:
+            """The canonical record of ``row``; rows with media columns are refused first."""
             _no_media_columns(row)
             return conv[fmt](row, fields, system_prompt)
         return normalise
@@ -119,6 +120,7 @@ class _Fields:
     """
 
     def __init__(self, columns: dict[str, str]):
+        """:param columns: ``data.columns`` (canonical field -> column)."""
         self.columns = columns
         self.claimed = set(columns.values())
 
@@ -129,6 +131,7 @@ class _Fields:
         return None if field in self.claimed else field
 
     def _find(self, row: dict, field: str) -> str | None:
+        """The column of ``row`` holding ``field`` (mapped, own name, or an alias), or None."""
         col = self.col(field)
         if col is not None and col in row:
             return col
@@ -137,9 +140,11 @@ class _Fields:
         return None
 
     def has(self, row: dict, field: str) -> bool:
+        """True if ``row`` holds ``field``."""
         return self._find(row, field) is not None
 
     def need(self, row: dict, field: str) -> Any:
+        """``field``'s value in ``row``; :class:`BadRow` naming the column when it is missing."""
         col = self._find(row, field)
         if col is None:
             col = self.col(field) or field
@@ -148,11 +153,13 @@ class _Fields:
         return row[col]
 
     def get(self, row: dict, field: str) -> Any:
+        """``field``'s value in ``row``, or None."""
         col = self._find(row, field)
         return row[col] if col is not None else None
 
 
 def _no_media_columns(row: dict) -> None:
+    """:raises BadRow: the row has a non-empty image, video or audio column."""
     for col in MEDIA_COLUMNS:
         value = row.get(col)
         if value not in (None, "", [], {}):
@@ -162,6 +169,7 @@ def _no_media_columns(row: dict) -> None:
 
 
 def _with_system(msgs: list[dict], system_prompt: str | None) -> list[dict]:
+    """``data.system_prompt`` as the first turn, unless the conversation starts with one."""
     if system_prompt and msgs[0]["role"] != "system":
         return [{"role": "system", "content": system_prompt}] + msgs
     return msgs
@@ -189,6 +197,7 @@ def _system_column(row: dict, fields: _Fields, msgs: list[dict], name: str) -> l
 
 
 def _with_tools(record: dict, row: dict, fields: _Fields) -> dict:
+    """``record`` with the row's ``tools`` list, when it has a non-empty one."""
     value = fields.get(row, "tools")
     if value not in (None, "", []):
         tools = conversation.tools(value, "tools")
@@ -198,6 +207,7 @@ def _with_tools(record: dict, row: dict, fields: _Fields) -> dict:
 
 
 def _messages(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
+    """OpenAI chat rows (and Axolotl's, LLaMA-Factory v1's): ``messages`` -> a messages record."""
     msgs = conversation.turns(_maybe_json_list(fields.need(row, "messages")), "messages")
     conversation.order(msgs, "messages")
     return _with_tools({"messages": _with_system(_some_loss(msgs, "messages"), system_prompt)}, row, fields)
@@ -220,6 +230,7 @@ def _sharegpt_turns(value: Any, name: str) -> list[dict]:
 
 
 def _sharegpt(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
+    """ShareGPT rows: ``conversations`` (and a ``system`` column) -> a messages record."""
     msgs = _system_column(row, fields, _sharegpt_turns(fields.need(row, "conversations"), "conversations"),
                           "conversations")
     conversation.order(msgs, "conversations")
@@ -253,6 +264,7 @@ def _history(row: dict, fields: _Fields) -> list[dict]:
 
 
 def _alpaca(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
+    """Alpaca rows (LLaMA-Factory's ``system`` and ``history`` too) -> a messages record."""
     user = _user_text(row, fields)
     output = conversation.text_field(fields.need(row, "output"), "output")
     msgs = _history(row, fields) + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
@@ -288,6 +300,7 @@ def _prompt_completion_chat(row: dict, fields: _Fields, system_prompt: str | Non
 
 
 def _no_spans(turn: dict) -> dict:
+    """``turn`` without its training keys."""
     return {k: v for k, v in turn.items() if k not in ("weight", "train_spans")}
 
 
@@ -304,6 +317,7 @@ def _plain(msgs: list[dict], name: str) -> list[dict]:
 
 
 def _preference(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
+    """Preference rows of every published shape -> ``{prompt, chosen, rejected}``."""
     if _has_tools(row, fields):
         raise BadRow("the row has tools; tool calling is supported in SFT conversations only, not in "
                      "preference data yet")
@@ -331,6 +345,7 @@ def _preference(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
 
 
 def _has_tools(row: dict, fields: _Fields) -> bool:
+    """True if the row carries a non-empty tools list."""
     value = fields.get(row, "tools")
     if value in (None, "", "[]", []) and isinstance(fields.get(row, "input"), dict):
         value = fields.get(row, "input").get("tools")  # OpenAI's preference format keeps them in input
@@ -403,6 +418,7 @@ def _unpaired(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
 
 
 def _answer(value: Any, name: str) -> list[dict]:
+    """An answer (a string, one turn, or a list of turns) as canonical turns without flags or tools."""
     if isinstance(value, str):
         return [{"role": "assistant", "content": conversation.text_field(value, name)}]
     if isinstance(value, dict):  # one turn: sharegpt {from, value} or {role, content} (Axolotl's chat_template DPO)
@@ -414,6 +430,7 @@ def _answer(value: Any, name: str) -> list[dict]:
 
 
 def _string_or_turns(value: Any, name: str) -> None:
+    """:raises BadRow: ``value`` is neither a string nor a list."""
     if not isinstance(value, (str, list)):
         raise BadRow(f"wrong type: {name} must be a string or a list of turns, got {_json_type(value)}")
 

@@ -116,6 +116,7 @@ def _texts(kind: str, rec: dict, render, completion_only: bool, eos: str) -> lis
 
 
 def _sequence(tok, name: str, text: str, spans: list, max_length: int) -> Sequence:
+    """Tokens, mask and token texts of one rendered text, cut at ``max_length``."""
     enc = tok.encode(text, add_special_tokens=False)
     offsets = list(enc.offsets)
     mask = lossmask.mask_from_offsets(offsets, spans)

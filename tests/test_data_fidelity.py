@@ -470,3 +470,20 @@ def test_openai_legacy_function_calling_rows(tmp_path):
     assert rec["messages"][1] == {"role": "assistant", "content": "", "tool_calls": [
         {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}
     assert rec["messages"][2] == {"role": "tool", "content": "18C", "name": "get_weather"}
+
+
+def test_data_report_counts_duplicates_leaks_and_empty_answers(tmp_path):
+    row = {"messages": [{"role": "user", "content": U1}, {"role": "assistant", "content": A1}]}
+    flagged = {"messages": [{"role": "user", "content": U1}, {"role": "assistant", "content": A1, "weight": 0},
+                            {"role": "user", "content": U2}, {"role": "assistant", "content": A2}]}
+    empty = {"messages": [{"role": "user", "content": U1}, {"role": "assistant", "content": " "}]}
+    no_question = {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": A1}]}
+    path = write(tmp_path / "d.jsonl", [row, row, flagged, empty, no_question])
+    held = write(tmp_path / "e.jsonl", [row, flagged, {"messages": [{"role": "user", "content": U2},
+                                                                    {"role": "assistant", "content": A2}]}])
+    stats, _ = prepared(tmp_path, path, on_bad_rows="skip", eval=str(held))
+    assert stats["report"] == {"row_kinds": {"train": {"plain": 2, "turn_weights": 1},
+                                             "eval": {"plain": 2, "turn_weights": 1}},
+                               "duplicates": {"train": 1, "eval": 0}, "eval_in_train": 2, "empty_responses": 1}
+    tokens = stats["tokens"]["train"]
+    assert tokens["p50"] <= tokens["p90"] <= tokens["p99"] == tokens["max"]

@@ -38,8 +38,14 @@ def build(kind: str, splits: dict[str, list[dict]], problems: Iterable[tuple[str
         out["duplicates"][name] = len(keys[name]) - len(set(keys[name])) if rows else None
     train = set(keys.get("train", ()))
     out["eval_in_train"] = sum(k in train for k in keys.get("eval", ())) if splits.get("eval") else None
-    out["empty_responses"] = sum(1 for _, _, why in problems if why.startswith("empty"))
+    out["empty_responses"] = sum(1 for _, _, why in problems if _empty_answer(why))
     return out
+
+
+def _empty_answer(reason: str) -> bool:
+    """True for a bad-row reason that says an answer was empty (not a question or a system prompt)."""
+    return reason.startswith("empty") and any(w in reason for w in (
+        "(assistant)", "(Assistant)", "completion", "chosen", "rejected", "output"))
 
 
 def text(stats: dict[str, Any]) -> str:

@@ -27,8 +27,8 @@ FIRST_PARTY = {
     "trl": "pip install 'anytune[trl]'",
     "torchtune": "pip install anytune (its own environment is created on first use)",
     "unsloth": "pip install anytune (its own environment is created on first use; NVIDIA GPU only)",
-    "axolotl": "not released yet: in development for a later anytune release",
-    "openai": "not released yet: in development for a later anytune release",
+    "axolotl": "pip install anytune (its own environment is created on first use)",
+    "openai": "pip install 'anytune[openai]'",
 }
 """First-party backends and how to get each, for the message about a backend that is not installed."""
 

@@ -1,0 +1,165 @@
+"""anytune's Axolotl plugin, shipped as ``plan/anytune_axolotl.py`` and named in ``plan/axolotl.yaml``'s ``plugins``.
+
+Axolotl imports it as ``plan.anytune_axolotl.AnytunePlugin`` from the run directory (its working directory).
+Through Axolotl's own plugin hooks it:
+
+- refuses a config key Axolotl would silently drop (``register``: the key, and the closest key Axolotl knows);
+- adds a ``TrainerCallback`` that writes ``metrics.jsonl`` rows (``add_callbacks_pre_trainer``), and one that
+  marks checkpoints complete and turns Ctrl-C into a checkpoint and a clean stop;
+- at the end moves the weights Axolotl saved into ``output_dir`` to ``artifacts/adapter`` or
+  ``artifacts/model`` and writes the outcome file; exits 130 when interrupted.
+
+Imports Axolotl, transformers and the standard library, plus ``runproto``, ``lossmask`` and ``hfglue``
+shipped beside it: an ejected plan runs where anytune is not installed.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import hfglue  # noqa: E402
+import runproto  # noqa: E402
+from axolotl.integrations.base import BasePlugin  # noqa: E402
+
+SETTINGS = os.path.join(HERE, "anytune_axolotl.json")
+"""What the plan says beside the YAML: the example order, the artefact kind, whether to keep it."""
+DISTS = ("axolotl", "transformers", "trl", "peft", "torch", "datasets", "accelerate")
+"""Distributions whose versions the outcome records."""
+
+
+def known_keys() -> set[str]:
+    """Every top-level key Axolotl's config model takes: its fields, their aliases, and the fields the configured
+    plugins add (``axolotl.integrations.config.merge_input_args``)."""
+    from axolotl.integrations.config import merge_input_args
+
+    _, model = merge_input_args()
+    keys = set()
+    for name, field in model.model_fields.items():
+        keys.add(name)
+        for alias in (field.alias, getattr(field, "validation_alias", None)):
+            if isinstance(alias, str):
+                keys.add(alias)
+            for choice in getattr(alias, "choices", ()) or ():
+                if isinstance(choice, str):
+                    keys.add(choice)
+    return keys
+
+
+def unknown_keys(cfg: dict, known: set[str] | None = None) -> list[str]:
+    """Messages for the keys of ``cfg`` Axolotl would silently drop, each with the closest known key."""
+    known = known if known is not None else known_keys()
+    out = []
+    for key in sorted(k for k in cfg if k not in known and k != "axolotl_config_path"):
+        near = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+        out.append(f"{key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+    return out
+
+
+class AnytunePlugin(BasePlugin):
+    """metrics.jsonl, checkpoints, artefacts and the outcome file of an anytune run, through Axolotl's hooks."""
+
+    def __init__(self):
+        super().__init__()
+        self.settings = runproto.read_json(SETTINGS) if os.path.exists(SETTINGS) else {}
+        self.outcome = runproto.Outcome(DISTS)
+        self.out = self.outcome.__enter__()
+        self.trainer = None
+        self.stop = None
+        self.started = None
+        self.trained = False
+
+    def register(self, cfg: dict):
+        """Refuse keys Axolotl does not know (it would ignore them): before any data or model loads."""
+        problems = unknown_keys(cfg)
+        if problems:
+            raise ValueError(f"{cfg.get('axolotl_config_path', 'the config')}: Axolotl does not know "
+                             f"{', '.join(problems)} and would silently ignore "
+                             f"{'it' if len(problems) == 1 else 'them'}")
+
+    def add_callbacks_pre_trainer(self, cfg, model):
+        """The metrics callback (``metrics.jsonl`` rows) and the checkpoint/Ctrl-C callback."""
+        writer = runproto.MetricsWriter()
+        self.stop = hfglue.checkpoints_callback()
+        return [hfglue.metrics_callback(writer, self.settings.get("order"), self.settings.get("rows")), self.stop]
+
+    def post_trainer_create(self, cfg, trainer):
+        """Keep the trainer; count its trainable parameters; start the clock."""
+        self.trainer = trainer
+        self.out["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        self.started = time.time()
+
+    def post_train(self, cfg, model):
+        """After ``trainer.train()`` (Axolotl calls it again after saving: only the first call counts): the
+        training's own mean loss, one evaluation at the end when there is eval data."""
+        if self.trained or self.trainer is None:
+            return
+        self.trained = True
+        if self.stop is not None and self.stop.interrupted:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the save that follows
+        self.out["train_seconds"] = round(time.time() - (self.started or time.time()), 3)
+        state = self.trainer.state
+        final = self.out["final"] = {}
+        for row in reversed(state.log_history):
+            if "train_loss" in row:
+                final["train_loss"] = row["train_loss"]
+                break
+        if self.trainer.eval_dataset is not None and not (self.stop and self.stop.interrupted):
+            metrics = self.trainer.evaluate()
+            if "eval_loss" in metrics:
+                final["eval_loss"] = metrics["eval_loss"]
+
+    def post_train_unload(self, cfg):
+        """After Axolotl saved the weights into ``output_dir``: move them into anytune's artefact layout, write the
+        outcome file, and exit 130 when training was interrupted."""
+        interrupted = bool(self.stop is not None and self.stop.interrupted)
+        if interrupted and self.trainer is not None:
+            self.out["interrupted_at_step"] = self.trainer.state.global_step
+        self.out["artifacts"] = collect(cfg.output_dir, self.settings)
+        if interrupted:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                self.outcome.__exit__(*sys.exc_info())
+            sys.exit(runproto.INTERRUPTED)
+        self.outcome.__exit__(None, None, None)
+
+
+def collect(output_dir: str, settings: dict) -> dict:
+    """Move what Axolotl saved into ``output_dir`` (all but the ``checkpoint-*`` folders) to ``artifacts/adapter``
+    (PEFT) or ``artifacts/model``; delete it when the job keeps no artefacts. The outcome's ``artifacts``."""
+    if not os.path.isdir(output_dir):
+        return {}
+    kind = "adapter" if settings.get("adapter", True) else "model"
+    dest = os.path.join(runproto.ARTIFACTS, kind)
+    saved = [n for n in os.listdir(output_dir) if not n.startswith("checkpoint-")]
+    keep = settings.get("save", True) and any(n.endswith((".safetensors", ".bin")) for n in saved)
+    if keep:
+        shutil.rmtree(dest, ignore_errors=True)
+        os.makedirs(dest)
+    for name in saved:
+        src = os.path.join(output_dir, name)
+        if keep:
+            shutil.move(src, os.path.join(dest, name))
+        elif os.path.isdir(src):
+            shutil.rmtree(src)
+        else:
+            os.remove(src)
+    if not os.listdir(output_dir):
+        os.rmdir(output_dir)
+    return {kind: runproto.local_artifact(dest)} if keep else {}
+
+
+if __name__ == "__main__":  # python plan/anytune_axolotl.py plan/axolotl.yaml: the unknown keys of a config
+    import yaml
+
+    with open(sys.argv[1], encoding="utf-8") as f:
+        found = unknown_keys(yaml.safe_load(f) or {})
+    print(json.dumps(found))
+    sys.exit(1 if found else 0)

@@ -1,0 +1,248 @@
+"""Translation of the canonical job into an Axolotl config (``plan/axolotl.yaml``): plain dicts, no engine import.
+
+SFT data goes to Axolotl already tokenised (``input_ids``, ``attention_mask``, ``labels``), made with the same
+tokenizer, template of record and loss masks as every other engine (``core.data.labels``, i.e.
+``core.lossmask``), cut at ``train.max_length`` and laid out in the job's example order
+(``runproto.example_order``); Axolotl reads them sequentially (``curriculum_sampling``) and never shuffles or
+de-duplicates them. Preference data goes as ``prompt``/``chosen``/``rejected`` text rendered with the template of
+record (no dataset type: Axolotl reads those fields as they are).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import OmegaConf
+
+PLAN_FILE = "axolotl.yaml"
+"""The Axolotl config, in the plan directory."""
+PLUGIN = "anytune_axolotl.py"
+"""The Axolotl plugin anytune ships into the plan directory (``plugins/axolotl/plugin.py``)."""
+PLUGIN_NAME = "plan.anytune_axolotl.AnytunePlugin"
+"""How the YAML names the plugin: Axolotl imports it from the run directory (its working directory)."""
+SETTINGS = "anytune_axolotl.json"
+"""What the plugin needs beyond Axolotl's config: the example order, the artefact kind, save or not."""
+DATA_DIR = "axolotl_data"
+"""Folder of the plan directory holding the data as Axolotl reads it."""
+PREPARED = "axolotl_prepared"
+"""Axolotl's ``dataset_prepared_path`` (its cache of processed data), inside the plan directory."""
+
+SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant",
+              "constant_with_warmup": "constant_with_warmup"}
+"""canonical train.lr_scheduler -> Axolotl's lr_scheduler (transformers' names)"""
+OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd"}
+"""canonical train.optimizer -> Axolotl's optimizer (transformers' optim names)"""
+RL = {"dpo": "dpo", "orpo": "orpo"}
+"""canonical method.name -> Axolotl's rl (SFT has none)"""
+DPO_LOSSES = {"sigmoid": "sigmoid", "ipo": "ipo", "hinge": "hinge"}
+"""canonical method.loss_type -> TRL's DPO loss_type as Axolotl passes it (``dpo_loss_type``)"""
+
+
+def load_dtype(job: Any) -> str:
+    """The dtype Axolotl loads the base in: ``model.dtype``, else the training precision's (fp32 for fp32)."""
+    if job.model.dtype != "auto":
+        return job.model.dtype
+    return {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[job.train.precision]
+
+
+def order_of(job: Any, rows: int) -> dict[str, Any] | None:
+    """The example order (``runproto.example_order``'s arguments) the data is written in; None when packing
+    (Axolotl packs, then orders the packs)."""
+    from core import runproto
+
+    t = job.train
+    if job.method.name == "sft" and job.method.packing:
+        return None
+    steps, _ = runproto.steps_and_passes(rows, t.batch_size, t.grad_accum, t.max_steps, t.epochs)
+    return {"steps": steps, "batch": t.batch_size, "accum": t.grad_accum, "seed": t.seed, "shuffle": bool(t.shuffle)}
+
+
+def native_config(job: Any, data: Any, rel: Callable[[Any], str] = str, resume: str | None = None) -> dict[str, Any]:
+    """The Axolotl config of the job, ``backend.native`` merged last.
+
+    :param data: the prepared data (``core.DataInfo``).
+    :param rel: turns a path into the form the plan names it by (relative to the run directory).
+    :param resume: checkpoint folder to continue from (``Context.resume``).
+    """
+    from core import runproto
+
+    t, m, p = job.train, job.method, job.peft
+    rows = int(data.stats["rows"]["train"])
+    order = order_of(job, rows)
+    steps = order["steps"] if order else (t.max_steps if t.max_steps > 0 else None)
+    plan = "plan"
+    cfg: dict[str, Any] = {
+        "base_model": str(job.model.name_or_path),
+        "tokenizer_config": str(job.model.name_or_path),
+        "trust_remote_code": bool(job.model.trust_remote_code),
+        "sequence_len": int(t.max_length),
+        "excess_length_strategy": "truncate",  # rows come cut at max_length already; never drop one
+        "micro_batch_size": int(t.batch_size),
+        "eval_batch_size": int(t.batch_size),
+        "gradient_accumulation_steps": int(t.grad_accum),
+        "num_epochs": float(t.epochs),
+        "learning_rate": float(t.learning_rate),
+        "lr_scheduler": SCHEDULERS[t.lr_scheduler],
+        # a fraction below 1 is read by transformers as a ratio of the steps (ceil), as on every engine;
+        # Axolotl's own warmup_ratio floors it and turns 1 warm-up step into 2
+        "warmup_steps": float(t.warmup_ratio),
+        "weight_decay": float(t.weight_decay),
+        "optimizer": OPTIMIZERS[t.optimizer],
+        "max_grad_norm": float(t.max_grad_norm),
+        "gradient_checkpointing": bool(t.gradient_checkpointing),
+        "bf16": t.precision == "bf16",
+        "fp16": t.precision == "fp16",
+        "tf32": False,
+        "seed": int(t.seed),
+        "output_dir": runproto.CHECKPOINTS,
+        "logging_steps": int(t.logging_steps),
+        "save_safetensors": True,
+        "save_strategy": "steps" if t.save_steps > 0 else "no",
+        "val_set_size": 0.0,
+        "shuffle_merged_datasets": False,
+        "shuffle_before_merging_datasets": False,
+        "dataset_exact_deduplication": False,
+        "dataset_prepared_path": f"{plan}/{PREPARED}",
+        "dataset_processes": 1,
+        "sample_packing": bool(m.name == "sft" and m.packing),
+        "plugins": [PLUGIN_NAME],
+        "chat_template": "jinja" if data.template else None,
+        "chat_template_jinja": rel(data.template) if data.template else None,  # a path: Axolotl reads the file
+        "include_tokens_per_second": True,  # the Trainer counts input tokens (metrics.jsonl's tokens)
+        "use_tensorboard": False,
+        "save_first_step": False,
+    }
+    if steps:
+        cfg["max_steps"] = int(steps)
+    if order:
+        cfg["curriculum_sampling"] = True  # a SequentialSampler: the rows are already in the job's order
+    elif not t.shuffle:
+        cfg["curriculum_sampling"] = True
+    if m.name == "sft" and m.packing:
+        cfg.update(pad_to_sequence_len=True, eval_sample_packing=False)
+    if t.save_steps > 0:
+        cfg["save_steps"] = int(t.save_steps)
+    if data.eval is not None and t.eval_steps > 0:
+        cfg.update(eval_strategy="steps", eval_steps=int(t.eval_steps))
+    else:
+        cfg["eval_strategy"] = "no"
+    if p.type != "none":
+        targets = list(p.target_modules)
+        cfg.update(adapter="qlora" if p.type == "qlora" else "lora", lora_r=int(p.r), lora_alpha=int(p.alpha),
+                   lora_dropout=float(p.dropout), peft_use_dora=p.type == "dora",
+                   # Axolotl's fused LoRA kernels (on by default) are Triton kernels for CUDA only
+                   lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False, lora_embedding_kernel=False)
+        if targets == ["all-linear"]:
+            cfg.update(lora_target_linear=True)
+        else:
+            cfg.update(lora_target_modules=targets, lora_target_linear=False)
+        if p.type == "qlora":
+            cfg.update(load_in_4bit=True)
+    if m.name in RL:
+        cfg["rl"] = RL[m.name]
+        cfg["rl_beta"] = float(m.beta)
+        if m.name == "dpo":
+            cfg["dpo_loss_type"] = [DPO_LOSSES[m.loss_type]]
+    # no dataset type: Axolotl takes SFT rows with input_ids/attention_mask/labels, and preference rows with
+    # prompt/chosen/rejected, as they are
+    cfg["datasets"] = [{"path": f"{plan}/{DATA_DIR}/train.jsonl", "ds_type": "json", "split": "train"}]
+    if data.eval is not None:
+        cfg["test_datasets"] = [{"path": f"{plan}/{DATA_DIR}/eval.jsonl", "ds_type": "json", "split": "train"}]
+    if resume:
+        cfg["resume_from_checkpoint"] = resume
+    cfg = {k: v for k, v in cfg.items() if v is not None}
+    cfg.update(OmegaConf.to_container(job.backend.native, resolve=True) if job.backend.get("native") else {})
+    return cfg
+
+
+def settings(job: Any, data: Any) -> dict[str, Any]:
+    """What the shipped plugin reads beside the YAML (``plan/anytune_axolotl.json``)."""
+    rows = int(data.stats["rows"]["train"])
+    return {"order": order_of(job, rows), "rows": rows, "adapter": job.peft.type != "none",
+            "save": bool(job.train.save_artifacts), "method": job.method.name}
+
+
+# -- the data as Axolotl reads it -------------------------------------------------------------------------
+
+
+def write_data(job: Any, data: Any, run_dir: Path, out_dir: Path) -> list[Path]:
+    """Write ``train.jsonl`` (and ``eval.jsonl``) as Axolotl reads them into ``out_dir``; returns the files.
+
+    SFT: one tokenised row per example, in the example order; preference: prompt/chosen/rejected text.
+    """
+    from core import runproto
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    order = order_of(job, int(data.stats["rows"]["train"]))
+    written = []
+    for split, path in (("train", data.train), ("eval", data.eval)):
+        if path is None:
+            continue
+        if job.method.name == "sft":
+            rows = tokenised(run_dir, split)
+        else:
+            rows = preference_text(runproto.read_jsonl(str(path)), data)
+        if split == "train" and order:
+            idx = runproto.example_order(len(rows), order["steps"], order["batch"], order["accum"], order["seed"],
+                                         order["shuffle"])
+            rows = [rows[i] for i in idx]
+        dest = out_dir / f"{split}.jsonl"
+        runproto.atomic_write_text(str(dest), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        written.append(dest)
+    return written
+
+
+def tokenised(run_dir: Path, split: str) -> list[dict[str, list[int]]]:
+    """``input_ids``, ``attention_mask`` and ``labels`` (-100 where no loss) of every record of a split, as the
+    label view makes them (``core.data.labels``: the model's tokenizer, the template of record, ``lossmask``)."""
+    from core.data import labels
+
+    out = []
+    for row in labels.label_rows(run_dir, split):
+        seq = row.sequences[0]
+        out.append({"input_ids": seq.ids, "attention_mask": [1] * len(seq.ids),
+                    "labels": [t if k else -100 for t, k in zip(seq.ids, seq.mask)]})
+    return out
+
+
+def preference_text(records: list[dict], data: Any) -> list[dict[str, str]]:
+    """prompt/chosen/rejected text of preference records: the prompt rendered with the template of record and
+    its generation prompt, each answer as the template renders it after that prompt."""
+    from functools import partial
+
+    from core import chatrender, lossmask
+
+    tokenizer = data.stats.get("tokenizer")
+    specials = chatrender.special_tokens(str(Path(tokenizer).parent)) if tokenizer else {}
+    render = partial(chatrender.render,
+                     chatrender.environment().from_string(Path(data.template).read_text(encoding="utf-8")),
+                     special_tokens=specials)
+    out = []
+    for rec in records:
+        view = lossmask.renderer(render, rec.get("tools"))
+        prompt = view(rec["prompt"], True)
+        row = {"prompt": prompt}
+        for side in ("chosen", "rejected"):
+            full = view(rec["prompt"] + rec[side], False)
+            if not full.startswith(prompt):
+                raise ValueError("the chat template renders the prompt differently once an answer follows; "
+                                 "use another data.chat_template")
+            row[side] = full[len(prompt):]
+        out.append(row)
+    return out
+
+
+def steps_of(job: Any, rows: int) -> int:
+    """Optimiser steps of an unpacked job (as Hugging Face counts them)."""
+    t = job.train
+    if t.max_steps > 0:
+        return int(t.max_steps)
+    return max(1, math.ceil(t.epochs * math.ceil(math.ceil(rows / t.batch_size) / t.grad_accum)))
+
+
+def relpath(path: Any, start: Any) -> str:
+    """``path`` relative to ``start``."""
+    return os.path.relpath(str(path), str(start))

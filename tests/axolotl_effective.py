@@ -1,0 +1,134 @@
+"""The effective configuration Axolotl runs for planned jobs, as JSON (test-side; runs in Axolotl's environment).
+
+Usage: ``python tests/axolotl_effective.py OUT.json RUN_DIR...`` with Axolotl's interpreter
+(``python -m core.envs create axolotl``). For each run directory it does what ``axolotl train
+plan/axolotl.yaml`` does up to the first step, with the run directory as working directory: Axolotl's
+``load_cfg`` (its plugins registered, its pydantic model validating and normalising the YAML), its dataset
+loading (``load_datasets`` / ``load_preference_datasets``) and ``setup_model_and_trainer`` (tokenizer, model,
+adapter, reference model, the Trainer and its arguments). It then reads what those hold, not what the YAML
+says: the validated config, the ``TrainingArguments``/TRL config the Trainer runs with, peft's adapter config
+and the modules it wrapped, the dtype the weights loaded in, the tokenizer's template, the Trainer's sampler
+and the training rows (token ids and labels) in the order it reads them.
+
+Imports Axolotl, its dependencies and the standard library only.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import io
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import torch  # noqa: E402
+
+
+def plain(value):
+    """A JSON-able copy."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple, set)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if hasattr(value, "value") and isinstance(getattr(value, "value"), (str, int)):
+        return value.value
+    return str(value)
+
+
+def effective(run_dir: Path) -> dict:
+    """What Axolotl holds for the plan in ``run_dir`` once its Trainer is built."""
+    from axolotl.cli.args import TrainerCliArgs
+    from axolotl.cli.config import load_cfg
+    from axolotl.common.datasets import load_datasets, load_preference_datasets
+    from axolotl.integrations.base import PluginManager
+    from axolotl.train import setup_model_and_trainer
+
+    os.chdir(run_dir)
+    sys.path.insert(0, str(run_dir))
+    PluginManager._instance = None  # a fresh plugin registry per plan
+    for name in [m for m in sys.modules if m == "plan" or m.startswith("plan.")]:
+        del sys.modules[name]
+    try:
+        cfg = load_cfg("plan/axolotl.yaml")
+        cli = TrainerCliArgs()
+        meta = load_preference_datasets(cfg=cfg, cli_args=cli) if cfg.rl else load_datasets(cfg=cfg, cli_args=cli)
+        trainer, model, tokenizer, peft_config, _ = setup_model_and_trainer(cfg, meta)
+        args = trainer.args
+        lora = None
+        peft_cfg = getattr(model, "peft_config", None)
+        if peft_cfg:
+            pc = peft_cfg["default"]
+            targets = pc.target_modules
+            lora = {"r": pc.r, "lora_alpha": pc.lora_alpha, "lora_dropout": pc.lora_dropout,
+                    "use_dora": bool(pc.use_dora), "target_modules": sorted(targets) if isinstance(
+                        targets, (set, list, tuple)) else targets,
+                    "wrapped": sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                                       if hasattr(m, "lora_A") and len(getattr(m, "lora_A", {})) > 0})}
+        dtypes = sorted({str(p.dtype).replace("torch.", "") for n, p in model.named_parameters()
+                         if "lora_" not in n})
+        train = trainer.train_dataset
+        rows = None
+        if not cfg.rl and train is not None and "input_ids" in train.column_names:
+            rows = [{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])} for r in train]
+        elif train is not None:
+            rows = [{k: r[k] for k in ("prompt", "chosen", "rejected") if k in r} for r in train]
+        sampler = None
+        with contextlib.suppress(Exception):
+            sampler = type(trainer._get_train_sampler(train)).__name__
+        out = {
+            "cfg": {k: plain(cfg.get(k)) for k in (
+                "base_model", "tokenizer_config", "trust_remote_code", "torch_dtype", "sequence_len", "rl",
+                "rl_beta", "dpo_loss_type", "orpo_alpha", "sample_packing", "adapter", "curriculum_sampling",
+                "shuffle_merged_datasets", "excess_length_strategy", "micro_batch_size", "gradient_accumulation_steps",
+                "num_epochs", "max_steps", "chat_template", "plugins")},
+            "args": plain(args.to_dict()),
+            "args_class": type(args).__name__,
+            "trainer_class": type(trainer).__name__,
+            "warmup_steps": args.get_warmup_steps(args.max_steps) if args.max_steps > 0 else None,
+            "lora": lora,
+            "dtypes": dtypes,
+            "model_path": str(Path(model.config._name_or_path).resolve()) if Path(
+                model.config._name_or_path).exists() else model.config._name_or_path,
+            "model_dims": [model.config.hidden_size, model.config.num_hidden_layers],
+            "tokenizer_path": tokenizer.name_or_path,
+            "chat_template": tokenizer.chat_template,
+            "eval": trainer.eval_dataset is not None,
+            "rows": rows,
+            "sampler": sampler,
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),
+            "settings": json.loads(Path("plan/anytune_axolotl.json").read_text()),
+            "device": str(next(model.parameters()).device.type),
+        }
+        del trainer, model
+        return out
+    finally:
+        sys.path.remove(str(run_dir))
+        gc.collect()
+
+
+def main(argv: list[str]) -> int:
+    """Write the effective configuration of each run directory (or its error) to ``argv[1]``."""
+    out_path, dirs = Path(argv[1]).resolve(), [Path(d).resolve() for d in argv[2:]]
+    results = []
+    for run_dir in dirs:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                results.append(effective(run_dir))
+        except Exception as exc:  # the engine refuses the plan: its fields fail, not all
+            traceback.print_exc()
+            results.append({"error": f"{type(exc).__name__}: {exc}"})
+    out_path.write_text(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    sys.exit(main(sys.argv))

@@ -27,6 +27,7 @@ OUT=${OUT:-/tmp/gpu-out}; W=${WORK:-/tmp/gpu-work}
 STEPS=${STEPS:-60}; BATCH=${BATCH:-8}; WARMUP=${WARMUP:-10}; LIMIT=${LIMIT:-570}
 LANE0=${LANE0:-"us_anytune us_native trl_anytune trl_native us_qlora us_bs16"}
 LANE1=${LANE1:-"suite trl_plain tt_anytune tt_native us_gc trl_bs16"}
+PIN=
 mkdir -p "$OUT" "$W/runs"
 T0=$(date +%s)
 say() { echo "== [$(( $(date +%s) - T0 ))s] $*"; }
@@ -78,7 +79,7 @@ timed() {  # NAME ESTIMATE DIR COMMAND...: run in DIR unless less than ESTIMATE 
   local s=$(date +%s.%N)
   ( while [ ! -s "$rd/metrics.jsonl" ]; do sleep 0.2; done; date +%s.%N > "$rd/first_step_at" ) &
   local watch=$!
-  ( cd "$dir" && timeout -k 10 $(( $(left) - 5 )) "$@" ) > "$W/$name.log" 2>&1
+  ( cd "$dir" && $PIN timeout -k 10 $(( $(left) - 5 )) "$@" ) > "$W/$name.log" 2>&1
   local rc=$?; kill $watch 2>/dev/null
   python3 -c "import json,time; json.dump({'rc': $rc, 'wall_s': round(time.time() - $s, 1), 'first_step_s': (round(float(open('$rd/first_step_at').read()) - $s, 1) if __import__('os').path.exists('$rd/first_step_at') else None)}, open('$rd/outer.json', 'w'))"
   say "$name: exit $rc"; tail -n 4 "$W/$name.log"
@@ -97,13 +98,20 @@ run() {
     us_qlora) anytune us_qlora unsloth peft=qlora ;;   us_gc) anytune us_gc unsloth train.gradient_checkpointing=true ;;
     us_bs16) anytune us_bs16 unsloth train.batch_size=16 ;;  trl_bs16) anytune trl_bs16 trl train.batch_size=16 ;;
     trl_plain) timed trl_plain 120 "$W" python3 "$ROOT/bench/trl_plain.py" $W/model $W/chat.jsonl $W/runs/trl_plain $BATCH $STEPS ;;
-    suite) say "suite"; ( cd "$SRC" && timeout -k 10 $(( $(left) - 200 )) python3 -m pytest -q -p no:cacheprovider -n 6 \
+    suite) say "suite"; ( cd "$SRC" && $PIN timeout -k 10 $(( $(left) - ${SUITE_LEAVES:-20} )) python3 -m pytest -v -rfE \
+             --tb=short -p no:cacheprovider -n ${SUITE_WORKERS:-8} --timeout 240 --basetemp "$W/pytest" \
              tests/test_conformance.py::TestUnsloth tests/test_unsloth.py -k "not test_field_reaches_engine" \
-             --junitxml="$OUT/suite.xml" ) > "$W/suite.log" 2>&1; say "suite: exit $?"; tail -n 25 "$W/suite.log" ;;
+             --junitxml="$OUT/suite.xml" ) > "$W/suite.log" 2>&1; say "suite: exit $?"; grep -E "PASSED|FAILED|ERROR|XFAIL|passed|failed" "$W/suite.log" | tail -n 60
+           ( cd $W && find pytest -maxdepth 6 \( -name result.json -o -name metrics.jsonl -o -path '*/logs/*.log' \) -size -2M \
+             | tar czf "$OUT/suite-runs.tar.gz" -T - ) ;;
   esac
 }
-lane() { for r in $2; do CUDA_VISIBLE_DEVICES=$1 run $r; done; }
-if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then lane 0 "$LANE0" & lane 1 "$LANE1" & wait
+# Two lanes, each on its own GPU and its own half of the CPU cores (taskset): Unsloth's steps are short enough
+# that a busy CPU slows them (a first try beside an unpinned 6-worker suite measured a quarter of the speed).
+lane() { local cores=; command -v taskset > /dev/null && cores="taskset -c $3"
+  for r in $2; do CUDA_VISIBLE_DEVICES=$1 PIN="$cores" run $r; done; }
+half=$(( $(nproc) / 2 ))
+if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then lane 0 "$LANE0" 0-$(( half - 1 )) & lane 1 "$LANE1" $half-$(( 2 * half - 1 )) & wait
 else lane 0 "$LANE1 $LANE0"; fi
 say "jobs done"
 python3 "$ROOT/bench/gpu_table.py" "$W" "$OUT" "$WARMUP"

@@ -167,6 +167,8 @@ def validation_job(backend: str, feature: str, value: Any, assets: dict[str, str
                 edits["train.device"] = "cuda"
         if feature not in ("data.kind", "data.eval"):
             edits[feature] = value
+    elif f"{feature}={value}" in GPU_SWAP and gpu_only(backend):  # the small job's own value (swapped in its base)
+        edits[feature] = value
     key = (backend, preference)
     if key not in _BASES:
         _BASES[key] = compose([f"backend={backend}", *for_backend(backend, SMALL),

@@ -253,6 +253,180 @@ class TorchtuneFields(FieldsReachEngine):
         assert proc.returncode == 0, f"torchtune_effective.py failed:\n{proc.stderr[-4000:]}"
         return json.loads(out.read_text())
 
-PROVIDERS: dict[str, type[FieldsReachEngine]] = {"trl": TrlFields, "torchtune": TorchtuneFields}
+# -- Axolotl ----------------------------------------------------------------------------------------------
+
+AX_METHODS = {"AxolotlTrainer": "sft", "AxolotlDPOTrainer": "dpo", "AxolotlORPOTrainer": "orpo"}
+"""Axolotl's trainer classes -> canonical method.name."""
+AX_OPTIMIZERS = {"adamw_torch": "adamw", "adamw_torch_fused": "adamw", "sgd": "sgd"}
+
+
+def _ax_expected_rows(e: Mapping[str, Any], job: DictConfig, **change: Any) -> list[dict]:
+    """The training rows the job means, in its example order: anytune's label view of the run's data
+    (``core.data.labels``: the model's tokenizer, the template of record, ``core.lossmask``), passes seeded with
+    ``train.seed + p`` (``runproto.example_order``); ``change`` overrides seed/shuffle."""
+    from core import runproto
+    from core.data import labels
+
+    key = ("_expected", tuple(sorted(change.items())))
+    cache = e.setdefault("_cache", {})
+    if key not in cache:
+        rows = [r.sequences[0] for r in labels.label_rows(e["run_dir"], "train")]
+        t = job.train
+        steps = steps_of(job, len(rows))
+        idx = runproto.example_order(len(rows), steps, t.batch_size, t.grad_accum, change.get("seed", t.seed),
+                                     change.get("shuffle", bool(t.shuffle)))
+        cache[key] = [{"input_ids": rows[i].ids, "labels": [x if k else -100 for x, k in zip(rows[i].ids,
+                                                                                              rows[i].mask)]}
+                      for i in idx]
+    return cache[key]
+
+
+def _ax_sft(e: Mapping[str, Any]) -> bool:
+    return not e["cfg"]["rl"]
+
+
+def _ax_rows_are_the_jobs(e: Mapping[str, Any], job: DictConfig) -> bool:
+    return e["rows"] == _ax_expected_rows(e, job)
+
+
+def _ax_kind(e: Mapping[str, Any], job: DictConfig) -> Any:
+    if not _ax_sft(e):
+        first = (e["rows"] or [{}])[0]
+        return "preference" if {"prompt", "chosen", "rejected"} <= set(first) else ("rows", sorted(first))
+    if not _ax_rows_are_the_jobs(e, job):
+        return ("the engine's rows are not the label view of the data",)
+    return json.loads((Path(e["run_dir"]) / "data" / "stats.json").read_text())["kind"]
+
+
+def _ax_completion_only(e: Mapping[str, Any], job: DictConfig) -> Any:
+    if not _ax_rows_are_the_jobs(e, job):
+        return ("the engine's rows are not the label view of the data",)
+    masked = any(x == -100 for r in e["rows"] for x in r["labels"])
+    full = all(x == y for r in e["rows"] for x, y in zip(r["input_ids"], r["labels"]))
+    kind = json.loads((Path(e["run_dir"]) / "data" / "stats.json").read_text())["kind"]
+    if kind == "text":  # a text row carries loss everywhere either way
+        return job.method.completion_only_loss if full else ("masked text",)
+    return masked and not full if masked else False
+
+
+def _ax_seed(e: Mapping[str, Any], job: DictConfig) -> Any:
+    seed = e["args"]["seed"]
+    if _ax_sft(e) and job.train.shuffle and e["rows"] != _ax_expected_rows(e, job, seed=seed):
+        return ("rows not in the order of seed", seed)
+    return seed
+
+
+def _ax_shuffle(e: Mapping[str, Any], job: DictConfig) -> Any:
+    if e["sampler"] != "SequentialSampler":  # the rows are in order; a random sampler would reshuffle them
+        return ("sampler", e["sampler"])
+    if not _ax_sft(e):
+        return bool(e["settings"]["order"]["shuffle"])
+    for shuffle in (False, True):
+        if e["rows"] == _ax_expected_rows(e, job, shuffle=shuffle):
+            return shuffle
+    return ("rows in neither order",)
+
+
+def _ax_steps(e: Mapping[str, Any], job: DictConfig) -> Any:
+    a = e["args"]
+    if _ax_sft(e) and len(e["rows"]) != a["max_steps"] * a["per_device_train_batch_size"] * a[
+            "gradient_accumulation_steps"]:
+        return ("rows do not fill the steps", len(e["rows"]), a["max_steps"])
+    return a["max_steps"]
+
+
+def _ax_peft_type(e: Mapping[str, Any], job: DictConfig) -> str:
+    lora = e["lora"]
+    if lora is None:
+        return "none"
+    return "dora" if lora["use_dora"] else "lora"
+
+
+def _ax_loss_type(e: Mapping[str, Any], job: DictConfig) -> Any:
+    kinds = e["args"].get("loss_type")
+    kinds = kinds if isinstance(kinds, list) else [kinds]
+    if e["args"].get("label_smoothing"):
+        return ("label_smoothing", e["args"]["label_smoothing"])
+    return kinds[0] if len(kinds) == 1 else kinds
+
+
+def _ax_precision(e: Mapping[str, Any], job: DictConfig) -> Any:
+    a = e["args"]
+    if a["bf16"] and a["fp16"]:
+        return ("bf16 and fp16",)
+    return "bf16" if a["bf16"] else "fp16" if a["fp16"] else "fp32"
+
+
+def _ax_name_or_path(e: Mapping[str, Any], job: DictConfig) -> tuple:
+    return (str(Path(e["model_path"]).resolve()), str(Path(e["tokenizer_path"]).resolve()), *e["model_dims"])
+
+
+class AxolotlFields(FieldsReachEngine):
+    """Axolotl: what ``axolotl train plan/axolotl.yaml`` builds up to its first step, in Axolotl's own environment
+    (``tests/axolotl_effective.py``, one process for every plan): its validated config, the Trainer's arguments,
+    peft's adapter, the loaded weights, the tokenizer and the rows the Trainer reads, in its order."""
+
+    FIELD_MAP = {
+        "model.name_or_path": Expect(_ax_name_or_path, _model_dims),
+        "model.dtype": Expect(lambda e, job: e["dtypes"][0] if len(e["dtypes"]) == 1 else e["dtypes"],
+                              lambda job, e: dtype_of(job)),  # Axolotl loads in its precision's dtype
+        "model.trust_remote_code": at("cfg.trust_remote_code"),
+        "data.chat_template": Expect(at("chat_template"), lambda job, e: template_of(job)),
+        "data.kind": _ax_kind,
+        "data.eval": at("eval"),
+        "method.name": agree(at("cfg.rl", lambda rl: rl or "sft"), at("trainer_class", lambda c: AX_METHODS.get(c, c))),
+        "method.completion_only_loss": _ax_completion_only,
+        "method.packing": at("cfg.sample_packing", bool),
+        "method.beta": at("args.beta"),
+        "method.loss_type": _ax_loss_type,
+        "peft.type": _ax_peft_type,
+        "peft.r": at("lora.r"),
+        "peft.alpha": at("lora.lora_alpha"),
+        "peft.dropout": at("lora.lora_dropout"),
+        "peft.target_modules": Expect(at("lora.wrapped"), lambda job, e: targets_of(job)),
+        "train.epochs": Expect(_ax_steps, lambda job, e: steps_of(job, count_rows(Path(e["run_dir"]) / "data" /
+                                                                                   "train.jsonl"))),
+        "train.max_steps": Expect(_ax_steps, lambda job, e: steps_of(job, count_rows(Path(e["run_dir"]) / "data" /
+                                                                                      "train.jsonl"))),
+        "train.batch_size": agree(at("args.per_device_train_batch_size"), at("args.per_device_eval_batch_size")),
+        "train.grad_accum": at("args.gradient_accumulation_steps"),
+        "train.learning_rate": at("args.learning_rate"),
+        "train.lr_scheduler": at("args.lr_scheduler_type"),
+        "train.warmup_ratio": Expect(at("warmup_steps"), lambda job, e: warmup_steps_of(job, e["args"]["max_steps"])),
+        "train.weight_decay": at("args.weight_decay"),
+        "train.optimizer": at("args.optim", lambda v: AX_OPTIMIZERS.get(v, v)),
+        "train.max_grad_norm": at("args.max_grad_norm"),
+        "train.max_length": at("cfg.sequence_len"),
+        "train.precision": _ax_precision,
+        "train.gradient_checkpointing": agree(at("args.gradient_checkpointing"), at("gradient_checkpointing")),
+        "train.device": at("device"),
+        "train.seed": _ax_seed,
+        "train.shuffle": _ax_shuffle,
+        "train.logging_steps": at("args.logging_steps"),
+        "train.eval_steps": lambda e, job: e["args"]["eval_steps"] if e["args"]["eval_strategy"] == "steps" else 0,
+        "train.save_artifacts": at("settings.save"),
+        "train.save_steps": lambda e, job: e["args"]["save_steps"] if e["args"]["save_strategy"] == "steps" else 0,
+    }
+
+    def effective_configs(self, run_dirs: list[Path]) -> list[Mapping[str, Any]]:
+        """Every plan's Trainer built in one process of Axolotl's interpreter (the backend's ``python()``)."""
+        from core import plugins
+        from core.conformance.jobs import compose
+
+        if not run_dirs:
+            return []
+        python = plugins.registry().backend("axolotl")(compose(["backend=axolotl"])).python()
+        out = run_dirs[0].parent / "axolotl-effective.json"
+        proc = subprocess.run([python, str(HERE / "axolotl_effective.py"), str(out), *map(str, run_dirs)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                                   "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false",
+                                   "AXOLOTL_DO_NOT_TRACK": "1", "CUDA_VISIBLE_DEVICES": ""})
+        assert proc.returncode == 0, f"axolotl_effective.py failed:\n{proc.stderr[-4000:]}"
+        return [{**e, "run_dir": str(d)} for d, e in zip(run_dirs, json.loads(out.read_text()))]
+
+
+PROVIDERS: dict[str, type[FieldsReachEngine]] = {"trl": TrlFields, "torchtune": TorchtuneFields,
+                                                  "axolotl": AxolotlFields}
 """First-party backend -> the class that reads its engine's effective configuration (every first-party backend
 has one: a backend missing here fails the suite's check, it is not skipped)."""

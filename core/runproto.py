@@ -74,6 +74,8 @@ METRICS = {
     "tokens_per_s": "tokens processed per second since the previous row",
     "peak_memory_mb": "peak accelerator memory (CUDA) or peak process RSS (CPU), MiB",
     "eval_loss": "loss on the eval set (rows written at evaluation)",
+    "token_accuracy": "fraction of the step's loss tokens predicted right (hosted APIs report it)",
+    "eval_token_accuracy": "fraction of the eval set's loss tokens predicted right (hosted APIs report it)",
     "elapsed_s": "seconds since training started",
 }
 

@@ -143,6 +143,8 @@ class Server:
         """JSON bodies of job-creation requests."""
         self.answers: dict[str, str] = {}
         """Chat completions: last user message -> the model's answer (default: "I do not know.")."""
+        self.hold: int | None = None
+        """While set, running jobs stay at this many steps (a long job, for Ctrl-C and re-attach)."""
         self.lock = threading.Lock()
         self.counter = 0
         self.httpd: ThreadingHTTPServer | None = None
@@ -347,6 +349,8 @@ class Server:
             if self.fail == "cancelled" and done == 1:
                 job.update(status="cancelled", finished_at=int(time.time()))
                 self.event(jid, "Fine-tuning job cancelled")
+                return
+            if self.hold is not None and done >= self.hold:
                 return
             if done < total:
                 step = done + 1

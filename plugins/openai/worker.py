@@ -186,7 +186,8 @@ def message_of(exc):
 def finish(spec, client, follower, job, out):
     """Record a finished job: checkpoints, the fine-tuned model, trained tokens and the actual cost; raise
     :class:`JobFailed` with the service's error for a failed or cancelled one."""
-    checkpoints = [plain(c) for c in client.fine_tuning.jobs.checkpoints.list(job.id, limit=100)]
+    checkpoints = sorted((plain(c) for c in client.fine_tuning.jobs.checkpoints.list(job.id, limit=100)),
+                         key=lambda c: c.get("step_number") or 0)  # the API lists the newest first
     price = spec["estimate"]["usd_per_1m_tokens"]
     cost = round(job.trained_tokens * price / 1e6, 4) if job.trained_tokens is not None and price else None
     follower.save(status=job.status, checkpoints=checkpoints, cost_usd=cost, finished_at=job.finished_at,

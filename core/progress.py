@@ -89,6 +89,18 @@ def _fmt(values: dict) -> str:
     return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 
 
+def _fmt_scores(scores: dict) -> str:
+    """One evaluator's scores (``core.scores``' schema) as ``metric=value ±stderr (n=N)``."""
+    out = []
+    for metric, s in scores.items():
+        if not isinstance(s, dict) or "value" not in s:
+            out.append(_fmt({metric: s}))
+            continue
+        err = f" ±{s['stderr']:.2g}" if isinstance(s.get("stderr"), (int, float)) else ""
+        out.append(f"{metric}={s['value']:.4g}{err} (n={s.get('n')})")
+    return "  ".join(out)
+
+
 def next_commands(result: dict, run_dir: Path) -> list[tuple[str, str]]:
     """(command, what it does) that fit what just ran."""
     status, method = result.get("status"), (result.get("data") or {}).get("method")
@@ -140,7 +152,7 @@ def summary(result: dict, run_dir: Path, next_steps: bool = True, quiet: bool = 
         if s["status"] not in ("succeeded", "skipped") and status == "succeeded":
             error(f"{s['kind']} {s['name']}: {s['status']}  {s.get('error') or ''}")
     for name, scores in (result.get("eval") or {}).items():
-        out.print(f"  eval {name}: {_fmt(scores)}", markup=False, highlight=False)
+        out.print(f"  eval {name}: {_fmt_scores(scores)}", markup=False, highlight=False)
     out.print(f"\nRun directory: [bold]{escape(str(run_dir))}[/]")
     if not next_steps:
         return

@@ -120,11 +120,15 @@ def check_merged(run_dir: Path) -> None:
 
 
 def check_heldout(run_dir: Path, scores: dict) -> None:
-    """The evaluator's scores equal the independent computation on the trained model."""
+    """The evaluator's scores (eval.json's one schema) equal the independent computation on the trained model."""
+    from core import scores as schema
+
+    assert not schema.check(scores), schema.check(scores)
     loss, tokens = heldout_reference(trained_model(run_dir), run_dir)
-    assert scores["tokens"] == tokens and scores["rows"] == len(runproto.read_jsonl(str(run_dir / "data/eval.jsonl")))
-    assert abs(scores["loss"] - loss) < 1e-4, (scores["loss"], loss)
-    assert math.isclose(scores["perplexity"], math.exp(scores["loss"]), rel_tol=1e-9)
+    assert scores["loss"]["n"] == tokens == scores["perplexity"]["n"]
+    assert scores["loss"]["scorer"] == "anytune.heldout" and scores["loss"]["stderr"] is None
+    assert abs(scores["loss"]["value"] - loss) < 1e-4, (scores["loss"], loss)
+    assert math.isclose(scores["perplexity"]["value"], math.exp(scores["loss"]["value"]), rel_tol=1e-9)
 
 
 # -- the steps' shape (fast) ----------------------------------------------------------------------------
@@ -144,7 +148,7 @@ def test_registered_with_their_nodes():
 
 @pytest.mark.parametrize("worker", ["plugins/merged/worker.py", "plugins/heldout/worker.py"])
 def test_workers_import_only_engines_stdlib_and_shipped_modules(worker):
-    allowed = {"transformers", "peft", "torch", "runproto", "lossmask", "hfglue"} | set(sys.stdlib_module_names)
+    allowed = {"transformers", "peft", "torch", "runproto", "lossmask", "hfglue", "scores"} | set(sys.stdlib_module_names)
     tree = ast.parse((ROOT / worker).read_text())
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
@@ -157,7 +161,7 @@ def test_plan_only_writes_each_steps_plan(tmp_path):
     assert result["status"] == "planned", result.get("error")
     merged, heldout = tmp_path / "plan" / "export-merged", tmp_path / "plan" / "eval-heldout"
     for d, files in ((merged, ["merged.json", "merged_worker.py", "runproto.py", "hfglue.py"]),
-                     (heldout, ["heldout.json", "heldout_worker.py", "runproto.py", "lossmask.py"])):
+                     (heldout, ["heldout.json", "heldout_worker.py", "runproto.py", "lossmask.py", "scores.py"])):
         for name in [*files, "run.sh", "command.json"]:
             assert (d / name).is_file(), d / name
     spec = json.loads((merged / "merged.json").read_text())
@@ -201,7 +205,8 @@ def test_unknown_exporter_lists_installed(tmp_path, command):
     args = [*command, "export=[mergd]"] + ([str(run_dir)] if command is AFTER else [f"run_dir={run_dir}"])
     p = anytune(*args)
     assert p.returncode == 2, p.stderr
-    assert "no exporter 'mergd' (did you mean 'merged'?); installed exporters: merged" in p.stderr, p.stderr
+    assert "no exporter 'mergd' (did you mean 'merged'?); installed exporters: " in p.stderr, p.stderr
+    assert "merged" in p.stderr.split("installed exporters: ")[1], p.stderr
     assert "Traceback" not in p.stderr
     assert not (run_dir / "plan").exists()
 
@@ -244,7 +249,7 @@ def test_trl_job_with_merged_and_heldout(tmp_path):
     assert result["artifacts"] == {"adapter": {"path": "artifacts/adapter"}, "merged": {"path": "artifacts/merged"}}
     scores = runproto.read_json(str(run_dir / "eval.json"))
     assert set(scores) == {"heldout"} and result["eval"] == scores
-    assert set(scores["heldout"]) == {"loss", "tokens", "rows", "perplexity"}
+    assert set(scores["heldout"]) == {"loss", "perplexity"}
     for stem in ("export-merged", "eval-heldout"):
         assert (run_dir / "logs" / f"{stem}.outcome.json").is_file()
         assert (run_dir / "plan" / stem / "run.sh").is_file()
@@ -328,7 +333,7 @@ def test_heldout_in_a_torchtune_job(tmp_path):
     evaluator reads is accepted: the trainer is asked nothing about it."""
     result = runner.run(torchtune_job("data.eval_fraction=0.1", "eval=[heldout]"), tmp_path)
     assert result["status"] == "succeeded", result.get("error")
-    assert math.isfinite(result["eval"]["heldout"]["loss"])
+    assert math.isfinite(result["eval"]["heldout"]["loss"]["value"])
 
 
 @pytest.mark.slow
@@ -348,7 +353,7 @@ def test_heldout_and_merged_on_a_torchtune_run(tmp_path):
     assert {s["name"]: s["status"] for s in after["steps"]} == {
         "torchtune": "succeeded", "merged": "succeeded", "heldout": "succeeded"}
     scores = runproto.read_json(str(run_dir / "eval.json"))["heldout"]
-    assert math.isfinite(scores["loss"]) and scores["rows"] == rows and scores["tokens"] > 0
+    assert math.isfinite(scores["loss"]["value"]) and rows > 0 and scores["loss"]["n"] > 0
     check_heldout(run_dir, scores)
     check_merged(run_dir)
     assert (run_dir / "metrics.jsonl").read_bytes() == metrics

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import ClassVar, Optional
 
 import core
+from core import scores
 from plugins import hftrainer
 
 HERE = Path(__file__).parent
@@ -29,7 +30,7 @@ class HeldoutEvaluator(core.Evaluator):
     """Mean loss over loss tokens on the held-out data, computed by one engine-neutral scorer for every
     engine's artefact (an adapter on its base, or a full model): the template of record, the same loss
     masks every engine trains with (``lossmask``), labels shifted as Hugging Face models do.
-    Scores: loss, tokens (loss tokens), rows, perplexity."""
+    Scores (``core.scores``' schema): loss and perplexity, n = loss tokens."""
 
     name: ClassVar[str] = "heldout"
     config_class: ClassVar[type] = HeldoutConfig
@@ -73,5 +74,5 @@ class HeldoutEvaluator(core.Evaluator):
         }
         files = [ctx.write_json("heldout.json", spec),
                  *ctx.ship(HERE / "worker.py", rename={"worker.py": "heldout_worker.py"}),
-                 *hftrainer.ship(ctx)]
+                 *hftrainer.ship(ctx), *ctx.ship(scores)]
         return core.Plan(command=[self.python(), files[1], files[0]], files=files)

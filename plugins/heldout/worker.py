@@ -1,8 +1,8 @@
 """Held-out evaluator worker: the mean loss over loss tokens of ``data/eval.jsonl``, for any engine's artefact.
 
 Usage (from the run directory): ``python plan/eval-heldout/heldout_worker.py plan/eval-heldout/heldout.json``.
-Imports only transformers, peft, torch and the standard library (plus ``runproto``, ``lossmask`` and
-``hfglue``, shipped beside this file), so an ejected plan runs where anytune is not installed. Records are tokenised
+Imports only transformers, peft, torch and the standard library (plus ``runproto``, ``lossmask``,
+``hfglue`` and ``scores``, shipped beside this file), so an ejected plan runs where anytune is not installed. Records are tokenised
 with the template of record and the loss masks every engine trains with; batches are right-padded with an
 attention mask (the same sums as one forward per example); labels are shifted as Hugging Face models do;
 loss = sum of token losses / number of loss tokens. Writes the scores into the outcome; exits 0, 1 or 130.
@@ -17,6 +17,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lossmask  # noqa: E402
 import hfglue  # noqa: E402
 import runproto  # noqa: E402
+import scores  # noqa: E402
+
+SCORER, VERSION = "anytune.heldout", "1"
+"""Name and version of this scorer in ``eval.json`` (the version changes when the computation does)."""
 
 
 def device_of(spec):
@@ -83,7 +87,7 @@ def loss_sums(model, rows, batch_size, pad_id, device):
 
 
 def score(spec):
-    """The held-out scores: loss, tokens (loss tokens), rows, perplexity."""
+    """The held-out scores in ``eval.json``'s schema: loss and perplexity, each with n = loss tokens."""
     records = runproto.read_jsonl(spec["eval"])
     if spec["max_rows"]:
         records = records[: spec["max_rows"]]
@@ -97,8 +101,8 @@ def score(spec):
         raise ValueError(f"no held-out row of {spec['eval']} has a token that carries loss "
                          f"(after truncation to {spec['max_length']} tokens)")
     loss = total / count
-    return {"loss": loss, "tokens": count, "rows": len(rows),
-            "perplexity": math.exp(loss) if loss < 700 else float("inf")}
+    return {"loss": scores.score(loss, count, SCORER, VERSION),
+            "perplexity": scores.score(math.exp(loss) if loss < 700 else float("inf"), count, SCORER, VERSION)}
 
 
 def main(argv):

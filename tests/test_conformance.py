@@ -34,7 +34,7 @@ class TestTorchtune(TorchtuneFields, BackendConformance, backend="torchtune"):
     gaps = [
         notimpl("test_job[orpo]", "test_accepts[method.name=orpo]",
                 reason="torchtune 0.6.1 has no ORPO recipe or loss; anytune could ship one as a component"),
-        notimpl("test_accepts[method.name=kto]", "test_accepts[data.kind=unpaired]", "test_accepts[data.kind=unpaired]",
+        notimpl("test_accepts[method.name=kto]", "test_accepts[data.kind=unpaired]",
                 reason="torchtune 0.6.1 has no KTO recipe or loss; anytune could ship one as a component"),
         notimpl("test_accepts[method.loss_type=ipo]",
                 reason="torchtune 0.6.1 has DPOLoss and RSOLoss (hinge), no IPO; anytune could ship one"),

@@ -112,7 +112,7 @@ lane() { local cores=; command -v taskset > /dev/null && cores="taskset -c $3"
   for r in $2; do CUDA_VISIBLE_DEVICES=$1 PIN="$cores" run $r; done; }
 half=$(( $(nproc) / 2 ))
 if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then lane 0 "$LANE0" 0-$(( half - 1 )) & lane 1 "$LANE1" $half-$(( 2 * half - 1 )) & wait
-else lane 0 "$LANE1 $LANE0"; fi
+else lane 0 "$LANE1 $LANE0" 0-$(( 2 * half - 1 )); fi
 say "jobs done"
 python3 "$ROOT/bench/gpu_table.py" "$W" "$OUT" "$WARMUP"
 ( cd $W && tar czf "$OUT/runs.tar.gz" --ignore-failed-read *.log matmul.json model-info.json $(cd $W && find runs -maxdepth 3 \

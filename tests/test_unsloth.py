@@ -225,17 +225,37 @@ def test_translate_targets_are_unsloths_accepted_modules():
 
 # -- on the GPU (bench/gpu_unsloth.sh runs these with the conformance suite's TestUnsloth) ---------------
 
+def nf4_trainable(out: Path) -> Path:
+    """The shipped tiny Llama's tokenizer and config at 128 wide, 4 heads (every linear weight quantisable to
+    NF4), with random weights of that width: the suite's ``nf4_model`` asset has the 64-wide weights (it is
+    for validation, which reads no weights), so 4-bit training on it fails with a shape mismatch."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    shutil.copytree(ROOT / "core" / "assets" / "tiny-llama", out)
+    config = AutoConfig.from_pretrained(out)
+    config.update(dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=4,
+                       head_dim=32))
+    torch.manual_seed(0)
+    for f in out.glob("*.safetensors"):
+        f.unlink()
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out
+
+
 @GPU
 @pytest.mark.slow
 @pytest.mark.parametrize("peft", ["qlora", "none"])
-def test_gpu_qlora_and_full_fine_tune_train_and_save(peft, tmp_path, anytune_assets):
+def test_gpu_qlora_and_full_fine_tune_train_and_save(peft, tmp_path):
     """QLoRA (4-bit base, set by anytune, not by Unsloth's default) and a full fine-tune: the loss falls, the
     trainable parameters are the reference setup's, and the saved artefact is what the layout says."""
     from core.conformance import SMALL
     from core.conformance import reference as ref
     from core.conformance.suite import train
 
-    model = anytune_assets["nf4_model"] if peft == "qlora" else str(ROOT / "core" / "assets" / "tiny-llama")
+    model = str(nf4_trainable(tmp_path / "nf4")) if peft == "qlora" else str(ROOT / "core" / "assets" / "tiny-llama")
     run = train("unsloth", [*SMALL, f"model.name_or_path={model}", f"peft={peft}", "train.shuffle=false",
                             "train.learning_rate=1e-3" if peft == "none" else "train.learning_rate=5e-3"],
                 tmp_path / "run")

@@ -20,6 +20,7 @@ import io
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -52,14 +53,19 @@ def effective(run_dir: Path) -> dict:
 
     os.chdir(run_dir)
     sys.path.insert(0, str(run_dir))
-    PluginManager._instance = None  # a fresh plugin registry per plan
+    PluginManager.get_instance().plugins.clear()  # this plan's plugins only (axolotl.train holds the instance)
     for name in [m for m in sys.modules if m == "plan" or m.startswith("plan.")]:
         del sys.modules[name]
     try:
+        t0 = time.time()
         cfg = load_cfg("plan/axolotl.yaml")
+        t1 = time.time()
         cli = TrainerCliArgs()
         meta = load_preference_datasets(cfg=cfg, cli_args=cli) if cfg.rl else load_datasets(cfg=cfg, cli_args=cli)
+        t2 = time.time()
         trainer, model, tokenizer, peft_config, _ = setup_model_and_trainer(cfg, meta)
+        print(f"{run_dir.name}: cfg {t1 - t0:.1f}s data {t2 - t1:.1f}s trainer {time.time() - t2:.1f}s",
+              file=sys.stderr)
         args = trainer.args
         lora = None
         peft_cfg = getattr(model, "peft_config", None)

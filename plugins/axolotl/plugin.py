@@ -92,6 +92,9 @@ class AnytunePlugin(BasePlugin):
     def post_trainer_create(self, cfg, trainer):
         """Keep the trainer; count its trainable parameters; start the clock."""
         self.trainer = trainer
+        warmup = self.settings.get("warmup_steps")
+        if warmup is not None and trainer.args.warmup_steps != warmup:  # Axolotl makes a 1-step warm-up 2 steps
+            trainer.args.warmup_steps = warmup
         self.out["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         self.started = time.time()
 
@@ -138,6 +141,10 @@ def collect(output_dir: str, settings: dict) -> dict:
         return {}
     kind = "adapter" if settings.get("adapter", True) else "model"
     dest = os.path.join(runproto.ARTIFACTS, kind)
+    log = os.path.join(output_dir, "debug.log")  # Axolotl's own log: beside the step's logs, not in the weights
+    if os.path.isfile(log):
+        os.makedirs(runproto.LOGS, exist_ok=True)
+        shutil.move(log, os.path.join(runproto.LOGS, "axolotl.debug.log"))
     saved = [n for n in os.listdir(output_dir) if not n.startswith("checkpoint-")]
     keep = settings.get("save", True) and any(n.endswith((".safetensors", ".bin")) for n in saved)
     if keep:

@@ -86,9 +86,6 @@ def native_config(job: Any, data: Any, rel: Callable[[Any], str] = str, resume: 
         "num_epochs": float(t.epochs),
         "learning_rate": float(t.learning_rate),
         "lr_scheduler": SCHEDULERS[t.lr_scheduler],
-        # a fraction below 1 is read by transformers as a ratio of the steps (ceil), as on every engine;
-        # Axolotl's own warmup_ratio floors it and turns 1 warm-up step into 2
-        "warmup_steps": float(t.warmup_ratio),
         "weight_decay": float(t.weight_decay),
         "optimizer": OPTIMIZERS[t.optimizer],
         "max_grad_norm": float(t.max_grad_norm),
@@ -117,6 +114,11 @@ def native_config(job: Any, data: Any, rel: Callable[[Any], str] = str, resume: 
     }
     if steps:
         cfg["max_steps"] = int(steps)
+        # ceil(ratio * steps), as transformers rounds it on every engine (Axolotl's warmup_ratio floors it); Axolotl
+        # turns a warm-up of 1 step into 2, which the shipped plugin undoes (settings' warmup_steps)
+        cfg["warmup_steps"] = warmup_steps(job, int(steps))
+    else:  # packed: the steps are Axolotl's count of packs
+        cfg["warmup_ratio"] = float(t.warmup_ratio)
     if order:
         cfg["curriculum_sampling"] = True  # a SequentialSampler: the rows are already in the job's order
     elif not t.shuffle:
@@ -158,11 +160,18 @@ def native_config(job: Any, data: Any, rel: Callable[[Any], str] = str, resume: 
     return cfg
 
 
+def warmup_steps(job: Any, steps: int) -> int:
+    """Warm-up steps of ``train.warmup_ratio`` over ``steps``: ``ceil(ratio * steps)``, transformers' rounding."""
+    return math.ceil(float(job.train.warmup_ratio) * steps)
+
+
 def settings(job: Any, data: Any) -> dict[str, Any]:
     """What the shipped plugin reads beside the YAML (``plan/anytune_axolotl.json``)."""
     rows = int(data.stats["rows"]["train"])
-    return {"order": order_of(job, rows), "rows": rows, "adapter": job.peft.type != "none",
-            "save": bool(job.train.save_artifacts), "method": job.method.name}
+    order = order_of(job, rows)
+    return {"order": order, "rows": rows, "adapter": job.peft.type != "none",
+            "save": bool(job.train.save_artifacts), "method": job.method.name,
+            "warmup_steps": warmup_steps(job, order["steps"]) if order else None}
 
 
 # -- the data as Axolotl reads it -------------------------------------------------------------------------

@@ -56,7 +56,7 @@ PREFERENCE = ["data=demo_pref", "data.max_rows=16"]
 #: Non-default values to try for each readable field that is not a value feature, first the backend accepts
 #: wins: each a list of overrides on top of the small job (the field's own first, then what the value needs).
 #: Placeholders are filled by :func:`assets`: ``{second_model}`` is a second tiny Llama (other dimensions,
-#: NF4-quantisable), ``{prompt_completion}`` and ``{text}`` data files of those record kinds.
+#: NF4-quantisable), ``{prompt_completion}``, ``{text}`` and ``{unpaired}`` data files of those record kinds.
 CANDIDATES: dict[str, list[list[str]]] = {
     "model.name_or_path": [["model.name_or_path={second_model}"]],
     "data.chat_template": [["data.chat_template=zephyr"], ["data.chat_template=llama3"]],
@@ -86,10 +86,12 @@ CANDIDATES: dict[str, list[list[str]]] = {
 VALUE_NEEDS: dict[tuple[str, Any], list[list[str]]] = {
     ("method.name", "dpo"): [PREFERENCE],
     ("method.name", "orpo"): [PREFERENCE],
+    ("method.name", "kto"): [["data.train={unpaired}", "train.shuffle=false"]],  # TRL's KTO reads rows in order
     ("data.kind", "messages"): [[]],
     ("data.kind", "prompt_completion"): [["data.train={prompt_completion}"]],
     ("data.kind", "text"): [["data.train={text}"]],
     ("data.kind", "preference"): [["method.name=dpo", *PREFERENCE], ["method.name=orpo", *PREFERENCE]],
+    ("data.kind", "unpaired"): [["method.name=kto", "data.train={unpaired}", "train.shuffle=false"]],
     ("data.eval", False): [[]],
     ("data.eval", True): [["data.eval_fraction=0.25"]],
     ("train.precision", "fp16"): [["train.device=cuda"]],
@@ -289,7 +291,10 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     ``text``), built once per session."""
     if not _ASSETS.get("paths"):
         root = tmp_path_factory.mktemp("field-assets")
+        from core.conformance.reference import records_of_kind, write_jsonl
+
         files = write_kind_data(root / "data")
+        files["unpaired"] = write_jsonl(root / "data" / "unpaired.jsonl", records_of_kind("unpaired", 40))
         _ASSETS["paths"] = {"second_model": str(build_second_model(root / "second-model")),
                             **{k: str(v) for k, v in files.items()}}
     return _ASSETS["paths"]

@@ -31,8 +31,8 @@ def count_rows(path: Path) -> int:
 
 # -- TRL --------------------------------------------------------------------------------------------------
 
-TRL_METHODS = {"SFTConfig": "sft", "DPOConfig": "dpo", "ORPOConfig": "orpo",
-               "SFTTrainer": "sft", "DPOTrainer": "dpo", "ORPOTrainer": "orpo"}
+TRL_METHODS = {"SFTConfig": "sft", "DPOConfig": "dpo", "ORPOConfig": "orpo", "KTOConfig": "kto",
+               "SFTTrainer": "sft", "DPOTrainer": "dpo", "ORPOTrainer": "orpo", "KTOTrainer": "kto"}
 """TRL's config and trainer classes -> canonical method.name."""
 
 

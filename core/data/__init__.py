@@ -10,11 +10,13 @@ Public API:
 - :func:`cache_dir` — the default cache folder, ``$ANYTUNE_HOME/cache/data``.
 
 Modules: ``readers`` (file types), ``formats`` (row formats -> canonical records),
-``conversation`` (checks on turns), ``chat_template`` (the template of record: resolve, render),
-``stats`` (token counts), ``cache`` (the prepared-data cache), ``prepare`` (the pass itself).
+``conversation`` (checks on turns: flags, tool calls, order), ``chat_template`` (the template of record:
+resolve, render), ``stats`` (token counts), ``report`` (the data report), ``labels`` (the label view,
+``python -m core.data show``), ``cache`` (the prepared-data cache), ``prepare`` (the pass itself).
 
-Formats read (``data.format``): messages, sharegpt, alpaca, prompt_completion, preference, text.
-Kinds written: messages, prompt_completion, preference, text. See ``docs/data.md``.
+Formats read (``data.format``): messages, sharegpt, alpaca, prompt_completion, prompt_completion_chat,
+preference, unpaired, text. Kinds written: messages, prompt_completion, preference, unpaired, text.
+See ``docs/data.md``.
 """
 from core.data.cache import cache_dir
 from core.data.formats import FIELDS as FORMATS

@@ -142,7 +142,7 @@ def show(rows: list[Row], console: Any = None) -> None:
             head = f"row {row.index}{' ' + seq.name if seq.name else ''}: {seq.length} tokens, {loss} carry loss"
             head += (f"; cut at train.max_length={seq.max_length} ({seq.length - seq.max_length} tokens dropped)"
                      if seq.truncated else f"; not truncated (max_length={seq.max_length})")
-            console.print(Text(f"── {head}", style="bold") if colour else f"-- {head}", markup=False)
+            console.print(Text(f"── {head}", style="bold") if colour else f"-- {head}", markup=False, soft_wrap=True)
             body = Text()
             if colour:
                 for piece, m in zip(seq.pieces, seq.mask):

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig
 
-from core.conformance.fields import (TRAINER_FIELD_MAP, Expect, FieldsReachEngine, agree, at, dtype_of,
+from core.conformance.fields import (TRAINER_FIELD_MAP, Expect, FieldsReachEngine, agree, at, constant, dtype_of,
                                      load_plan_module, steps_of, targets_of, template_of, warmup_steps_of)
 
 HERE = Path(__file__).resolve().parent
@@ -426,7 +426,71 @@ class AxolotlFields(FieldsReachEngine):
         return [{**e, "run_dir": str(d)} for d, e in zip(run_dirs, json.loads(out.read_text()))]
 
 
+
+# -- OpenAI -----------------------------------------------------------------------------------------------
+
+OPENAI_METHODS = {"supervised": "sft", "dpo": "dpo"}
+"""The API's method.type -> canonical method.name."""
+
+
+def _openai_hp(e: Mapping[str, Any], key: str) -> Any:
+    method = e["request"]["method"]
+    return method[method["type"]]["hyperparameters"][key]
+
+
+def _openai_kind(e: Mapping[str, Any], job: DictConfig) -> Any:
+    first = json.loads(e["files"]["training_file"].splitlines()[0])
+    return "messages" if "messages" in first else "preference" if "preferred_output" in first else sorted(first)
+
+
+class OpenAIFields(FieldsReachEngine):
+    """OpenAI: what the ``openai`` client sends the service when the plan's own worker starts the job (the
+    job-creation request and the uploaded files), captured by an in-process transport: no network."""
+
+    FIELD_MAP = {
+        "model.name_or_path": at("request.model"),
+        "method.name": at("request.method.type", lambda t: OPENAI_METHODS.get(t, t)),
+        "method.beta": lambda e, job: _openai_hp(e, "beta"),
+        "peft.type": constant("none", "a hosted fine-tune trains the service's own way: no local adapter"),
+        "train.epochs": lambda e, job: _openai_hp(e, "n_epochs"),
+        "train.batch_size": lambda e, job: _openai_hp(e, "batch_size"),
+        "train.seed": at("request.seed"),
+        "data.kind": _openai_kind,
+        "data.eval": lambda e, job: e["request"].get("validation_file") is not None,
+    }
+
+    def effective_config(self, run_dir: Path) -> Mapping[str, Any]:
+        """The request and files the plan's worker (``plan/openai_worker.py``) sends, through the real client."""
+        import httpx2
+        from openai import OpenAI
+
+        sent: dict[str, Any] = {"files": {}}
+
+        def service(request: "httpx2.Request") -> "httpx2.Response":
+            if request.url.path.endswith("/files"):
+                fid = f"file-{len(sent['files'])}"
+                sent["files"][fid] = request.content
+                return httpx2.Response(200, json={"id": fid, "object": "file", "bytes": 1, "created_at": 0,
+                                                  "filename": "f.jsonl", "purpose": "fine-tune", "status": "processed"})
+            sent["request"] = json.loads(request.content)
+            return httpx2.Response(200, json={"id": "ftjob-1", "object": "fine_tuning.job", "status": "queued",
+                                              "model": sent["request"]["model"], "created_at": 0})
+
+        worker = load_plan_module(run_dir / "plan" / "openai_worker.py", f"openai_worker_{run_dir.name}")
+        spec = json.loads((run_dir / "plan" / "openai_job.json").read_text())
+        client = OpenAI(api_key="sk-conformance", base_url="http://service.invalid/v1", max_retries=0,
+                        http_client=httpx2.Client(transport=httpx2.MockTransport(service)))
+        with contextlib.chdir(run_dir):
+            worker.start(spec, client, worker.Follower(spec, client, writer=None))
+        files = {name: sent["files"][sent["request"][name]].decode(errors="replace")
+                 for name in ("training_file", "validation_file") if sent["request"].get(name)}
+        # the multipart body holds the file's lines between its part headers: keep the JSON lines only
+        files = {k: "\n".join(x for x in v.splitlines() if x.startswith("{")) for k, v in files.items()}
+        return {"request": sent["request"], "files": files}
+
+
 PROVIDERS: dict[str, type[FieldsReachEngine]] = {"trl": TrlFields, "torchtune": TorchtuneFields,
-                                                  "axolotl": AxolotlFields}
+                                                  "axolotl": AxolotlFields,
+                                                  "openai": OpenAIFields}
 """First-party backend -> the class that reads its engine's effective configuration (every first-party backend
 has one: a backend missing here fails the suite's check, it is not skipped)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance_backends import AxolotlFields, TorchtuneFields, TrlFields
+from conformance_backends import AxolotlFields, OpenAIFields, TorchtuneFields, TrlFields
 from core import checks, lossmask, plugins
 from core.conformance import BackendConformance, never, notimpl, notyet
 from core.conformance import reference as ref
@@ -61,6 +61,37 @@ class TestAxolotl(AxolotlFields, BackendConformance, backend="axolotl"):
     ]
 
 
+class TestOpenAI(OpenAIFields, BackendConformance, backend="openai",
+                 small=["plan_only=true", "model.name_or_path=gpt-4.1-mini-2025-04-14", "train.device=cpu",
+                        "train.precision=fp32", "data.max_rows=32", "data.eval_fraction=0", "train.batch_size=4"],
+                 candidates={"model.name_or_path": [["model.name_or_path=gpt-4.1-nano-2025-04-14"]]}):
+    """The OpenAI fine-tuning API: validation and every field it reads, planned (plan_only: no key, no network)
+    and read back from the request the real client sends (tests/test_openai_api.py runs jobs against a local
+    server). It trains no local weights, so the suite's training and parity tests do not apply."""
+
+    gaps = [
+        never("test_accepts[peft.type=lora]", "test_accepts[peft.type=dora]", "test_accepts[peft.type=qlora]",
+              reason="a hosted fine-tune trains the service's own way; there is no local adapter to configure"),
+        never("test_accepts[model.dtype=float32]", "test_accepts[model.dtype=bfloat16]",
+              "test_accepts[model.dtype=float16]", "test_accepts[train.precision=bf16]",
+              "test_accepts[train.precision=fp16]", "test_accepts[train.device=cuda]",
+              "test_accepts[train.gradient_checkpointing=True]", "test_accepts[model.trust_remote_code=True]",
+              reason="the service trains on its own hardware, in its own precision, with no code from a repository"),
+        never("test_accepts[train.lr_scheduler=cosine]", "test_accepts[train.lr_scheduler=constant]",
+              "test_accepts[train.lr_scheduler=constant_with_warmup]", "test_accepts[train.optimizer=sgd]",
+              "test_accepts[train.shuffle=False]", "test_accepts[method.packing=True]",
+              "test_accepts[method.completion_only_loss=False]", "test_accepts[train.save_artifacts=False]",
+              reason="the API takes epochs, batch size, a learning-rate multiplier and a seed only; it orders and "
+                     "batches the examples itself, trains assistant turns only and always keeps the model"),
+        never("test_accepts[method.name=orpo]", "test_accepts[method.name=kto]", "test_accepts[data.kind=unpaired]",
+              "test_accepts[method.loss_type=ipo]", "test_accepts[method.loss_type=hinge]",
+              "test_accepts[data.kind=text]",
+              reason="the API's methods are supervised chat, DPO (sigmoid) and reinforcement fine-tuning"),
+        notimpl("test_accepts[data.kind=prompt_completion]",
+                reason="anytune could send prompt/completion rows as a user and an assistant turn; it does not yet"),
+    ]
+
+
 @pytest.mark.skipif(not checks.cuda_present(), reason="Unsloth runs only on an NVIDIA GPU: its suite runs on the "
                     "lent GPU (bench/gpu_unsloth.sh); CI covers it up to the engine call in tests/test_unsloth.py")
 class TestUnsloth(BackendConformance, backend="unsloth"):
@@ -91,7 +122,7 @@ def test_every_first_party_backend_runs_the_suite():
     assert eps, "anytune's own entry points are missing: is anytune installed (pip install -e .)?"
     assert not {ep.name for ep in eps} & set(reg.broken), reg.broken
     first_party = {n for n, source in reg.sources.items() if source == "anytune" and n.startswith("backend/")}
-    covered = {f"backend/{b}" for cls in (TestTrl, TestTorchtune, TestAxolotl, TestUnsloth) for b in cls.backends}
+    covered = {f"backend/{b}" for cls in (TestTrl, TestTorchtune, TestAxolotl, TestOpenAI, TestUnsloth) for b in cls.backends}
     assert first_party == covered, (first_party, covered)
 
 

@@ -57,6 +57,8 @@ PREFERENCE = ["data=demo_pref", "data.max_rows=16"]
 #: wins: each a list of overrides on top of the small job (the field's own first, then what the value needs).
 #: Placeholders are filled by :func:`assets`: ``{second_model}`` is a second tiny Llama (other dimensions,
 #: NF4-quantisable), ``{prompt_completion}``, ``{text}`` and ``{unpaired}`` data files of those record kinds.
+#: A conformance class may put its own first (``candidates=``), also for a value feature's needs
+#: (``"data.kind=text": [[...]]``).
 CANDIDATES: dict[str, list[list[str]]] = {
     "model.name_or_path": [["model.name_or_path={second_model}"]],
     "data.chat_template": [["data.chat_template=zephyr"], ["data.chat_template=llama3"]],
@@ -389,7 +391,8 @@ def _method_base(method: str, small_job: DictConfig) -> list[str]:
                                                                      *_needs("method.name", method)[0]]
 
 
-def everything_set(caps: Any, method: str, small_job: DictConfig) -> list[str]:
+def everything_set(caps: Any, method: str, small_job: DictConfig,
+                   candidates: Mapping[str, list[list[str]]] = CANDIDATES) -> list[str]:
     """One job of ``method`` with every field that applies set away from its default at once: each candidate
     (or each value feature's first non-default value the backend accepts) whose overrides touch no key set
     before it. Catches a field that reaches the engine alone but not beside another one, or only under
@@ -404,8 +407,8 @@ def everything_set(caps: Any, method: str, small_job: DictConfig) -> list[str]:
             if not values:
                 continue
             own = [*_own(field, values[0]), *_needs(field, values[0])[0]]
-        elif field in caps.reads and field in CANDIDATES:
-            own = CANDIDATES[field][0]
+        elif field in caps.reads and field in candidates:
+            own = candidates[field][0]
         else:
             continue
         if any(o.split("=", 1)[0] in keys for o in own):
@@ -415,7 +418,8 @@ def everything_set(caps: Any, method: str, small_job: DictConfig) -> list[str]:
     return out
 
 
-def variants_of(field: str, caps: Any, small_job: DictConfig) -> FieldCase:
+def variants_of(field: str, caps: Any, small_job: DictConfig,
+                candidates: Mapping[str, list[list[str]]] = CANDIDATES) -> FieldCase:
     """The jobs of one field's test on a backend with capability table ``caps``: the field at its default
     and at each non-default value (under the first method it applies to), and under every method the
     backend accepts, at its default and in the job with :func:`everything_set`."""
@@ -434,22 +438,25 @@ def variants_of(field: str, caps: Any, small_job: DictConfig) -> FieldCase:
     own_default = [] if default is MISSING or value_of(small_job, field) == default or field in (
         "train.device", "train.precision") else _own(field, default)
     shown = f"{field}={literal(default) if default is not MISSING else 'default'}"
+    # a backend may refuse a feature's schema default (its option chose another value: openai's peft=none)
+    refuse_default = field in FEATURES and not caps.can(field, default)
     if base is not None:
-        case.variants.append(Variant(f"{shown} (default)", [base + own_default]))
+        case.variants.append(Variant(f"{shown} (default)", [base + own_default], refuse=refuse_default))
     elif mapped:  # the backend reads it and cannot run any job it applies to: the table is wrong
         case.problems.append(f"{field} is read, but it applies only when {schema_fields()[field].metadata['when']} "
                              "and the backend accepts none of those values")
     if field in FEATURES:
         for value in values[1:]:
             ok = caps.can(field, value)
-            alternatives = [[*(base or []), *_own(field, value), *need] for need in _needs(field, value)]
+            needs = candidates.get(f"{field}={literal(value)}") or _needs(field, value)  # a backend's own first
+            alternatives = [[*(base or []), *_own(field, value), *need] for need in needs]
             case.variants.append(Variant(f"{field}={literal(value)}", alternatives if ok else alternatives[:1],
                                          refuse=not ok))
-    elif field not in CANDIDATES:
+    elif field not in candidates:
         case.problems.append(f"no candidate non-default value for {field}: add it to CANDIDATES "
                              "(core/conformance/fields.py)")
     elif base is not None or not mapped:
-        alternatives = [[*(base or []), *c] for c in CANDIDATES[field]]
+        alternatives = [[*(base or []), *c] for c in candidates[field]]
         refuse = field not in caps.reads
         case.variants.append(Variant(f"{field}: {' '.join(alternatives[0][len(base or []):])}",
                                      alternatives[:1] if refuse else alternatives, refuse=refuse))
@@ -461,7 +468,9 @@ def variants_of(field: str, caps: Any, small_job: DictConfig) -> FieldCase:
             for label, overrides in ((f"{shown} (default), method.name={method}",
                                       _method_base(method, small_job) + own_default),
                                      (f"every field set, method.name={method}",
-                                      everything_set(caps, method, small_job))):
+                                      everything_set(caps, method, small_job, candidates))):
+                if refuse_default and "(default)" in label:
+                    continue
                 if overrides not in seen:
                     seen.append(overrides)
                     case.variants.append(Variant(label, [overrides]))
@@ -497,11 +506,14 @@ def plan_cases(backend: str, root: Path, paths: Mapping[str, str], small: list[s
     """Plan every variant of every field on ``backend`` (identical jobs once) into ``root``; refusals are checked
     with the same call (validation stops them before any data is read)."""
     from core import plugins, runner, runproto
+    from core.conformance.jobs import CANDIDATES_OF
 
     caps = plugins.registry().backend(backend).capabilities
     compose = Composer([f"backend={backend}", *small, "plan_only=true"])
     small_job = compose([])
-    cases = {field: variants_of(field, caps, small_job) for field in FIELDS}
+    own = CANDIDATES_OF.get(backend, {})
+    candidates = {**CANDIDATES, **{f: [*own[f], *CANDIDATES.get(f, [])] for f in own}}
+    cases = {field: variants_of(field, caps, small_job, candidates) for field in FIELDS}
     done: dict[tuple[str, ...], tuple[dict, Path]] = {}
     for case in cases.values():
         for v in case.variants:
@@ -559,13 +571,13 @@ class FieldsReachEngine:
     def field_cases(self, backend: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, FieldCase]:
         """Every field's variants on ``backend``, planned, with their effective configurations (once per session
         for a backend and an ``effective_configs``)."""
-        from core.conformance.jobs import SMALL
+        from core.conformance.jobs import small_of
 
         # one planning per backend and way of reading its engine: classes sharing a provider share it
         key = (backend, type(self).effective_configs, type(self).effective_config)
         if key not in _CASES:
             paths = assets(tmp_path_factory)
-            cases = plan_cases(backend, tmp_path_factory.mktemp(f"fields-{backend}"), paths, SMALL)
+            cases = plan_cases(backend, tmp_path_factory.mktemp(f"fields-{backend}"), paths, small_of(backend))
             planned = {v.run_dir: v for c in cases.values() for v in c.variants if v.run_dir and not v.refuse}
             dirs = sorted(planned)
             for run_dir, eff in zip(dirs, self.effective_configs(dirs)):

@@ -8,6 +8,21 @@ SMALL = ["offline=true", "train.device=cpu", "train.precision=fp32", "train.max_
          "train.batch_size=4"]
 """Overrides that make every conformance job small, offline and CPU-friendly (8 steps of 4 rows, fp32)."""
 
+SMALL_OF: dict[str, list[str]] = {}
+"""Backends whose small job is not :data:`SMALL`: name -> the overrides that replace it. A conformance class
+declares it (``class TestX(BackendConformance, backend="x", small=[...])``): a remote API reads no
+``train.max_steps`` or learning rate and trains a hosted model, not a local path."""
+
+CANDIDATES_OF: dict[str, dict[str, list[list[str]]]] = {}
+"""Backends whose non-default field values differ from the suite's (``fields.CANDIDATES``): name -> field ->
+override lists, tried first (``candidates=`` of the conformance class; a hosted model name, not a local path)."""
+
+
+def small_of(backend: str) -> list[str]:
+    """The small job's overrides for ``backend``: :data:`SMALL`, or what its conformance class declared."""
+    return list(SMALL_OF.get(backend, SMALL))
+
+
 JOBS: dict[str, list[str]] = {
     "sft_lora": ["method=sft", "peft=lora"],
     "sft_dora": ["method=sft", "peft=dora"],

@@ -42,11 +42,11 @@ import pytest
 from omegaconf import DictConfig, OmegaConf
 
 from core import runproto
-from core.capabilities import FEATURES
+from core.capabilities import FEATURES, schema_fields
 from core.conformance import reference as ref
 from core.conformance.fields import FieldsReachEngine
 from core.conformance.gaps import Gap
-from core.conformance.jobs import JOBS, SMALL, compose
+from core.conformance.jobs import CANDIDATES_OF, JOBS, SMALL, SMALL_OF, compose
 from core.errors import UnsupportedFeature
 
 TOLERANCE = 1e-5
@@ -83,7 +83,10 @@ def gpu_only(backend: str) -> bool:
 
 
 def for_backend(backend: str, overrides: Sequence[str]) -> list[str]:
-    """The suite's overrides as ``backend`` runs them: CUDA and bf16 instead of CPU and fp32 for a GPU-only one."""
+    """The suite's overrides as ``backend`` runs them: CUDA and bf16 instead of CPU and fp32 for a GPU-only one;
+    :data:`SMALL` replaced by the backend's own small job where its class declares one (``SMALL_OF``)."""
+    if backend in SMALL_OF:
+        overrides = [*SMALL_OF[backend], *(o for o in overrides if o not in SMALL)]
     return [GPU_SWAP.get(o, o) for o in overrides] if gpu_only(backend) else list(overrides)
 
 
@@ -174,6 +177,8 @@ def validation_job(backend: str, feature: str, value: Any, assets: dict[str, str
         _BASES[key] = compose([f"backend={backend}", *for_backend(backend, SMALL),
                                *(["data=demo_pref", "data.max_rows=16"] if preference else [])])
     cfg = copy.deepcopy(_BASES[key])
+    if feature in schema_fields() and feature not in edits and OmegaConf.select(cfg, feature) != value:
+        edits[feature] = value  # the small job holds another value: the backend's option chose it (openai: peft)
     for k, v in edits.items():
         OmegaConf.update(cfg, k, v, merge=False)
     return cfg
@@ -257,10 +262,18 @@ class BackendConformance(FieldsReachEngine):
     gaps: ClassVar[Sequence[Gap]] = ()
     """Known gaps (``notimpl(...)``, ``notyet(...)``, ``never(...)``): strict xfails of the tests they name."""
 
-    def __init_subclass__(cls, backend: str | Sequence[str] | None = None, **kwargs: Any):
+    def __init_subclass__(cls, backend: str | Sequence[str] | None = None, small: Sequence[str] | None = None,
+                          candidates: dict[str, list[list[str]]] | None = None, **kwargs: Any):
+        """:param small: the backend's small job, replacing :data:`SMALL` (a remote API: no max_steps, a hosted
+        model); :param candidates: field -> non-default override lists tried before the suite's own."""
         super().__init_subclass__(**kwargs)
         if backend is not None:
             cls.backends = (backend,) if isinstance(backend, str) else tuple(backend)
+        for name in cls.backends or ():
+            if small is not None:
+                SMALL_OF[name] = list(small)
+            if candidates is not None:
+                CANDIDATES_OF[name] = dict(candidates)
 
     @pytest.fixture(autouse=True)
     def _anytune_engine(self, backend: str) -> None:

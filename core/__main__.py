@@ -130,7 +130,9 @@ def main() -> None:
     run_dir = next((a.split("=", 1)[1] for a in argv if a.startswith("run_dir=")), None)
     if run_dir:  # Hydra's own output directory is the run directory: no stub left under ./runs
         argv.append(f"hydra.run.dir={config.quote(os.path.expanduser(run_dir))}")
-    sys.argv[1:] = argv
+    # Hydra's argparse takes overrides in one run: -m after an override ("offline=true -m a=1,2") would leave the
+    # rest unrecognised, so the multirun switch goes first
+    sys.argv[1:] = [a for a in argv if a in ("-m", "--multirun")] + [a for a in argv if a not in ("-m", "--multirun")]
     hydra.main(config_path="pkg://conf", config_name="config", version_base="1.3")(_task)()
     if EXIT_INTERRUPTED in _codes:
         sys.exit(EXIT_INTERRUPTED)

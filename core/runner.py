@@ -86,6 +86,8 @@ class StepRun:
     outcome: dict[str, Any] = field(default_factory=dict)
     """What the step's outcome file held."""
     error: str | None = None
+    first_row_s: float | None = None
+    """Seconds from the step's start to its first metrics row (loading, data, first logged step)."""
 
     def record(self) -> dict[str, Any]:
         """The step as ``result.json`` lists it."""
@@ -379,9 +381,12 @@ def run_step(p: Planned, cfg: DictConfig, run_dir: Path, reg: Registry, display:
             raise EngineMissing(f"cannot start {p.plan.command[0]} for {p.step.label}: {exc}") from exc
         tail = MetricsTail(run_dir / runproto.METRICS_FILE, skip_existing=bool(cfg.get("resume"))) \
             if p.step.kind == "trainer" else None
+        first_row: list[float] = []
 
         def dispatch() -> None:
             for row in tail.read() if tail else ():
+                if not first_row:
+                    first_row.append(round(time.time() - started, 3))
                 notify(reg, "on_metrics", run_dir=str(run_dir), metrics=row)
                 if display:
                     display(p.step.label, row)
@@ -409,7 +414,8 @@ def run_step(p: Planned, cfg: DictConfig, run_dir: Path, reg: Registry, display:
                  f"{': ' + outcome['error'] if outcome.get('error') else ''}\n"
                  f"--- last lines of {logs / (stem + '.stderr.log')} ---\n"
                  f"{log_tail(logs / (stem + '.stderr.log'))}")
-    return StepRun(p.step, status, code, time.time() - started, outcome, error)
+    return StepRun(p.step, status, code, time.time() - started, outcome, error,
+                   first_row[0] if first_row else None)
 
 
 # -- the result ---------------------------------------------------------------------------------------
@@ -463,6 +469,9 @@ def finish(run_dir: Path, cfg: DictConfig, status: str, started: float, *, job: 
         if r.step.kind == "trainer":
             result["exit_code"] = r.exit_code
             result.update({k: r.outcome[k] for k in TRAINER_FIELDS if k in r.outcome})
+            if r.first_row_s is not None:
+                result["time_to_first_step_s"] = r.first_row_s
+            result["loss_normalisation"] = r.step.loss_normalisation
             result["final"] = final_of(r.outcome, run_dir / runproto.METRICS_FILE)
             result["artifacts"] = artifacts_of(r.outcome)
         elif r.status == "succeeded":

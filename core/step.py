@@ -204,6 +204,9 @@ class Trainer(Step):
     kind: ClassVar[str] = "trainer"
     group: ClassVar[str] = "backend"
     config_class: ClassVar[type[StepConfig]] = BackendConfig
+    loss_normalisation: ClassVar[str] = "token mean per optimiser step"
+    """How the logged training loss is normalised (the comparison report flags engines that differ): anytune's
+    local engines all log the mean over the loss tokens of the whole optimiser step, accumulation included."""
 
     def artifacts(self) -> dict[str, dict[str, Any]]:
         """What the trainer leaves for the steps after it, in anytune's one layout: ``artifacts/adapter``

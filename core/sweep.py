@@ -1,4 +1,5 @@
-"""Hydra callback that records a multirun: ``summary.json`` and a table of every job, failed ones too."""
+"""Hydra callback that records a multirun: ``summary.json``, a table of every job (failed ones too) and the
+comparison report (``core.compare``: report.md, report.html)."""
 from __future__ import annotations
 
 import statistics
@@ -64,4 +65,14 @@ class SweepReport(Callback):
             if r["error"]:
                 out.print(f"{r['job']}: {r['error']}  ({sweep_dir / r['job'] / 'logs'})", markup=False,
                           highlight=False, soft_wrap=True)
-        out.print(f"every field: {sweep_dir / 'summary.json'}", markup=False, highlight=False)
+        out.print(f"every field: {sweep_dir / 'summary.json'}", markup=False, highlight=False, soft_wrap=True)
+        if rows:
+            from core import compare
+
+            try:  # the comparison report: table, fairness flags, plots (report.md, report.html)
+                report = compare.write([sweep_dir], sweep_dir)
+            except Exception as exc:  # the sweep's results stand without it
+                out.print(f"comparison report failed: {exc}", markup=False, highlight=False)
+            else:
+                out.print(f"{report['verdict']}\nreport: {sweep_dir / compare.REPORT_HTML}", markup=False,
+                          highlight=False, soft_wrap=True)

@@ -18,6 +18,7 @@ from conformance_backends import AxolotlFields, OpenAIFields, TorchtuneFields, T
 from core import checks, lossmask, plugins
 from core.conformance import BackendConformance, never, notimpl, notyet
 from core.conformance import reference as ref
+from core.conformance.fields import FIELDS
 from core.conformance.suite import CURVE, TOLERANCE
 
 GOLDEN = Path(__file__).with_name("golden_masks.json")
@@ -111,6 +112,9 @@ class TestUnsloth(BackendConformance, backend="unsloth"):
                        "8; DPO step 1 = ln 2 within 4e-5): the assertion text was lost when the run hit its time "
                        "limit. Suspected: the artefact's fp32 reference loss against the bf16 logged loss, on a "
                        "tiny model whose loss moves ~0.1 in 8 steps (docs/unsloth.md)"),
+        notimpl(*(f"test_field_reaches_engine[{f}]" for f in FIELDS), raises=AssertionError,
+                reason="no UnslothFields yet: reading the LoRA and 4-bit settings back needs the model loaded, "
+                       "on a GPU; the TRL side is checked in tests/test_unsloth.py where Unsloth imports"),
     ]
 
 

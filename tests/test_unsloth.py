@@ -289,3 +289,61 @@ def test_gpu_parity_with_trl_from_the_same_weights_and_batches(tmp_path, anytune
     record(request, "losses", {"trl": trl.losses, "unsloth": us.losses})
     assert us.result["trainable_parameters"] == trl.result["trainable_parameters"]
     assert us.losses == pytest.approx(trl.losses, abs=GPU_TOLERANCE, rel=0), (us.losses, trl.losses)
+
+
+# -- the engine's own configuration, where an Unsloth interpreter exists (not in CI) ----------------------
+
+def unsloth_python() -> str | None:
+    """The interpreter the backend would run (its managed environment, or $ANYTUNE_PYTHON_UNSLOTH) if it has
+    Unsloth; None otherwise (CI does not create the environment: see the module docstring)."""
+    python = UnslothBackend(job()).python()
+    return python if Path(python).exists() and envs.distribution_version(python, "unsloth") else None
+
+
+READ_BACK = r'''
+import json, os, sys
+sys.path.insert(0, "plan")
+import unsloth_worker as w
+spec = w.read_spec(["w", "plan/unsloth_args.json"])
+spec["args"].update(bf16=False, fp16=False, use_cpu=True)  # transformers refuses bf16/fp16 without a GPU
+s = w.settings(spec)
+a = s["args"]
+names = ("per_device_train_batch_size", "learning_rate", "max_length", "seed", "packing", "beta", "loss_type",
+         "gradient_checkpointing", "completion_only_loss", "train_sampling_strategy", "disable_dropout",
+         "gradient_accumulation_steps", "optim", "lr_scheduler_type", "max_steps")
+print(json.dumps({"config": type(a).__name__, "trainer": s["trainer_class"].__name__,
+                  "template": s["tokenizer"].chat_template == open("data/chat_template.jinja").read(),
+                  **{n: str(getattr(a, n)) if hasattr(a, n) else None for n in names}}))
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(unsloth_python() is None, reason="no Unsloth interpreter here (python -m core.envs create unsloth)")
+def test_unsloths_trl_builds_the_plans_configs(tmp_path):
+    """The worker's ``settings()`` in Unsloth's own interpreter (``import unsloth`` first, its TRL 1.15 and
+    transformers 5.17; ``UNSLOTH_ALLOW_CPU=1``, so no GPU and Unsloth leaves TRL's classes unpatched) builds
+    each method's TRL config with the job's values. Needs Unsloth's environment to import on CPU, which on a
+    CPU-only machine takes removing its CUDA torchvision (docs/unsloth.md)."""
+    jobs = {"sft": ["method.packing=true", "train.batch_size=3", "train.learning_rate=3e-4", "train.max_length=256",
+                    "train.seed=7", "train.gradient_checkpointing=true", "train.shuffle=false", "train.max_steps=5"],
+            "dpo": ["method=dpo", "data=demo_pref", "method.beta=0.2", "method.loss_type=ipo", "train.max_steps=5"],
+            "orpo": ["method=orpo", "data=demo_pref", "method.beta=0.3", "train.max_steps=5"]}
+    got = {}
+    for method, overrides in jobs.items():
+        plan(tmp_path / method, *overrides)
+        proc = subprocess.run([unsloth_python(), "-c", READ_BACK], cwd=tmp_path / method / "run", capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "UNSLOTH_ALLOW_CPU": "1",
+                                                           "UNSLOTH_DISABLE_STATISTICS": "1", "HF_HUB_OFFLINE": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        got[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+    sft, dpo, orpo = got["sft"], got["dpo"], got["orpo"]
+    assert (sft["config"], sft["trainer"], sft["template"]) == ("SFTConfig", "SFTTrainer", True)
+    assert (sft["per_device_train_batch_size"], sft["learning_rate"], sft["max_length"], sft["seed"]) == (
+        "3", "0.0003", "256", "7")
+    assert (sft["packing"], sft["completion_only_loss"], sft["max_steps"]) == ("True", "True", "5")
+    assert sft["gradient_checkpointing"] == "False", "Unsloth checkpoints itself; the Trainer's stays off"
+    assert sft["train_sampling_strategy"] == "sequential"
+    assert (dpo["config"], dpo["trainer"], dpo["beta"], dpo["loss_type"]) == ("DPOConfig", "DPOTrainer", "0.2",
+                                                                             "['ipo']")
+    assert (orpo["config"], orpo["trainer"], orpo["beta"], orpo["disable_dropout"]) == ("ORPOConfig", "ORPOTrainer",
+                                                                                       "0.3", "False")

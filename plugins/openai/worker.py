@@ -10,6 +10,7 @@ running and exits 130; a job that fails or is cancelled exits 1 with the service
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 
@@ -123,8 +124,13 @@ def start(spec, client, follower):
     payload = dict(spec["job"], training_file=files["train"])
     if "validation" in files:
         payload["validation_file"] = files["validation"]
-    job = client.fine_tuning.jobs.create(**payload)
-    follower.save(job_id=job.id, status=job.status, model=job.model)
+    # Ctrl-C waits until the new job's id is recorded: a paid job nobody can re-attach to must not exist
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        job = client.fine_tuning.jobs.create(**payload)
+        follower.save(job_id=job.id, status=job.status, model=job.model)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     print(f"created fine-tuning job {job.id} ({job.status}); Ctrl-C leaves it running (it is paid for): "
           f"re-attach with `{spec['attach']}`, cancel with `{spec['cancel']}`", flush=True)
     return job.id
@@ -162,6 +168,7 @@ def run(spec, out):
             writer.restart()
             job = follower.follow(job_id)
         except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C (the core's stop) must not cut this short
             if job_id:
                 follower.save(detached=True)
                 print(f"interrupted: fine-tuning job {job_id} goes on running remotely (it is paid for); "
@@ -203,7 +210,8 @@ def finish(spec, client, follower, job, out):
         job.fine_tuned_model, spec["provider"], job=job.id, base_url=spec["base_url"], base_model=job.model,
         trained_tokens=job.trained_tokens, cost_usd=cost, estimate_usd=spec["estimate"]["usd"],
         checkpoints=[c.get("fine_tuned_model_checkpoint") for c in checkpoints])
-    out["train_seconds"] = (job.finished_at - job.created_at) if job.finished_at else None
+    if job.finished_at:
+        out["train_seconds"] = job.finished_at - job.created_at  # the service's wall time, queue included
     print(f"fine-tuning job {job.id} succeeded: {job.fine_tuned_model} ({job.trained_tokens} trained tokens, "
           f"${cost})", flush=True)
 

@@ -9,11 +9,12 @@ Canonical records (what engines read):
 - ``preference``: ``{"prompt": [turns...], "chosen": [assistant turn], "rejected": [assistant turn]}``
 - ``unpaired``: ``{"prompt": [turns...], "completion": [assistant turn], "label": bool}`` (KTO)
 - ``text``: ``{"text": str}``
+
+Preference and unpaired rows are normalised in :mod:`core.data.pairs`, with this module's helpers.
 """
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Callable
 
 from core.data import conversation
@@ -55,7 +56,6 @@ MEDIA_COLUMNS = ("images", "image", "videos", "video", "audios", "audio")
 ALIASES = {"chosen": ("chosen_messages", "chosen_response", "preferred_output"),
            "rejected": ("rejected_messages", "rejected_response", "non_preferred_output"),
            "label": ("kto_tag",), "tools": ("functions",), "prompt": ("question",)}
-_DIALOGUE = re.compile(r"(?:\A\s*|\n\n)(Human|Assistant):[ \t]?")
 
 
 def check_columns(columns: dict[str, str], fmt: str | None) -> None:
@@ -74,7 +74,7 @@ def check_columns(columns: dict[str, str], fmt: str | None) -> None:
 
 def detect(row: dict, columns: dict[str, str]) -> str | None:
     """The format whose fields ``row`` has (after ``columns`` mapping), or None."""
-    fields = _Fields(columns)
+    fields = Fields(columns)
     for fmt, needed in DETECT.items():
         if not all(fields.has(row, f) for f in needed):
             continue
@@ -97,10 +97,12 @@ def describe_formats() -> str:
 
 def normaliser(fmt: str, columns: dict[str, str], system_prompt: str | None) -> Callable[[dict], dict]:
     """A function turning one raw row of format ``fmt`` into its canonical record (raises :class:`BadRow`)."""
-    fields = _Fields(columns)
-    conv = {"messages": _messages, "sharegpt": _sharegpt, "alpaca": _alpaca, "preference": _preference,
+    from core.data import pairs  # preference and unpaired rows build on this module's helpers
+
+    fields = Fields(columns)
+    conv = {"messages": _messages, "sharegpt": _sharegpt, "alpaca": _alpaca, "preference": pairs.preference,
             "prompt_completion": _prompt_completion, "prompt_completion_chat": _prompt_completion_chat,
-            "unpaired": _unpaired}
+            "unpaired": pairs.unpaired}
     if fmt in conv:
         def normalise(row: dict) -> dict:
             """The canonical record of ``row``; rows with media columns are refused first."""
@@ -112,7 +114,7 @@ def normaliser(fmt: str, columns: dict[str, str], system_prompt: str | None) -> 
     raise ConfigError(f"unknown data format {fmt!r}; known: {', '.join(FIELDS)}")
 
 
-class _Fields:
+class Fields:
     """Looks canonical fields up in a row through ``data.columns``.
 
     A column that a mapping reads is not read again under its own name: with ``{instruction: input}``
@@ -168,14 +170,14 @@ def _no_media_columns(row: dict) -> None:
                          "supported, only text")
 
 
-def _with_system(msgs: list[dict], system_prompt: str | None) -> list[dict]:
+def with_system(msgs: list[dict], system_prompt: str | None) -> list[dict]:
     """``data.system_prompt`` as the first turn, unless the conversation starts with one."""
     if system_prompt and msgs[0]["role"] != "system":
         return [{"role": "system", "content": system_prompt}] + msgs
     return msgs
 
 
-def _maybe_json_list(value: Any) -> Any:
+def maybe_json_list(value: Any) -> Any:
     """A list stored as JSON text (a CSV cell) becomes the list."""
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
@@ -185,7 +187,7 @@ def _maybe_json_list(value: Any) -> Any:
     return value
 
 
-def _system_column(row: dict, fields: _Fields, msgs: list[dict], name: str) -> list[dict]:
+def system_column(row: dict, fields: Fields, msgs: list[dict], name: str) -> list[dict]:
     """A ``system`` column (LLaMA-Factory's sharegpt and alpaca) becomes the first turn."""
     value = fields.get(row, "system")
     if value in (None, ""):
@@ -196,7 +198,7 @@ def _system_column(row: dict, fields: _Fields, msgs: list[dict], name: str) -> l
     return [{"role": "system", "content": text}] + msgs
 
 
-def _with_tools(record: dict, row: dict, fields: _Fields) -> dict:
+def _with_tools(record: dict, row: dict, fields: Fields) -> dict:
     """``record`` with the row's ``tools`` list, when it has a non-empty one."""
     value = fields.get(row, "tools")
     if value not in (None, "", []):
@@ -206,11 +208,11 @@ def _with_tools(record: dict, row: dict, fields: _Fields) -> dict:
     return record
 
 
-def _messages(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
+def _messages(row: dict, fields: Fields, system_prompt: str | None) -> dict:
     """OpenAI chat rows (and Axolotl's, LLaMA-Factory v1's): ``messages`` -> a messages record."""
-    msgs = conversation.turns(_maybe_json_list(fields.need(row, "messages")), "messages")
+    msgs = conversation.turns(maybe_json_list(fields.need(row, "messages")), "messages")
     conversation.order(msgs, "messages")
-    return _with_tools({"messages": _with_system(_some_loss(msgs, "messages"), system_prompt)}, row, fields)
+    return _with_tools({"messages": with_system(_some_loss(msgs, "messages"), system_prompt)}, row, fields)
 
 
 def _some_loss(msgs: list[dict], name: str) -> list[dict]:
@@ -220,24 +222,24 @@ def _some_loss(msgs: list[dict], name: str) -> list[dict]:
     return msgs
 
 
-def _sharegpt_turns(value: Any, name: str) -> list[dict]:
+def sharegpt_turns(value: Any, name: str) -> list[dict]:
     """ShareGPT turns (``from``/``value``); Axolotl's ``role``/``content`` spelling in a conversations column too."""
-    value = _maybe_json_list(value)
+    value = maybe_json_list(value)
     if isinstance(value, list) and value and isinstance(value[0], dict) and "from" not in value[0] \
             and "role" in value[0]:
         return conversation.turns(value, name)
     return conversation.turns(value, name, roles=SHAREGPT_ROLES, keys=("from", "value"))
 
 
-def _sharegpt(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
+def _sharegpt(row: dict, fields: Fields, system_prompt: str | None) -> dict:
     """ShareGPT rows: ``conversations`` (and a ``system`` column) -> a messages record."""
-    msgs = _system_column(row, fields, _sharegpt_turns(fields.need(row, "conversations"), "conversations"),
+    msgs = system_column(row, fields, sharegpt_turns(fields.need(row, "conversations"), "conversations"),
                           "conversations")
     conversation.order(msgs, "conversations")
-    return _with_tools({"messages": _with_system(_some_loss(msgs, "conversations"), system_prompt)}, row, fields)
+    return _with_tools({"messages": with_system(_some_loss(msgs, "conversations"), system_prompt)}, row, fields)
 
 
-def _user_text(row: dict, fields: _Fields) -> str:
+def user_text(row: dict, fields: Fields) -> str:
     """Alpaca's user turn: ``instruction``, then ``input`` after a blank line when non-empty."""
     instruction = conversation.text_field(fields.need(row, "instruction"), "instruction")
     extra = fields.get(row, "input")
@@ -248,12 +250,12 @@ def _user_text(row: dict, fields: _Fields) -> str:
     return instruction + "\n\n" + extra if extra and extra.strip() else instruction
 
 
-def _history(row: dict, fields: _Fields) -> list[dict]:
+def _history(row: dict, fields: Fields) -> list[dict]:
     """LLaMA-Factory's alpaca ``history``: ``[[instruction, response], ...]`` before the row's own turn."""
     value = fields.get(row, "history")
     if value in (None, "", []):
         return []
-    value = _maybe_json_list(value)
+    value = maybe_json_list(value)
     if not isinstance(value, list) or not all(isinstance(p, list) and len(p) == 2 for p in value):
         raise BadRow("wrong type: history must be a list of [instruction, response] pairs")
     out = []
@@ -263,15 +265,15 @@ def _history(row: dict, fields: _Fields) -> list[dict]:
     return out
 
 
-def _alpaca(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
+def _alpaca(row: dict, fields: Fields, system_prompt: str | None) -> dict:
     """Alpaca rows (LLaMA-Factory's ``system`` and ``history`` too) -> a messages record."""
-    user = _user_text(row, fields)
+    user = user_text(row, fields)
     output = conversation.text_field(fields.need(row, "output"), "output")
     msgs = _history(row, fields) + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
-    return {"messages": _with_system(_system_column(row, fields, msgs, "the row"), system_prompt)}
+    return {"messages": with_system(system_column(row, fields, msgs, "the row"), system_prompt)}
 
 
-def _prompt_completion(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
+def _prompt_completion(row: dict, fields: Fields, system_prompt: str | None) -> dict:
     """Plain strings, trained as ``prompt + completion + eos``."""
     if row.get("system") not in (None, ""):
         raise BadRow("the row has a system column, which plain prompt/completion rows cannot carry (they are "
@@ -281,7 +283,7 @@ def _prompt_completion(row: dict, fields: _Fields, system_prompt: str | None) ->
             "completion": conversation.text_field(fields.need(row, "completion"), "completion")}
 
 
-def _prompt_completion_chat(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
+def _prompt_completion_chat(row: dict, fields: Fields, system_prompt: str | None) -> dict:
     """Message lists (TRL's conversational prompt/completion) -> messages; the prompt's own assistant turns
     carry no loss (only the completion does, as in TRL)."""
     prompt, completion = fields.need(row, "prompt"), fields.need(row, "completion")
@@ -296,178 +298,9 @@ def _prompt_completion_chat(row: dict, fields: _Fields, system_prompt: str | Non
                      "it must start with the assistant's turn")
     msgs = before + after
     conversation.order(msgs, "prompt + completion")
-    return _with_tools({"messages": _with_system(_some_loss(msgs, "the completion"), system_prompt)}, row, fields)
+    return _with_tools({"messages": with_system(_some_loss(msgs, "the completion"), system_prompt)}, row, fields)
 
 
 def _no_spans(turn: dict) -> dict:
     """``turn`` without its training keys."""
     return {k: v for k, v in turn.items() if k not in ("weight", "train_spans")}
-
-
-def _plain(msgs: list[dict], name: str) -> list[dict]:
-    """Turns of preference and unpaired data: training flags, tools and tool calls are refused there."""
-    for i, m in enumerate(msgs, 1):
-        if "weight" in m or "train_spans" in m:
-            raise BadRow(f"{name} turn {i} has a training flag (weight/train); per-turn loss flags apply to "
-                         "SFT conversations only, not to preference or KTO data")
-        if "tool_calls" in m or m["role"] == "tool":
-            raise BadRow(f"{name} turn {i} has tool calls or a tool result; tool calling is supported in SFT "
-                         "conversations only, not in preference or KTO data yet")
-    return msgs
-
-
-def _preference(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
-    """Preference rows of every published shape -> ``{prompt, chosen, rejected}``."""
-    if _has_tools(row, fields):
-        raise BadRow("the row has tools; tool calling is supported in SFT conversations only, not in "
-                     "preference data yet")
-    chosen_v, rejected_v = fields.need(row, "chosen"), fields.need(row, "rejected")
-    prompt = _prompt_turns(row, fields)
-    if prompt is None or _is_dialogue(chosen_v):  # whole dialogues: the shared prefix is the prompt
-        chosen_d, rejected_d = _dialogue(chosen_v, "chosen"), _dialogue(rejected_v, "rejected")
-        if chosen_d == rejected_d:
-            raise BadRow("chosen and rejected are identical")
-        shared, chosen, rejected = _split_shared(_plain(chosen_d, "chosen"), _plain(rejected_d, "rejected"))
-        if prompt is not None and [m for m in prompt if m["role"] != "system"] != \
-                [m for m in shared if m["role"] != "system"][-1:]:
-            raise BadRow("the prompt field differs from the turns chosen and rejected share; give one or the other")
-        system = [m for m in (prompt or []) if m["role"] == "system"]
-        prompt = system + shared if system and shared[0]["role"] != "system" else shared
-    else:
-        _plain(prompt, "prompt")
-        conversation.order(prompt, "prompt", ends_with="user")
-        chosen, rejected = _answer(chosen_v, "chosen"), _answer(rejected_v, "rejected")
-        if chosen == rejected:
-            raise BadRow("chosen and rejected are identical")
-        conversation.order(prompt + chosen, "prompt + chosen")
-        conversation.order(prompt + rejected, "prompt + rejected")
-    return {"prompt": _with_system(prompt, system_prompt), "chosen": chosen, "rejected": rejected}
-
-
-def _has_tools(row: dict, fields: _Fields) -> bool:
-    """True if the row carries a non-empty tools list."""
-    value = fields.get(row, "tools")
-    if value in (None, "", "[]", []) and isinstance(fields.get(row, "input"), dict):
-        value = fields.get(row, "input").get("tools")  # OpenAI's preference format keeps them in input
-    return value not in (None, "", "[]", [])
-
-
-def _prompt_turns(row: dict, fields: _Fields) -> list[dict] | None:
-    """The prompt of a preference or unpaired row, wherever its format keeps it (None: no prompt field), with
-    a ``system`` column as its first turn:
-
-    - ``conversations`` (LLaMA-Factory's sharegpt DPO) or ``messages`` (Axolotl's chat_template DPO);
-    - ``input: {"messages": [...]}`` (OpenAI's preference fine-tuning format);
-    - ``instruction`` and ``input`` (alpaca ranking), or ``input`` alone (Axolotl's chatml.argilla);
-    - ``prompt`` (or ``question``) as a string or a message list.
-    """
-    value = fields.get(row, "input")
-    if isinstance(value, dict):
-        if not isinstance(value.get("messages"), list):
-            raise BadRow("input must hold the prompt's messages ({\"messages\": [...]}, OpenAI's preference format)")
-        prompt = conversation.turns(value["messages"], "input messages")
-    elif fields.has(row, "conversations"):
-        prompt = _sharegpt_turns(fields.get(row, "conversations"), "conversations")
-    elif fields.has(row, "messages"):
-        prompt = conversation.turns(_maybe_json_list(fields.get(row, "messages")), "messages")
-    elif fields.has(row, "instruction"):
-        prompt = [{"role": "user", "content": _user_text(row, fields)}]
-    elif isinstance(value, str):
-        prompt = [{"role": "user", "content": conversation.text_field(value, "input")}]
-    elif fields.get(row, "prompt") is not None:
-        prompt_v = fields.get(row, "prompt")
-        if isinstance(prompt_v, str):
-            prompt = [{"role": "user", "content": conversation.text_field(prompt_v, "prompt")}]
-        else:
-            _string_or_turns(prompt_v, "prompt")
-            prompt = conversation.turns(prompt_v, "prompt")
-    else:
-        return None
-    return _system_column(row, fields, prompt, "the prompt")
-
-
-def _is_dialogue(value: Any) -> bool:
-    """True for a whole dialogue (a message list whose first turn is the user's or the system's)."""
-    return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and \
-        value[0].get("role", value[0].get("from")) in ("user", "system", "human")
-
-
-def _unpaired(row: dict, fields: _Fields, system_prompt: str | None) -> dict:
-    """KTO rows: a boolean label beside a prompt/completion pair (TRL, Axolotl) or a whole conversation
-    (LLaMA-Factory), whose last assistant turn is the completion."""
-    label = fields.need(row, "label")
-    if not isinstance(label, bool):
-        raise BadRow(f"wrong type: label must be true or false, got {_json_type(label)}")
-    if _has_tools(row, fields):
-        raise BadRow("the row has tools; tool calling is supported in SFT conversations only, not in KTO data yet")
-    if not fields.has(row, "completion") and (fields.has(row, "messages") or fields.has(row, "conversations")):
-        name = "messages" if fields.has(row, "messages") else "conversations"
-        msgs = _plain(conversation.turns(_maybe_json_list(fields.get(row, name)), name) if name == "messages"
-                      else _sharegpt_turns(fields.get(row, name), name), name)
-        msgs = _system_column(row, fields, msgs, name)
-        conversation.order(msgs, name)
-        prompt, completion = msgs[:-1], msgs[-1:]
-    else:
-        prompt = _prompt_turns(row, fields)
-        if prompt is None:
-            raise BadRow("missing field 'prompt' (or messages, instruction, input)")
-        _plain(prompt, "prompt")
-        completion = _plain(_answer(fields.need(row, "completion"), "completion"), "completion")
-        conversation.order(prompt + completion, "prompt + completion")
-    return {"prompt": _with_system(prompt, system_prompt), "completion": completion, "label": label}
-
-
-def _answer(value: Any, name: str) -> list[dict]:
-    """An answer (a string, one turn, or a list of turns) as canonical turns without flags or tools."""
-    if isinstance(value, str):
-        return [{"role": "assistant", "content": conversation.text_field(value, name)}]
-    if isinstance(value, dict):  # one turn: sharegpt {from, value} or {role, content} (Axolotl's chat_template DPO)
-        turns = _sharegpt_turns([value], name)
-    else:
-        _string_or_turns(value, name)
-        turns = conversation.turns(value, name)
-    return _plain(turns, name)
-
-
-def _string_or_turns(value: Any, name: str) -> None:
-    """:raises BadRow: ``value`` is neither a string nor a list."""
-    if not isinstance(value, (str, list)):
-        raise BadRow(f"wrong type: {name} must be a string or a list of turns, got {_json_type(value)}")
-
-
-def _dialogue(value: Any, name: str) -> list[dict]:
-    """A whole dialogue: a message list, or ``\\n\\nHuman: ... \\n\\nAssistant: ...`` text."""
-    _string_or_turns(value, name)
-    if not isinstance(value, str):
-        return conversation.turns(value, name)
-    parts = _DIALOGUE.split(value)
-    if len(parts) < 3:
-        raise BadRow(f"{name} is not a dialogue: with no prompt field, chosen and rejected must be whole "
-                     "dialogues ('\\n\\nHuman: ... \\n\\nAssistant: ...') or message lists")
-    if parts[0].strip():
-        raise BadRow(f"{name} has text before its first Human:/Assistant: turn")
-    msgs = []
-    for i in range(1, len(parts), 2):
-        role = "user" if parts[i] == "Human" else "assistant"
-        content = parts[i + 1].strip()
-        if not content:
-            raise BadRow(f"empty content in {name} turn {len(msgs) + 1} ({parts[i]})")
-        msgs.append({"role": role, "content": content})
-    return msgs
-
-
-def _split_shared(chosen: list[dict], rejected: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
-    """Split two whole dialogues into the shared prompt turns and their differing last assistant turns."""
-    for name, d in (("chosen", chosen), ("rejected", rejected)):
-        if d[-1]["role"] != "assistant":
-            raise BadRow(f"{name} ends with {conversation.article(d[-1]['role'])} {d[-1]['role']} turn; "
-                         "its last turn must be assistant")
-    shared = 0
-    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
-        shared += 1
-    if shared < len(chosen) - 1 or shared < len(rejected) - 1:
-        raise BadRow(f"chosen and rejected differ before their last assistant turn (at turn {shared + 1}; "
-                     f"{len(chosen)} vs {len(rejected)} turns); only the last assistant turn may differ")
-    conversation.order(chosen, "chosen")
-    conversation.order(rejected, "rejected")
-    return chosen[:-1], chosen[-1:], rejected[-1:]

@@ -257,3 +257,45 @@ def test_the_key_never_reaches_a_file_of_the_run(tmp_path, monkeypatch):
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert secret not in path.read_text(errors="replace"), path
+
+
+def test_plugin_import_loads_no_client_and_workers_import_only_the_client_and_the_stdlib():
+    """`python -m core` loads every plugin at start-up: importing plugins.openai imports neither the openai
+    client nor tiktoken; the shipped workers import only openai, the standard library and runproto."""
+    import ast
+    import subprocess
+    import sys
+
+    code = ("import sys, plugins.openai; bad = [m for m in ('openai', 'tiktoken', 'httpx2') if m in sys.modules]; "
+            "sys.exit(repr(bad) if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    here = Path(__file__).resolve().parents[1] / "plugins" / "openai"
+    allowed = {"openai", "runproto", *sys.stdlib_module_names}
+    for name in ("worker.py", "eval_worker.py"):
+        tree = ast.parse((here / name).read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert imported <= allowed, (name, imported - allowed)
+
+
+def test_the_evaluator_sends_tool_conversations_as_the_api_takes_them(monkeypatch):
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "core"))  # runproto, as shipped beside it
+    spec = importlib.util.spec_from_file_location(
+        "openai_eval_worker", Path(__file__).resolve().parents[1] / "plugins" / "openai" / "eval_worker.py")
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    record = {"messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "weight": 0, "tool_calls": [
+            {"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "18C", "name": "weather"},
+        {"role": "assistant", "content": "18C and sunny."}]}
+    prompt, reference = worker.prompt_and_reference(record)
+    assert reference == "18C and sunny."
+    assert prompt[1] == {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "call_1_0", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}]}
+    assert prompt[2] == {"role": "tool", "content": "18C", "tool_call_id": "call_1_0"}
+    assert worker.f1("18 C and sunny", "18C and sunny.") == 2 * (2 / 4) * (2 / 3) / (2 / 4 + 2 / 3)

@@ -7,6 +7,7 @@ exact_match and f1 (word overlap) averaged over rows, rows, and the tokens the A
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -31,20 +32,27 @@ def f1(answer, reference):
 
 
 def prompt_and_reference(record):
-    """The turns before the last assistant turn, and that turn's text (training keys dropped)."""
+    """The turns before the last assistant turn as the API takes them (training keys dropped, tool calls with
+    ids and JSON arguments, each tool result linked to its call), and that turn's text."""
     msgs = record["messages"]
     last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-    keep = ("role", "content", "name", "tool_calls", "tool_call_id")
-    prompt = []
-    for m in msgs[:last]:
-        turn = {k: v for k, v in m.items() if k in keep}
-        if turn.get("tool_calls"):
-            import json
-
-            turn["tool_calls"] = [{"id": c.get("id") or f"call_{i}_{j}", "type": "function",
-                                   "function": {"name": c["function"]["name"],
-                                                "arguments": json.dumps(c["function"]["arguments"])}}
-                                  for j, c in enumerate(turn["tool_calls"])]
+    prompt, pending = [], []
+    for i, m in enumerate(msgs[:last]):
+        turn = {"role": m["role"], "content": m.get("content") or ""}
+        if m.get("tool_calls"):
+            calls = []
+            for j, c in enumerate(m["tool_calls"]):
+                cid = c.get("id") or f"call_{i}_{j}"
+                pending.append(cid)
+                calls.append({"id": cid, "type": "function",
+                              "function": {"name": c["function"]["name"],
+                                           "arguments": json.dumps(c["function"]["arguments"])}})
+            turn["tool_calls"] = calls
+        if m["role"] == "tool":
+            cid = m.get("tool_call_id")
+            turn["tool_call_id"] = cid if cid in pending else (pending[0] if pending else cid)
+            if turn["tool_call_id"] in pending:
+                pending.remove(turn["tool_call_id"])
         prompt.append(turn)
     return prompt, msgs[last].get("content") or ""
 

@@ -33,11 +33,15 @@ def test_dpo_translation():
     from plugins.trl import translate
 
     cfg = compose(SMALL + ["method=dpo", "data=demo_pref", "method.beta=0.3", "method.loss_type=ipo"])
-    data = core.DataInfo(dir=Path("data"), kind="preference", stats={}, train=Path("data/train.jsonl"), eval=None,
-                         template=Path("data/chat_template.jinja"))
+    data = core.DataInfo(dir=Path("data"), kind="preference", stats={"rows": {"train": 16}},
+                         train=Path("data/train.jsonl"), eval=None, template=Path("data/chat_template.jinja"))
     spec = translate.native_spec(cfg, data)
     assert spec["method"] == "dpo" and spec["args"]["beta"] == 0.3 and spec["args"]["loss_type"] == ["ipo"]
     assert "packing" not in spec["args"] and spec["data"]["eval"] is None
+    steps = cfg.train.max_steps  # the examples in the schedule's order, read one pass in order
+    assert spec["order"] == {"steps": steps, "batch": cfg.train.batch_size, "accum": cfg.train.grad_accum,
+                             "seed": cfg.train.seed, "shuffle": True}
+    assert spec["args"]["max_steps"] == steps and spec["args"]["train_sampling_strategy"] == "sequential"
 
 
 BLOCK_ANYTUNE = textwrap.dedent("""

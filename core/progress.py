@@ -107,6 +107,11 @@ def next_commands(result: dict, run_dir: Path) -> list[tuple[str, str]]:
     if status == "planned":
         return [(f"sh {run_dir / 'plan' / 'run.sh'}", "run the plan as written, without anytune"),
                 ("python -m core.backends", "engines and what they support")]
+    artifacts = [a for a in (result.get("artifacts") or {}).values() if isinstance(a, dict)]
+    remote = next((a for a in artifacts if a.get("attach")), None)  # a remote job that goes on without us
+    if status == "interrupted" and remote:
+        return [(remote["attach"], "follow the remote job, which goes on running (it is paid for), to its end"),
+                *([(remote["cancel"], "cancel it instead")] if remote.get("cancel") else [])]
     if status in ("failed", "interrupted"):
         failed = next((s for s in result.get("steps") or [] if s["status"] in ("failed", "interrupted")), None)
         stem = "train" if not failed or failed["kind"] == "trainer" else \
@@ -117,6 +122,14 @@ def next_commands(result: dict, run_dir: Path) -> list[tuple[str, str]]:
             cmds.insert(0, (f"python -m core resume={run_dir}", "continue from its last checkpoint"))
         return cmds + [("python -m core ... debug=true", "the same job with full tracebacks for anytune's own errors")]
     held_out = ((result.get("data") or {}).get("rows") or {}).get("eval")
+    hosted = (result.get("artifacts") or {}).get("model")
+    if isinstance(hosted, dict) and "id" in hosted and "path" not in hosted:
+        # the trainer left a hosted model: nothing local to merge; its provider's evaluator scores it, if installed
+        from core.plugins import registry
+
+        scorer = hosted.get("provider")
+        return [(f"python -m core.after {run_dir} eval=[{scorer}]", f"score the hosted model {hosted['id']} on "
+                 "the held-out data")] if held_out and scorer in registry().evaluators else []
     cmds = [(f"python -m core.after {run_dir} export=[merged] eval=[heldout]",
              "merge the adapter and score held-out loss, without training again") if held_out else
             (f"python -m core.after {run_dir} export=[merged]", "the adapter merged into the base, without training again")]

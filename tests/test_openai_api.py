@@ -184,6 +184,10 @@ def test_ctrl_c_leaves_the_job_running_and_attach_finishes_the_run(server, tmp_p
     job_artifact = result["artifacts"]["job"]
     assert job_artifact["id"] == jid and job_artifact["attach"] == f"python -m plugins.openai attach {tmp_path}"
     assert "goes on running remotely" in (tmp_path / "logs" / "train.stderr.log").read_text()
+    from core.progress import next_commands
+
+    assert [c for c, _ in next_commands(result, tmp_path)] == [
+        f"python -m plugins.openai attach {tmp_path}", f"python -m plugins.openai cancel {tmp_path}"]
     # running the plan again without the job id would start (and pay for) a second job: refused
     again = subprocess.run([sys.executable, "plan/openai_worker.py", "plan/openai_job.json"], cwd=tmp_path,
                            capture_output=True, text=True, env={**os.environ, runproto.OUTCOME_ENV: str(tmp_path / "again.json")})
@@ -234,3 +238,6 @@ def test_the_evaluator_scores_the_fine_tuned_model_through_chat_completions(serv
     assert scores["rows"] == 5 and scores["exact_match"] == expected and scores["billed_tokens"] == 75
     assert expected <= scores["f1"] < 1.0 or expected == 1.0
     assert result["eval"]["openai"] == scores
+    from core.progress import next_commands
+
+    assert [c for c, _ in next_commands(result, tmp_path)] == [f"python -m core.after {tmp_path} eval=[openai]"]

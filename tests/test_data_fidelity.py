@@ -487,3 +487,20 @@ def test_data_report_counts_duplicates_leaks_and_empty_answers(tmp_path):
                                "duplicates": {"train": 1, "eval": 0}, "eval_in_train": 2, "empty_responses": 1}
     tokens = stats["tokens"]["train"]
     assert tokens["p50"] <= tokens["p90"] <= tokens["p99"] == tokens["max"]
+
+
+def test_llamafactory_messages_column_with_system_and_tool_roles(tmp_path):
+    """LLaMA-Factory's sharegpt formatting over a role/content ``messages`` column: a ``system`` column and the
+    function_call/observation roles are kept, not dropped."""
+    tmpl = tmp_path / "tools.jinja"
+    tmpl.write_text(TOOL_TEMPLATE)
+    path = write(tmp_path / "lf.json", [{"system": "Be brief.", "messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "function_call", "content": json.dumps({"name": "get_weather", "arguments": {"city": "Paris"}})},
+        {"role": "observation", "content": "18C"}, {"role": "assistant", "content": "It is 18C."}]}])
+    _, [rec] = prepared(tmp_path, path, chat_template=str(tmpl))
+    assert rec["messages"] == [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "18C"}, {"role": "assistant", "content": "It is 18C."}]

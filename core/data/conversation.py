@@ -18,8 +18,9 @@ from core.data.readers import BadRow, _json_type
 
 ROLES = ("system", "user", "assistant", "tool")
 #: Source roles that mean something else in the canonical form (OpenAI's legacy function role; its developer
-#: role, which newer models take in place of system).
-ROLE_ALIASES = {"function": "tool", "developer": "system"}
+#: role, which newer models take in place of system; LLaMA-Factory's observation and function_call roles in a
+#: role/content ``messages`` column).
+ROLE_ALIASES = {"function": "tool", "developer": "system", "observation": "tool", "function_call": "function_call"}
 #: Placeholders multimodal data sets put in text (LLaMA-Factory, LLaVA): such rows are refused.
 MEDIA_PLACEHOLDER = re.compile(r"<(image|video|audio)>")
 #: Per-turn training flags: boolean keys and 0/1 keys (Axolotl ``train``/``training``; OpenAI ``weight``;
@@ -66,11 +67,13 @@ def turns(value: Any, name: str, roles: dict[str, str] | None = None,
         raise BadRow(f"wrong type: {name} must be a list of turns, got {_json_type(value)}")
     if not value:
         raise BadRow(f"{name} has no turns")
+    shown = tuple(roles) if roles else ROLES  # the roles an error message names (aliases are not advertised)
     roles = roles or {**{r: r for r in ROLES}, **ROLE_ALIASES}
-    return [_turn(turn, f"{name} turn {i}", roles, keys) for i, turn in enumerate(value, 1)]
+    return [_turn(turn, f"{name} turn {i}", roles, keys, shown) for i, turn in enumerate(value, 1)]
 
 
-def _turn(turn: Any, where: str, roles: dict[str, str], keys: tuple[str, str]) -> dict[str, Any]:
+def _turn(turn: Any, where: str, roles: dict[str, str], keys: tuple[str, str],
+          shown: tuple[str, ...] = ROLES) -> dict[str, Any]:
     """One canonical turn (see the module docstring) from a source turn at ``where``."""
     role_key, content_key = keys
     if not isinstance(turn, dict):
@@ -79,8 +82,7 @@ def _turn(turn: Any, where: str, roles: dict[str, str], keys: tuple[str, str]) -
         raise BadRow(f"missing field '{role_key}' in {where}")
     raw_role = turn[role_key]
     if not isinstance(raw_role, str) or raw_role not in roles:
-        shown = ", ".join(r for r in roles if r not in ROLE_ALIASES)
-        raise BadRow(f"unknown role {raw_role!r} in {where} (allowed roles: {shown})")
+        raise BadRow(f"unknown role {raw_role!r} in {where} (allowed roles: {', '.join(shown)})")
     for key, what in UNSUPPORTED_KEYS.items():
         if turn.get(key) not in (None, "", []):
             raise BadRow(f"{where} has {what}, which anytune does not support yet (dropping it would train on "

@@ -23,13 +23,13 @@ from core.errors import ConfigError, did_you_mean
 
 #: format -> its canonical fields (the keys ``data.columns`` may map).
 FIELDS = {
-    "messages": ("messages", "tools"),
+    "messages": ("messages", "tools", "system"),
     "sharegpt": ("conversations", "system", "tools"),
     "alpaca": ("instruction", "input", "output", "system", "history"),
     "prompt_completion": ("prompt", "completion"),
     "prompt_completion_chat": ("prompt", "completion", "tools"),
     "preference": ("prompt", "chosen", "rejected", "messages", "conversations", "instruction", "input", "system"),
-    "unpaired": ("prompt", "completion", "messages", "conversations", "label", "instruction", "system"),
+    "unpaired": ("prompt", "completion", "messages", "conversations", "label", "instruction", "input", "system"),
     "text": ("text",),
 }
 #: format -> fields a row must have for auto-detection to pick it, in the order formats are tried
@@ -210,7 +210,8 @@ def _with_tools(record: dict, row: dict, fields: Fields) -> dict:
 
 def _messages(row: dict, fields: Fields, system_prompt: str | None) -> dict:
     """OpenAI chat rows (and Axolotl's, LLaMA-Factory v1's): ``messages`` -> a messages record."""
-    msgs = conversation.turns(maybe_json_list(fields.need(row, "messages")), "messages")
+    msgs = system_column(row, fields, conversation.turns(maybe_json_list(fields.need(row, "messages")), "messages"),
+                         "messages")
     conversation.order(msgs, "messages")
     return _with_tools({"messages": with_system(_some_loss(msgs, "messages"), system_prompt)}, row, fields)
 

@@ -157,6 +157,24 @@ def test_plan_only_writes_the_api_files_and_the_estimate(tmp_path, monkeypatch, 
     assert not (tmp_path / "artifacts").exists() and not (tmp_path / "logs" / "train.stdout.log").exists()
 
 
+def test_the_token_limit_applies_to_each_dpo_sequence():
+    """A DPO line is billed for both sequences; the model's limit applies to each (the longer one)."""
+    record = {"prompt": [{"role": "user", "content": "word " * 50}],
+              "chosen": [{"role": "assistant", "content": "yes " * 30}],
+              "rejected": [{"role": "assistant", "content": "no"}]}
+    line = translate.api_line("preference", record, 1)
+    billed, longest = tokens.count_line(line), tokens.longest_sequence(line)
+    assert longest < billed
+
+    def bad_rows(limit):
+        return translate.api_files("preference", [record], "data/train.jsonl", limit, tokens.count_line,
+                                   tokens.longest_sequence)[2]
+
+    assert bad_rows(longest) == []
+    assert bad_rows(longest - 1) == [f"data/train.jsonl row 1: it has {longest} tokens; the model's training "
+                                     f"examples hold at most {longest - 1}"]
+
+
 def test_dpo_pairs_become_the_apis_preference_lines(tmp_path):
     result = plan(tmp_path, "method=dpo", "data=demo_pref", "data.max_rows=12", "method.beta=0.5")
     assert result["status"] == "planned", result

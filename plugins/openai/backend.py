@@ -156,7 +156,7 @@ class OpenAIBackend(core.Trainer):
             if path is None:
                 continue
             lines, n, wrong = translate.api_files(ctx.data.kind, core.runproto.read_jsonl(str(path)),
-                                                  ctx.rel(path), limit, count)
+                                                  ctx.rel(path), limit, count, tokens.longest_sequence)
             bad += wrong
             files[part], counts[part] = lines, n
         if bad:
@@ -170,7 +170,8 @@ class OpenAIBackend(core.Trainer):
                    for part, lines in files.items()}
         est = translate.estimate(model, sum(counts["train"]), int(job.train.epochs), b.price_per_1m_tokens)
         est.update(validation_file_tokens=sum(counts.get("validation", [])), max_cost_usd=b.max_cost_usd,
-                   longest_example_tokens=max(counts["train"]), example_token_limit=limit,
+                   longest_example_tokens=max(map(tokens.longest_sequence, files["train"])),
+                   example_token_limit=limit,
                    examples=len(files["train"]), within_budget=est["usd"] <= b.max_cost_usd)
         spec = {
             "base_url": str(b.base_url), "key_env": str(b.key_env), "provider": PROVIDER,

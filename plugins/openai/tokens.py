@@ -101,3 +101,13 @@ def count_line(line: dict) -> int:
     inp = line["input"]
     return sum(count_messages(inp["messages"] + out, inp.get("tools"))
                for out in (line["preferred_output"], line["non_preferred_output"]))
+
+
+def longest_sequence(line: dict) -> int:
+    """Tokens of the longest sequence the service trains on in one line (the model's limit applies to each):
+    the conversation, or a DPO input with the longer of its two outputs."""
+    if "messages" in line:
+        return count_line(line)
+    inp = line["input"]
+    return max(count_messages(inp["messages"] + out, inp.get("tools"))
+               for out in (line["preferred_output"], line["non_preferred_output"]))

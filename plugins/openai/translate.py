@@ -123,13 +123,15 @@ def api_line(kind: str, record: dict, row: int) -> dict:
     raise BadLine(f"records of kind {kind!r} have no form in the API (it takes chat messages and DPO pairs)")
 
 
-def api_files(kind: str, records: Iterable[dict], name: str, max_tokens: int,
-              count: Any) -> tuple[list[dict], list[int], list[str]]:
+def api_files(kind: str, records: Iterable[dict], name: str, max_tokens: int, count: Any,
+              longest: Any = None) -> tuple[list[dict], list[int], list[str]]:
     """Every record of one prepared file as API lines, checked and counted.
 
     :param name: the file as errors name it (``data/train.jsonl``).
-    :param max_tokens: the model's longest example; a longer one is a bad row.
-    :param count: ``count(line) -> tokens`` (``tokens.count_line``).
+    :param max_tokens: the model's longest example; a line with a longer sequence is a bad row.
+    :param count: ``count(line) -> tokens`` billed (``tokens.count_line``).
+    :param longest: ``longest(line) -> tokens`` of its longest sequence (``tokens.longest_sequence``);
+        None: ``count``.
     :returns: (lines, tokens of each line, bad rows: ``"<name> row N: why"``).
     """
     lines, counts, bad = [], [], []
@@ -137,8 +139,9 @@ def api_files(kind: str, records: Iterable[dict], name: str, max_tokens: int,
         try:
             line = api_line(kind, record, row)
             n = count(line)
-            if n > max_tokens:
-                raise BadLine(f"it has {n} tokens; the model's training examples hold at most {max_tokens}")
+            seq = n if longest is None else longest(line)
+            if seq > max_tokens:
+                raise BadLine(f"it has {seq} tokens; the model's training examples hold at most {max_tokens}")
         except BadLine as exc:
             bad.append(f"{name} row {row}: {exc}")
             continue

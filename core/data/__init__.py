@@ -10,7 +10,7 @@ Public API:
 - :func:`cache_dir` — the default cache folder, ``$ANYTUNE_HOME/cache/data``.
 
 Modules: ``readers`` (file types), ``formats`` (row formats -> canonical records; ``pairs``: preference
-and unpaired rows),
+and unpaired rows; ``rows``: column mapping and shared turn builders),
 ``conversation`` (checks on turns: flags, tool calls, order), ``chat_template`` (the template of record:
 resolve, render), ``stats`` (token counts), ``report`` (the data report), ``labels`` (the label view,
 ``python -m core.data show``), ``cache`` (the prepared-data cache), ``prepare`` (the pass itself).

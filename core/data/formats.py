@@ -10,15 +10,16 @@ Canonical records (what engines read):
 - ``unpaired``: ``{"prompt": [turns...], "completion": [assistant turn], "label": bool}`` (KTO)
 - ``text``: ``{"text": str}``
 
-Preference and unpaired rows are normalised in :mod:`core.data.pairs`, with this module's helpers.
+Preference and unpaired rows are normalised in :mod:`core.data.pairs`; both read rows through
+:mod:`core.data.rows` (column mapping, aliases, shared turn builders).
 """
 from __future__ import annotations
 
-import json
-from typing import Any, Callable
+from typing import Callable
 
-from core.data import conversation
+from core.data import conversation, pairs
 from core.data.readers import BadRow, _json_type
+from core.data.rows import Fields, maybe_json_list, sharegpt_turns, system_column, user_text, with_system
 from core.errors import ConfigError, did_you_mean
 
 #: format -> its canonical fields (the keys ``data.columns`` may map).
@@ -48,14 +49,8 @@ KIND = {"messages": "messages", "sharegpt": "messages", "alpaca": "messages",
         "prompt_completion": "prompt_completion", "prompt_completion_chat": "messages", "preference": "preference",
         "unpaired": "unpaired",
         "text": "text"}
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system", "observation": "tool", "tool": "tool", "function_call": "function_call"}
 #: Columns of multimodal rows (LLaMA-Factory, TRL's vision formats): a row with any of them non-empty is refused.
 MEDIA_COLUMNS = ("images", "image", "videos", "video", "audios", "audio")
-#: Other spellings of canonical fields, read when the canonical name is absent and nothing maps it.
-ALIASES = {"chosen": ("chosen_messages", "chosen_response", "preferred_output"),
-           "rejected": ("rejected_messages", "rejected_response", "non_preferred_output"),
-           "label": ("kto_tag",), "tools": ("functions",), "prompt": ("question",)}
 
 
 def check_columns(columns: dict[str, str], fmt: str | None) -> None:
@@ -97,8 +92,6 @@ def describe_formats() -> str:
 
 def normaliser(fmt: str, columns: dict[str, str], system_prompt: str | None) -> Callable[[dict], dict]:
     """A function turning one raw row of format ``fmt`` into its canonical record (raises :class:`BadRow`)."""
-    from core.data import pairs  # preference and unpaired rows build on this module's helpers
-
     fields = Fields(columns)
     conv = {"messages": _messages, "sharegpt": _sharegpt, "alpaca": _alpaca, "preference": pairs.preference,
             "prompt_completion": _prompt_completion, "prompt_completion_chat": _prompt_completion_chat,
@@ -114,52 +107,6 @@ def normaliser(fmt: str, columns: dict[str, str], system_prompt: str | None) -> 
     raise ConfigError(f"unknown data format {fmt!r}; known: {', '.join(FIELDS)}")
 
 
-class Fields:
-    """Looks canonical fields up in a row through ``data.columns``.
-
-    A column that a mapping reads is not read again under its own name: with ``{instruction: input}``
-    the canonical ``input`` is absent (unless it is mapped too), never the same column a second time.
-    """
-
-    def __init__(self, columns: dict[str, str]):
-        """:param columns: ``data.columns`` (canonical field -> column)."""
-        self.columns = columns
-        self.claimed = set(columns.values())
-
-    def col(self, field: str) -> str | None:
-        """The column that holds ``field``, or None when its own name is claimed by another mapping."""
-        if field in self.columns:
-            return self.columns[field]
-        return None if field in self.claimed else field
-
-    def _find(self, row: dict, field: str) -> str | None:
-        """The column of ``row`` holding ``field`` (mapped, own name, or an alias), or None."""
-        col = self.col(field)
-        if col is not None and col in row:
-            return col
-        if field not in self.columns:
-            return next((a for a in ALIASES.get(field, ()) if a in row and a not in self.claimed), None)
-        return None
-
-    def has(self, row: dict, field: str) -> bool:
-        """True if ``row`` holds ``field``."""
-        return self._find(row, field) is not None
-
-    def need(self, row: dict, field: str) -> Any:
-        """``field``'s value in ``row``; :class:`BadRow` naming the column when it is missing."""
-        col = self._find(row, field)
-        if col is None:
-            col = self.col(field) or field
-            mapped = f" (data.columns.{field})" if col != field else ""
-            raise BadRow(f"missing field '{col}'{mapped}")
-        return row[col]
-
-    def get(self, row: dict, field: str) -> Any:
-        """``field``'s value in ``row``, or None."""
-        col = self._find(row, field)
-        return row[col] if col is not None else None
-
-
 def _no_media_columns(row: dict) -> None:
     """:raises BadRow: the row has a non-empty image, video or audio column."""
     for col in MEDIA_COLUMNS:
@@ -168,34 +115,6 @@ def _no_media_columns(row: dict) -> None:
             count = f" ({len(value)} item(s))" if isinstance(value, list) else ""
             raise BadRow(f"column '{col}' holds media{count}: multimodal rows (images, video, audio) are not "
                          "supported, only text")
-
-
-def with_system(msgs: list[dict], system_prompt: str | None) -> list[dict]:
-    """``data.system_prompt`` as the first turn, unless the conversation starts with one."""
-    if system_prompt and msgs[0]["role"] != "system":
-        return [{"role": "system", "content": system_prompt}] + msgs
-    return msgs
-
-
-def maybe_json_list(value: Any) -> Any:
-    """A list stored as JSON text (a CSV cell) becomes the list."""
-    if isinstance(value, str) and value.lstrip().startswith("["):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
-
-
-def system_column(row: dict, fields: Fields, msgs: list[dict], name: str) -> list[dict]:
-    """A ``system`` column (LLaMA-Factory's sharegpt and alpaca) becomes the first turn."""
-    value = fields.get(row, "system")
-    if value in (None, ""):
-        return msgs
-    text = conversation.text_field(value, "system")
-    if msgs[0]["role"] == "system":
-        raise BadRow(f"both a system column and a system turn in {name}")
-    return [{"role": "system", "content": text}] + msgs
 
 
 def _with_tools(record: dict, row: dict, fields: Fields) -> dict:
@@ -223,32 +142,12 @@ def _some_loss(msgs: list[dict], name: str) -> list[dict]:
     return msgs
 
 
-def sharegpt_turns(value: Any, name: str) -> list[dict]:
-    """ShareGPT turns (``from``/``value``); Axolotl's ``role``/``content`` spelling in a conversations column too."""
-    value = maybe_json_list(value)
-    if isinstance(value, list) and value and isinstance(value[0], dict) and "from" not in value[0] \
-            and "role" in value[0]:
-        return conversation.turns(value, name)
-    return conversation.turns(value, name, roles=SHAREGPT_ROLES, keys=("from", "value"))
-
-
 def _sharegpt(row: dict, fields: Fields, system_prompt: str | None) -> dict:
     """ShareGPT rows: ``conversations`` (and a ``system`` column) -> a messages record."""
     msgs = system_column(row, fields, sharegpt_turns(fields.need(row, "conversations"), "conversations"),
                           "conversations")
     conversation.order(msgs, "conversations")
     return _with_tools({"messages": with_system(_some_loss(msgs, "conversations"), system_prompt)}, row, fields)
-
-
-def user_text(row: dict, fields: Fields) -> str:
-    """Alpaca's user turn: ``instruction``, then ``input`` after a blank line when non-empty."""
-    instruction = conversation.text_field(fields.need(row, "instruction"), "instruction")
-    extra = fields.get(row, "input")
-    if extra is not None and not isinstance(extra, str):
-        raise BadRow(f"wrong type: input must be a string, got {_json_type(extra)}")
-    if extra:
-        conversation.no_media(extra, "input")
-    return instruction + "\n\n" + extra if extra and extra.strip() else instruction
 
 
 def _history(row: dict, fields: Fields) -> list[dict]:

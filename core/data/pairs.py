@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from core.data import conversation
-from core.data.formats import Fields, maybe_json_list, sharegpt_turns, system_column, user_text, with_system
+from core.data.rows import Fields, maybe_json_list, sharegpt_turns, system_column, user_text, with_system
 from core.data.readers import BadRow, _json_type
 
 _DIALOGUE = re.compile(r"(?:\A\s*|\n\n)(Human|Assistant):[ \t]?")

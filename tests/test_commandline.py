@@ -24,7 +24,7 @@ def core(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def test_help_is_anytunes_own():
     p = subprocess.run([sys.executable, "-m", "core", "--help"], capture_output=True, text=True)
     assert p.returncode == 0
-    for text in ("one fine-tuning config, any engine", "backend: ", "export: merged", "eval: heldout",
+    for text in ("one fine-tuning config, any engine", "backend: ", "export: ", "merged", "eval: ", "heldout",
                  "python -m core.after", "docs/config.md", "model.name_or_path="):
         assert text in p.stdout, text
 

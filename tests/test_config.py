@@ -36,19 +36,23 @@ def test_unknown_section_and_backend_field():
     check_overrides(["backend=trl", "backend.native.foo=1", "train.max_steps=3"], reg())  # fine
 
 
-def test_backend_not_installed_is_named_with_install_lines():
+def test_backend_not_installed_is_named_with_install_lines(monkeypatch):
+    monkeypatch.setenv("ANYTUNE_DISABLE_PLUGINS", "axolotl")  # as if its plugin were not installed
+    without = plugins.load()
     with pytest.raises(ConfigError) as err:
-        check_overrides(["backend=axolotl"], reg())
+        check_overrides(["backend=axolotl"], without)
     msg = str(err.value)
     assert "no backend 'axolotl'" in msg and "installed backends: " in msg and "trl" in msg
-    assert "axolotl: not released yet" in msg and "trl:" not in msg  # only first-party ones not installed
+    assert f"axolotl: {plugins.FIRST_PARTY['axolotl']}" in msg and "trl:" not in msg  # only those not installed
     with pytest.raises(ConfigError, match="no backend 'axolotl'"):  # in a sweep too
-        check_overrides(["-m", "backend=trl,axolotl"], reg())
+        check_overrides(["-m", "backend=trl,axolotl"], without)
 
 
 def test_cli_backend_not_installed_is_anytunes_message_not_hydras(tmp_path):
+    import os
+
     p = subprocess.run([sys.executable, "-m", "core", "backend=axolotl", f"run_dir={tmp_path}"],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, env={**os.environ, "ANYTUNE_DISABLE_PLUGINS": "axolotl"})
     assert p.returncode == 2
     assert "no backend 'axolotl'" in p.stderr and "search path" not in p.stderr.lower()
     assert "Traceback" not in p.stderr and not (tmp_path / "result.json").exists()

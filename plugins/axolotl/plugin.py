@@ -83,6 +83,19 @@ class AnytunePlugin(BasePlugin):
                              f"{', '.join(problems)} and would silently ignore "
                              f"{'it' if len(problems) == 1 else 'them'}")
 
+    def get_training_args(self, cfg):
+        """``TrainingArguments`` Axolotl's YAML cannot set: the rows are in the job's order (read sequentially by the
+        preference trainers too, whose sampler ignores ``curriculum_sampling``), the warm-up is the job's
+        (Axolotl turns 1 step into 2), and a CPU job says so (transformers refuses bf16 on CPU otherwise)."""
+        args = {}
+        if self.settings.get("order"):
+            args["train_sampling_strategy"] = "sequential"
+        if self.settings.get("warmup_steps") is not None:
+            args["warmup_steps"] = self.settings["warmup_steps"]
+        if self.settings.get("use_cpu"):
+            args["use_cpu"] = True
+        return args
+
     def add_callbacks_pre_trainer(self, cfg, model):
         """The metrics callback (``metrics.jsonl`` rows) and the checkpoint/Ctrl-C callback."""
         writer = runproto.MetricsWriter()
@@ -92,9 +105,6 @@ class AnytunePlugin(BasePlugin):
     def post_trainer_create(self, cfg, trainer):
         """Keep the trainer; count its trainable parameters; start the clock."""
         self.trainer = trainer
-        warmup = self.settings.get("warmup_steps")
-        if warmup is not None and trainer.args.warmup_steps != warmup:  # Axolotl makes a 1-step warm-up 2 steps
-            trainer.args.warmup_steps = warmup
         self.out["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         self.started = time.time()
 

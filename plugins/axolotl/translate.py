@@ -171,7 +171,8 @@ def settings(job: Any, data: Any) -> dict[str, Any]:
     order = order_of(job, rows)
     return {"order": order, "rows": rows, "adapter": job.peft.type != "none",
             "save": bool(job.train.save_artifacts), "method": job.method.name,
-            "warmup_steps": warmup_steps(job, order["steps"]) if order else None}
+            "warmup_steps": warmup_steps(job, order["steps"]) if order else None,
+            "use_cpu": job.train.device == "cpu"}
 
 
 # -- the data as Axolotl reads it -------------------------------------------------------------------------

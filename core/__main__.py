@@ -17,6 +17,9 @@ from core.errors import AnytuneError
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DATA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 """Exit codes of ``python -m core`` (documented in docs/run-directory.md)."""
 _codes: list[int] = []
+"""Exit codes of the jobs this process ran (a launcher that runs jobs elsewhere leaves it short)."""
+_sweep_dir: Path | None = None
+"""A multirun's sweep directory, once known: its jobs' ``result.json`` give the sweep's exit code."""
 HYDRA_INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--shell-completion", "-sc",
                     "--resolve", "--package", "-p")
 """Hydra flags that print something and run no job: the pre-check leaves them to Hydra."""
@@ -36,8 +39,25 @@ def exit_code(result: dict) -> int:
     return EXIT_FAILED
 
 
-def _task(cfg) -> dict:
-    """One Hydra job: claim its run directory, run it, show it, never raise (a sweep goes on)."""
+def objective(result: dict) -> float:
+    """The value a tuning sweeper minimises: the job's held-out loss (``eval=[heldout]``'s, else the engine's
+    own ``final.eval_loss``); NaN for a job that failed or measured none (the sweeper records a failed trial)."""
+    heldout = ((result.get("eval") or {}).get("heldout") or {}).get("loss")
+    value = heldout if heldout is not None else (result.get("final") or {}).get("eval_loss")
+    return float(value) if result.get("status") == "succeeded" and value is not None else float("nan")
+
+
+def _wants_metric(hc) -> bool:
+    """The sweeper reads the job's return value as its objective (Optuna, Nevergrad, Ax ...): not Hydra's basic
+    sweeper, which only launches."""
+    target = str(hc.sweeper.get("_target_", ""))
+    return bool(target) and not target.endswith("BasicSweeper")
+
+
+def _task(cfg) -> dict | float:
+    """One Hydra job: claim its run directory, run it, show it, never raise (a sweep goes on).
+
+    Returns the job's result, or its :func:`objective` when the sweeper tunes against one."""
     from hydra.core.hydra_config import HydraConfig
 
     from core import progress, rundir, runner
@@ -51,12 +71,41 @@ def _task(cfg) -> dict:
     except AnytuneError as exc:
         progress.error(str(exc))
         _codes.append(EXIT_USAGE)
-        return {"status": "failed", "error": str(exc)}
+        result = {"status": "failed", "error": str(exc)}
+        return objective(result) if multirun and _wants_metric(hc) else result
     with progress.Display(label, enabled=not cfg.quiet) as display:
         result = runner.run(cfg, run_dir, display=display)
     progress.summary(result, run_dir, next_steps=not multirun, quiet=bool(cfg.quiet))
     _codes.append(exit_code(result))
+    if multirun and _wants_metric(hc):
+        value = objective(result)
+        if value != value and result.get("status") == "succeeded":  # NaN: nothing held out was measured
+            progress.error(f"{label}: no held-out loss for the sweeper to minimise; add eval=[heldout] "
+                           "(or data.eval=FILE / data.eval_fraction=0.1)")
+        return value
     return result
+
+
+def sweep_codes(sweep_dir: Path) -> list[int]:
+    """The exit code of every job of a sweep, read from its run directories (the jobs may have run in other
+    processes or on other machines: joblib, submitit, Ray): a job directory without ``result.json`` failed."""
+    from core import rundir, runproto
+
+    codes = []
+    for job in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir() and rundir.holds_run(p)):
+        result = job / runproto.RESULT
+        codes.append(exit_code(runproto.read_json(str(result))) if result.exists() else EXIT_FAILED)
+    return codes
+
+
+def final_code(codes: list[int]) -> int:
+    """A command's exit code from its jobs': one job's own, else 130 if one was interrupted, else 1 if any
+    did not succeed."""
+    if EXIT_INTERRUPTED in codes:
+        return EXIT_INTERRUPTED
+    if len(codes) > 1:
+        return EXIT_FAILED if any(codes) else EXIT_OK
+    return codes[0] if codes else EXIT_OK
 
 
 def _precheck(argv: list[str], reg) -> None:
@@ -93,13 +142,18 @@ def _claim_sweep_dir(argv: list[str]) -> list[str]:
     second get two directories): ``hydra.sweep.dir`` as the config names it, made unique, added to ``argv``."""
     from core import config, rundir
 
-    if not any(a in ("-m", "--multirun") for a in argv) or any(a.startswith("hydra.sweep.dir=") for a in argv):
+    global _sweep_dir
+    if not any(a in ("-m", "--multirun") for a in argv) or any(a.split("=")[0] in HYDRA_INFO_FLAGS for a in argv):
         return argv
-    if any(a.split("=")[0] in HYDRA_INFO_FLAGS for a in argv):
+    given = next((a for a in argv if a.startswith("hydra.sweep.dir=")), None)
+    if given:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        _sweep_dir = Path(str(OverridesParser.create().parse_override(given).value())).expanduser()
         return argv
     pattern = config.compose([], hydra=True).hydra.sweep.dir
-    claimed = rundir.claim(Path(pattern))
-    return [*argv, f"hydra.sweep.dir={config.quote(str(claimed))}"]
+    _sweep_dir = rundir.claim(Path(pattern))
+    return [*argv, f"hydra.sweep.dir={config.quote(str(_sweep_dir))}"]
 
 
 def main() -> None:
@@ -134,11 +188,12 @@ def main() -> None:
     # rest unrecognised, so the multirun switch goes first
     sys.argv[1:] = [a for a in argv if a in ("-m", "--multirun")] + [a for a in argv if a not in ("-m", "--multirun")]
     hydra.main(config_path="pkg://conf", config_name="config", version_base="1.3")(_task)()
-    if EXIT_INTERRUPTED in _codes:
-        sys.exit(EXIT_INTERRUPTED)
-    if len(_codes) > 1:
-        sys.exit(EXIT_FAILED if any(_codes) else EXIT_OK)
-    sys.exit(_codes[0] if _codes else EXIT_OK)
+    codes = list(_codes)
+    if _sweep_dir is not None and _sweep_dir.is_dir():  # jobs run in other processes leave only their results
+        on_disk = sweep_codes(_sweep_dir)
+        if len(on_disk) > len(_codes):
+            codes = [c for c in _codes if c == EXIT_USAGE] + on_disk
+    sys.exit(final_code(codes))
 
 
 if __name__ == "__main__":

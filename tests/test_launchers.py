@@ -1,0 +1,75 @@
+"""Sweeps under Hydra's launchers (conf/hydra/launcher/): the same cross-engine sweep, with a failing job, under
+joblib (``parallel``), submitit's local executor (``submitit``) and a local Ray (``ray_local``); the basic
+launcher runs it in test_compare.py and test_cli.py. The sweep's exit code comes from its jobs' results,
+which the launchers write in other processes."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from core import compare, runproto
+from core.__main__ import EXIT_DATA, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, final_code, objective, sweep_codes
+from core.rundir import MARKER
+
+CORE = [sys.executable, "-m", "core", "offline=true"]
+SWEEP = ["backend=trl,torchtune", "peft=lora,qlora", "train.max_steps=2", "data.max_rows=8"]
+"""Four jobs: LoRA trains on each engine; QLoRA is refused on CPU (a failed job, recorded, the others go on)."""
+
+
+def job(sweep, name, status=None, error_type=None):
+    """A job directory as a launcher leaves it: claimed, with its result unless the job died."""
+    (sweep / name).mkdir(parents=True)
+    (sweep / name / MARKER).write_text("1\n")
+    if status:
+        runproto.atomic_write_json(str(sweep / name / "result.json"), {"status": status, "error_type": error_type})
+
+
+def test_exit_code_of_a_sweep_comes_from_its_jobs_results(tmp_path):
+    job(tmp_path, "0-trl-sft", "succeeded")
+    job(tmp_path, "1-torchtune-sft", "succeeded")
+    (tmp_path / ".submitit").mkdir()  # a launcher's own folder is no job
+    assert sweep_codes(tmp_path) == [EXIT_OK, EXIT_OK] and final_code(sweep_codes(tmp_path)) == EXIT_OK
+    job(tmp_path, "2-trl-sft")  # claimed, never finished (a worker killed): failed
+    assert final_code(sweep_codes(tmp_path)) == EXIT_FAILED
+    job(tmp_path, "3-trl-sft", "interrupted")
+    assert final_code(sweep_codes(tmp_path)) == EXIT_INTERRUPTED
+    assert final_code([EXIT_DATA]) == EXIT_DATA  # one job: its own code
+
+
+def test_objective_is_the_held_out_loss_and_nan_for_a_failed_job():
+    assert objective({"status": "succeeded", "eval": {"heldout": {"loss": 1.5}}, "final": {"eval_loss": 2.0}}) == 1.5
+    assert objective({"status": "succeeded", "final": {"eval_loss": 2.0}}) == 2.0
+    nan = objective({"status": "failed", "final": {"eval_loss": 2.0}})
+    assert nan != nan
+    nan = objective({"status": "succeeded", "final": {"last_loss": 2.0}})
+    assert nan != nan
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher,extra", [
+    ("parallel", []),
+    ("submitit", []),
+    ("ray_local", []),
+])
+def test_cross_engine_sweep_under_a_launcher(tmp_path, launcher, extra):
+    pytest.importorskip({"parallel": "hydra_plugins.hydra_joblib_launcher",
+                         "submitit": "hydra_plugins.hydra_submitit_launcher",
+                         "ray_local": "hydra_plugins.hydra_ray_launcher"}[launcher])
+    p = subprocess.run([*CORE, "-m", f"hydra/launcher={launcher}", *SWEEP, *extra], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=600, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert p.returncode == EXIT_FAILED, p.stderr[-3000:]  # from the jobs' results: they ran in other processes
+    sweep = next((tmp_path / "runs").glob("*/*-sweep"))
+    summary = runproto.read_json(str(sweep / "summary.json"))
+    assert [(r["job"], r["status"]) for r in summary] == [
+        ("0-trl-sft", "succeeded"), ("1-trl-sft", "failed"), ("2-torchtune-sft", "succeeded"),
+        ("3-torchtune-sft", "failed")]
+    assert "qlora" in summary[1]["error"]
+    for name in ("0-trl-sft", "2-torchtune-sft"):
+        assert (sweep / name / "artifacts/adapter/adapter_model.safetensors").exists()
+    report = runproto.read_json(str(sweep / compare.REPORT_JSON))
+    assert [(r["engine"], r["status"]) for r in report["rows"]] == [
+        ("trl", "succeeded"), ("trl", "failed"), ("torchtune", "succeeded"), ("torchtune", "failed")]
+    assert (sweep / compare.REPORT_HTML).exists() and f"report: {sweep / compare.REPORT_HTML}" in p.stdout

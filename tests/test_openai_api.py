@@ -241,3 +241,20 @@ def test_the_evaluator_scores_the_fine_tuned_model_through_chat_completions(serv
     from core.progress import next_commands
 
     assert [c for c, _ in next_commands(result, tmp_path)] == [f"python -m core.after {tmp_path} eval=[openai]"]
+
+
+def test_the_evaluator_on_a_finished_run_scores_another_hosted_model_too(server, tmp_path):
+    """python -m core.after RUN_DIR eval=[openai]: the run's fine-tuned model, then the base model named in
+    eval.openai.model (to compare), each through chat completions; eval.json holds the latest scores."""
+    from core import after
+
+    result = run(server, tmp_path, "data.eval_fraction=0.1")
+    assert result["status"] == "succeeded", result.get("error")
+    tuned = result["artifacts"]["model"]["id"]
+    done = runner.run_after(tmp_path, after.compose("openai", ["eval=[openai]", "eval.openai.max_rows=3"]))
+    assert done["eval"]["openai"]["rows"] == 3, done
+    base = runner.run_after(tmp_path, after.compose("openai", [
+        "eval=[openai]", "eval.openai.max_rows=2", "eval.openai.model=gpt-4.1-mini-2025-04-14"]))
+    assert base["eval"]["openai"]["rows"] == 2 and base["status"] == "succeeded"
+    assert server.chat_models == [tuned] * 3 + ["gpt-4.1-mini-2025-04-14"] * 2
+    assert json.loads((tmp_path / "eval.json").read_text())["openai"]["rows"] == 2  # the latest scores

@@ -143,6 +143,8 @@ class Server:
         """JSON bodies of job-creation requests."""
         self.answers: dict[str, str] = {}
         """Chat completions: last user message -> the model's answer (default: "I do not know.")."""
+        self.chat_models: list[str] = []
+        """The model each chat completion asked for, in order."""
         self.hold: int | None = None
         """While set, running jobs stay at this many steps (a long job, for Ctrl-C and re-attach)."""
         self.lock = threading.Lock()
@@ -389,6 +391,7 @@ class Server:
         return 200, job, None
 
     def chat(self, body: dict):
+        self.chat_models.append(body["model"])
         last = next((m.get("content") for m in reversed(body["messages"]) if m.get("role") == "user"), "")
         answer = self.answers.get(last, "I do not know.")
         return 200, {

@@ -72,6 +72,13 @@ class Job:
         pts = [(r[x], r["loss"]) for r in self.metrics if "loss" in r and r.get(x) is not None]
         return [p[0] for p in pts], [p[1] for p in pts]
 
+    def effective_batch(self) -> int | None:
+        """Examples per optimiser step: batch_size × grad_accum × devices × nodes."""
+        parts = [self.get(k) for k in ("train.batch_size", "train.grad_accum")]
+        if not all(parts):
+            return None
+        return parts[0] * parts[1] * (self.get("train.devices") or 1) * (self.get("train.nodes") or 1)
+
     def tokens_per_s(self) -> float | None:
         """Median throughput after warm-up (the first logged step is left out when there are others)."""
         speeds = [r["tokens_per_s"] for r in self.metrics if r.get("tokens_per_s")]
@@ -95,7 +102,6 @@ class Job:
     def row(self) -> dict[str, Any]:
         """The job's row of the report (``report.json`` holds it whole)."""
         r, final = self.result, self.result.get("final") or {}
-        batch, accum = self.get("train.batch_size"), self.get("train.grad_accum")
         heldout = final.get("eval_loss")
         if heldout is None:
             heldout = self.flat_scores().get("heldout.loss")
@@ -106,7 +112,7 @@ class Job:
                 "first_step_s": r.get("time_to_first_step_s"), "tokens_per_s": self.tokens_per_s(),
                 "peak_memory_mb": r.get("peak_memory_mb"), "trainable": r.get("trainable_parameters"),
                 "tokens": final.get("tokens"), "steps": final.get("steps"),
-                "effective_batch": batch * accum if batch and accum else None,
+                "effective_batch": self.effective_batch(),
                 "train_loss": final.get("last_loss"), "heldout_loss": heldout, "cost_usd": cost,
                 "scores": self.flat_scores(), "error": next(iter((r.get("error") or "").splitlines()), "")[:160] or None}
 
@@ -117,8 +123,7 @@ FAIRNESS: list[tuple[str, str, Callable[[Job], Any]]] = [
     ("tokens", "training tokens", lambda j: (j.result.get("final") or {}).get("tokens")),
     ("steps", "optimiser steps", lambda j: (j.result.get("final") or {}).get("steps")),
     ("trainable", "trainable parameters", lambda j: j.result.get("trainable_parameters")),
-    ("effective_batch", "effective batch",
-     lambda j: (j.get("train.batch_size") or 0) * (j.get("train.grad_accum") or 0) or None),
+    ("effective_batch", "effective batch", lambda j: j.effective_batch()),
     ("max_length", "sequence length", lambda j: j.get("train.max_length")),
     ("packing", "packing", lambda j: j.get("method.packing")),
     ("loss_normalisation", "loss normalisation", lambda j: j.result.get("loss_normalisation")),

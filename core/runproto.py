@@ -243,8 +243,14 @@ def mark_complete(path: str) -> None:
         f.write("")
 
 
+def rank() -> int:
+    """This process's global rank under a distributed launcher (``$RANK``, set by torchrun); 0 alone.
+    Only rank 0 writes metrics, the outcome and artefacts; every rank's own log is kept by the launcher."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 class MetricsWriter:
-    """Appends schema rows to metrics.jsonl, adding elapsed time, tokens/s and peak memory."""
+    """Appends schema rows to metrics.jsonl, adding elapsed time, tokens/s and peak memory (rank 0 only)."""
 
     def __init__(self, path: str = METRICS_FILE):
         """:param path: the metrics file (relative to the run directory)."""
@@ -268,6 +274,8 @@ class MetricsWriter:
             self._last_tokens, self._last_t = tokens, now
         row.setdefault("peak_memory_mb", peak_memory_mb())
         row["elapsed_s"] = round(now - self.start, 3)
+        if rank() != 0:
+            return row
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
@@ -327,5 +335,6 @@ class Outcome:
         d.setdefault("hardware", hardware())
         d.setdefault("peak_memory_mb", peak_memory_mb())
         d["worker_seconds"] = round(time.time() - self.started, 3)
-        atomic_write_json(self.path, d)
+        if rank() == 0:
+            atomic_write_json(self.path, d)
         return True

@@ -113,7 +113,7 @@ class TrainConfig:
     batch_size: int = number(4, ge=1)
     """Examples per device per micro-step."""
     grad_accum: int = number(1, ge=1)
-    """Micro-steps accumulated per optimiser step (effective batch = batch_size * grad_accum * devices)."""
+    """Micro-steps accumulated per optimiser step (effective batch = batch_size * grad_accum * devices * nodes)."""
     learning_rate: float = number(2e-4, gt=0)
     """Peak learning rate."""
     lr_scheduler: str = choice("linear", "linear", "cosine", "constant", "constant_with_warmup")
@@ -144,6 +144,12 @@ class TrainConfig:
     """Evaluate every N steps (0 = only at the end, when there is eval data)."""
     save_artifacts: bool = True
     """Save the adapter / model into artifacts/ at the end."""
+    devices: int = number(1, ge=1)
+    """Processes per node, one per GPU (on CPU: processes over gloo); above 1 the engine's own launcher starts them."""
+    nodes: int = number(1, ge=1)
+    """Machines; above 1 each node's rank and the rendezvous come from the scheduler's environment (docs/distributed.md)."""
+    strategy: str = choice("ddp", "ddp", "fsdp", "deepspeed")
+    """How several devices share the work: ddp (a full replica each), fsdp (full shard, FSDP2), deepspeed (ZeRO)."""
     save_steps: int = number(0, ge=0)
     """Save a resumable checkpoint (weights, optimiser, schedule, data position) every N optimiser steps into artifacts/checkpoints/checkpoint-N (0 = none); Ctrl-C saves one where the engine can."""
 

@@ -95,7 +95,8 @@ class TrlFields(FieldsReachEngine):
         spec = json.loads((run_dir / "plan" / "trl_args.json").read_text())
         with contextlib.chdir(run_dir):
             settings = worker.settings(spec)
-        return {**settings, "rows": count_rows(run_dir / "data" / "train.jsonl")}
+        command = json.loads((run_dir / "plan" / "command.json").read_text())["command"]
+        return {**settings, "rows": count_rows(run_dir / "data" / "train.jsonl"), "command": command}
 
 
 # -- torchtune --------------------------------------------------------------------------------------------

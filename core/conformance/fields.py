@@ -81,6 +81,8 @@ CANDIDATES: dict[str, list[list[str]]] = {
     "train.logging_steps": [["train.logging_steps=2"]],
     "train.eval_steps": [["train.eval_steps=2", "data.eval_fraction=0.25"]],
     "train.save_steps": [["train.save_steps=2"]],
+    "train.devices": [["train.devices=2"]],
+    "train.nodes": [["train.nodes=2"]],
 }
 
 #: What a value of a field needs beside its own override (``field=value``): alternatives, tried in order until
@@ -199,7 +201,8 @@ def steps_of(job: DictConfig, rows: int) -> int:
     t = job.train
     if t.max_steps > 0:
         return int(t.max_steps)
-    return max(1, math.ceil(t.epochs * math.ceil(math.ceil(rows / t.batch_size) / t.grad_accum)))
+    batch = t.batch_size * t.get("devices", 1) * t.get("nodes", 1)  # a micro-step takes a batch per process
+    return max(1, math.ceil(t.epochs * math.ceil(math.ceil(rows / batch) / t.grad_accum)))
 
 
 def warmup_steps_of(job: DictConfig, steps: int) -> int:
@@ -651,13 +654,15 @@ def _trainer_steps(effective: Mapping[str, Any]) -> Any:
     must hold exactly those steps of the Trainer's batches."""
     a, order = effective["args"], effective.get("order")
     if order:
-        mine = (int(a.max_steps), a.per_device_train_batch_size, a.gradient_accumulation_steps)
+        mine = (int(a.max_steps), a.per_device_train_batch_size * launch_of(effective)["world"],
+                a.gradient_accumulation_steps)
         if mine != (order["steps"], order["batch"], order["accum"]) or _value(a.train_sampling_strategy) != "sequential":
             return ("order disagrees with the Trainer", order, mine, _value(a.train_sampling_strategy))
         return int(a.max_steps)
     if a.max_steps > 0:
         return int(a.max_steps)
-    per_epoch = max(1, math.ceil(math.ceil(effective["rows"] / a.per_device_train_batch_size)
+    batch = a.per_device_train_batch_size * launch_of(effective)["world"]  # each process reads its own batches
+    per_epoch = max(1, math.ceil(math.ceil(effective["rows"] / batch)
                                  / a.gradient_accumulation_steps))
     return math.ceil(a.num_train_epochs * per_epoch)
 
@@ -700,6 +705,19 @@ def _shuffle(effective: Mapping[str, Any], job: DictConfig) -> bool:
     if effective.get("order"):  # the worker orders the examples; the Trainer reads them in that order
         return bool(effective["order"]["shuffle"]) or _value(a.train_sampling_strategy) != "sequential"
     return _value(a.train_sampling_strategy) != "sequential" or bool(getattr(a, "shuffle_dataset", False))
+
+
+def launch_of(effective: Mapping[str, Any]) -> dict[str, int]:
+    """Processes per node, nodes and world size the plan's command starts, as PyTorch's launcher (torchrun) itself
+    parses it (``effective["command"]``: ``plan/command.json``'s argv); one process when it runs the worker alone."""
+    command = [str(c) for c in effective.get("command") or []]
+    if "torch.distributed.run" not in command:
+        return {"nproc_per_node": 1, "nnodes": 1, "world": 1}
+    from torch.distributed.run import get_args_parser
+
+    args = get_args_parser().parse_args(command[command.index("torch.distributed.run") + 1:])
+    nproc, nnodes = int(args.nproc_per_node), int(str(args.nnodes).split(":")[-1])
+    return {"nproc_per_node": nproc, "nnodes": nnodes, "world": nproc * nnodes}
 
 
 def _save_steps(effective: Mapping[str, Any], job: DictConfig) -> int:
@@ -747,9 +765,12 @@ TRAINER_FIELD_MAP: dict[str, Check] = {
     "train.eval_steps": _eval_steps,
     "train.save_artifacts": at("save"),
     "train.save_steps": _save_steps,
+    "train.devices": lambda e, job: launch_of(e)["nproc_per_node"],
+    "train.nodes": lambda e, job: launch_of(e)["nnodes"],
 }
 """Readers for a backend whose worker builds a ``transformers.Trainer`` (or a TRL trainer). Its effective
 configuration holds: ``args`` (the ``TrainingArguments``/TRL ``*Config`` object after ``__post_init__``),
 ``lora`` (``peft.LoraConfig`` or None), ``load`` (``from_pretrained`` kwargs), ``model`` (the path loaded),
 ``tokenizer`` (as the worker loads it), ``kind``, ``eval`` (eval data path or None), ``save`` and ``rows``
-(training records), and ``order`` when the worker orders the examples (``hftrainer.schedule``). The method fields and ``train.max_length`` are the backend's own to add."""
+(training records), ``order`` when the worker orders the examples (``hftrainer.schedule``), and ``command``
+(the plan's argv: the launcher and its process count). The method fields and ``train.max_length`` are the backend's own to add."""

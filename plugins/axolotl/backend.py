@@ -73,7 +73,8 @@ class AxolotlBackend(core.Trainer):
             "train.shuffle": frozenset({True, False}),
             "train.save_artifacts": frozenset({True, False}),
         },
-        reads=core.fields("model.*", "data.chat_template", "method.*", "peft.*", "train.*"),
+        reads=core.fields("model.*", "data.chat_template", "method.*", "peft.*", "train.*",
+                          exclude=("train.devices", "train.nodes")),  # one process: its launcher is not wired yet
         needs=frozenset({"tokenizer", "template", "weights", "device"}),
     )
 

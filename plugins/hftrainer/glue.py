@@ -40,6 +40,8 @@ def metrics_callback(writer: runproto.MetricsWriter, order: dict[str, Any] | Non
             writer.restart()  # the clock starts with training, not loading
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero:  # one row per step, from rank 0
+                return
             logs = logs or {}
             tokens = state.num_input_tokens_seen or logs.get("num_tokens")
             common = {"step": state.global_step, "max_steps": state.max_steps, "epoch": epoch_of(state, logs)}
@@ -91,7 +93,7 @@ def checkpoints_callback() -> Any:
 
         def on_save(self, args, state, control, **kwargs):
             path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            if os.path.isdir(path):
+            if state.is_world_process_zero and os.path.isdir(path):
                 runproto.mark_complete(path)
 
         def on_train_end(self, args, state, control, **kwargs):
@@ -184,6 +186,8 @@ def save(trainer: Any, tokenizer: Any, adapter: bool) -> dict[str, dict]:
     """
     kind = "adapter" if adapter else "model"
     path = f"{runproto.ARTIFACTS}/{kind}"
+    if not trainer.is_world_process_zero():  # DDP replicas are equal: rank 0 saves
+        return {kind: runproto.local_artifact(path)}
     trainer.model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     try:

@@ -71,5 +71,5 @@ class TrlBackend(core.Trainer):
         files = [ctx.write_json("trl_args.json", spec),
                  *ctx.ship(HERE / "worker.py", rename={"worker.py": "trl_worker.py"}),
                  *hftrainer.ship(ctx)]
-        return core.Plan(command=[self.python(), files[1], files[0]],
+        return core.Plan(command=hftrainer.command(ctx.job, self.python(), [files[1], files[0]]),
                          env={"TRL_EXPERIMENTAL_SILENCE": "1"} if spec["method"] == "orpo" else {}, files=files)

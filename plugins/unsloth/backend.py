@@ -53,7 +53,7 @@ class UnslothBackend(core.Trainer):
             "train.save_artifacts": frozenset({True, False}),
         },
         # model.trust_remote_code: only its default (false); Unsloth patches known architectures
-        reads=core.fields("*", exclude=("model.trust_remote_code",)),
+        reads=core.fields("*", exclude=("model.trust_remote_code", "train.devices", "train.nodes")),
         needs=frozenset({"tokenizer", "template", "weights", "device"}),
     )
 

@@ -383,7 +383,7 @@ class AxolotlFields(FieldsReachEngine):
         "peft.type": _ax_peft_type,
         "peft.r": at("lora.r"),
         "peft.alpha": at("lora.lora_alpha"),
-        "peft.dropout": at("lora.lora_dropout"),
+        "peft.dropout": lambda e, job: 0.0 if e["args"].get("disable_dropout") else e["lora"]["lora_dropout"],
         "peft.target_modules": Expect(at("lora.wrapped"), lambda job, e: targets_of(job)),
         "train.epochs": Expect(_ax_steps, lambda job, e: steps_of(job, count_rows(Path(e["run_dir"]) / "data" /
                                                                                    "train.jsonl"))),

@@ -86,7 +86,8 @@ class AnytunePlugin(BasePlugin):
     def get_training_args(self, cfg):
         """``TrainingArguments`` Axolotl's YAML cannot set: the rows are in the job's order (read sequentially by the
         preference trainers too, whose sampler ignores ``curriculum_sampling``), the warm-up is the job's
-        (Axolotl turns 1 step into 2), and a CPU job says so (transformers refuses bf16 on CPU otherwise)."""
+        (Axolotl turns 1 step into 2), a CPU job says so (transformers refuses bf16 on CPU otherwise), and the
+        preference trainers keep the job's dropout."""
         args = {}
         if self.settings.get("order"):
             args["train_sampling_strategy"] = "sequential"
@@ -94,6 +95,8 @@ class AnytunePlugin(BasePlugin):
             args["warmup_steps"] = self.settings["warmup_steps"]
         if self.settings.get("use_cpu"):
             args["use_cpu"] = True
+        if self.settings.get("method") in ("dpo", "orpo"):
+            args["disable_dropout"] = False  # TRL's preference configs zero every dropout, peft.dropout included
         return args
 
     def add_callbacks_pre_trainer(self, cfg, model):

@@ -96,3 +96,21 @@ def on_run_error(run_dir: str, error: BaseException) -> None:
     :param run_dir: the run directory.
     :param error: the exception raised in the core (a step's crash is a ``StepFailed``).
     """
+
+
+@hookspec
+def on_sweep_start(sweep_dir: str, config: dict[str, Any]) -> None:
+    """A multirun is about to launch its jobs (in the sweep's main process; the jobs may run elsewhere).
+
+    :param sweep_dir: the sweep directory; each job's run directory is inside it.
+    :param config: the sweep's config before any job's overrides, secrets redacted.
+    """
+
+
+@hookspec
+def on_sweep_end(sweep_dir: str, rows: list[dict[str, Any]]) -> None:
+    """A multirun ended: every job's ``result.json``, ``summary.json`` and the comparison report are on disk.
+
+    :param sweep_dir: the sweep directory (``report.md``, ``report.html``, ``report.json``, ``summary.json``).
+    :param rows: one summary row per job (``summary.json``: job, backend, status, losses ...).
+    """

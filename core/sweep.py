@@ -2,6 +2,7 @@
 comparison report (``core.compare``: report.md, report.html)."""
 from __future__ import annotations
 
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,72 @@ def cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def redact_multirun(sweep_dir: Path) -> None:
+    """Replace secret-looking values (``backend.native.hub_token=...``) in the ``multirun.yaml`` Hydra's sweepers
+    write into the sweep directory: in the sweep's config and in its command-line overrides (atomically; a no-op
+    when it holds none)."""
+    import yaml
+
+    from core.config import SECRET
+
+    path = Path(sweep_dir) / "multirun.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return
+    changed = []
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: walk_value(k, v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if isinstance(node, str) and "=" in node and SECRET.search(node.split("=", 1)[0]):
+            changed.append(node)  # an override: key=value
+            return node.split("=", 1)[0] + "=***"
+        return node
+
+    def walk_value(key: Any, value: Any) -> Any:
+        if SECRET.search(str(key)) and isinstance(value, str) and value and value != "***" \
+                and not value.startswith("${"):
+            changed.append(key)
+            return "***"
+        return walk(value)
+
+    data = walk(data)
+    if changed:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+        os.replace(tmp, path)
+
+
+def _notify(hook: str, **kwargs: Any) -> None:
+    """Broadcast a sweep hook to the plugins (trackers open and close a sweep's parent run)."""
+    from core.plugins import notify, registry
+
+    notify(registry(), hook, **kwargs)
+
+
 class SweepReport(Callback):
-    """On multirun end: write ``<sweep dir>/summary.json`` and print one row per job."""
+    """On multirun start: ``on_sweep_start``; on multirun end: write ``<sweep dir>/summary.json``, print one row
+    per job, write the comparison report, then ``on_sweep_end``."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from omegaconf import OmegaConf
+
+        from core.config import redacted
+
+        cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        try:
+            cfg = redacted(cfg)
+        except Exception:  # an interpolation only a job can resolve: each job's run records its own config
+            cfg = {}
+        _notify("on_sweep_start", sweep_dir=str(Path(config.hydra.sweep.dir).resolve()), config=cfg)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # the sweeper wrote multirun.yaml just before launching the jobs: no secret stays in it
+        if config.hydra.mode and config.hydra.mode.name == "MULTIRUN":
+            redact_multirun(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from rich.table import Table
@@ -52,6 +117,7 @@ class SweepReport(Callback):
         from core.progress import out
 
         sweep_dir = Path(config.hydra.sweep.dir)
+        redact_multirun(sweep_dir)
         rows = collect(sweep_dir)
         runproto.atomic_write_json(str(sweep_dir / "summary.json"), rows)
         table = Table(title=f"sweep {sweep_dir}", title_justify="left", box=None, pad_edge=False)
@@ -76,3 +142,4 @@ class SweepReport(Callback):
             else:
                 out.print(f"{report['verdict']}\nreport: {sweep_dir / compare.REPORT_HTML}", markup=False,
                           highlight=False, soft_wrap=True)
+        _notify("on_sweep_end", sweep_dir=str(sweep_dir.resolve()), rows=rows)

@@ -1,0 +1,118 @@
+"""Trackers on the lifecycle hooks (plugins/tracking): MLflow and Trackio against local stores. The hooks driven
+directly (a sweep of two jobs, in-process), then a real sweep under the joblib launcher (jobs in worker
+processes find their sweep's parent run) with a secret on the command line that no store may hold."""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import tempfile
+
+import pytest
+
+from core import plugins, runproto
+from plugins import tracking
+
+TRACKIO_DIR = os.environ.setdefault("TRACKIO_DIR", tempfile.mkdtemp(prefix="trackio-"))
+"""Trackio reads its directory once, when imported: set before it is, never the user's own."""
+mlflow = pytest.importorskip("mlflow")
+trackio = pytest.importorskip("trackio")
+
+CONFIG = {"backend": {"name": "trl", "native": {"hub_token": "***"}}, "train": {"learning_rate": 2e-4, "seed": 1}}
+
+
+@pytest.fixture
+def stores(tmp_path, monkeypatch):
+    """Both trackers on, each writing under tmp_path only."""
+    monkeypatch.setenv("ANYTUNE_TRACKERS", "mlflow,trackio")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))  # the subprocesses'; this process keeps its own
+    monkeypatch.setenv("TRACKIO_PROJECT", tmp_path.name)
+    monkeypatch.chdir(tmp_path)  # MLflow's artefact store goes beside its database
+    return tmp_path
+
+
+def finished_job(run: Path, losses=(2.0, 1.5)) -> dict:
+    """The files a finished job leaves, and its result."""
+    (run / "artifacts/adapter").mkdir(parents=True)
+    (run / "artifacts/adapter/adapter_model.safetensors").write_bytes(b"weights")
+    (run / "artifacts/checkpoints/checkpoint-1").mkdir(parents=True)
+    (run / "artifacts/checkpoints/checkpoint-1/optimizer.pt").write_bytes(b"state")
+    (run / "config.yaml").write_text("train:\n  seed: 1\n")
+    result = {"status": "succeeded", "final": {"last_loss": losses[-1], "steps": len(losses)}, "wall_seconds": 3.0}
+    runproto.atomic_write_json(str(run / "result.json"), result)
+    return result
+
+
+def mlflow_runs(uri: str) -> dict[str, object]:
+    client = mlflow.tracking.MlflowClient(uri)
+    exp = client.get_experiment_by_name("anytune")
+    return {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+
+
+def test_a_sweep_is_a_parent_run_and_each_job_a_child(stores):
+    reg = plugins.reset(autoload=False, extra=[__import__("plugins.tracking.mlflow", fromlist=["x"]),
+                                               __import__("plugins.tracking.trackio", fromlist=["x"])])
+    sweep = stores / "sweep"
+    sweep.mkdir()
+    plugins.notify(reg, "on_sweep_start", sweep_dir=str(sweep), config=CONFIG)
+    for name in ("0-trl-sft", "1-torchtune-sft"):
+        run = sweep / name
+        run.mkdir()
+        plugins.notify(reg, "on_run_start", run_dir=str(run), config=CONFIG)
+        for step, loss in ((1, 2.0), (2, 1.5)):
+            plugins.notify(reg, "on_metrics", run_dir=str(run), metrics={"step": step, "loss": loss, "tokens": 10})
+        plugins.notify(reg, "on_step_end", run_dir=str(run), step="heldout", kind="evaluator",
+                       outcome={"status": "succeeded", "scores": {"loss": 1.7}})
+        plugins.notify(reg, "on_run_end", run_dir=str(run), result=finished_job(run))
+    (sweep / "report.html").write_text("<html>report</html>")
+    plugins.notify(reg, "on_sweep_end", sweep_dir=str(sweep), rows=[{"job": "0-trl-sft", "last_loss": 1.5}])
+    assert not reg.reported  # no tracker raised
+
+    runs = mlflow_runs(os.environ["MLFLOW_TRACKING_URI"])
+    parent, child = runs["sweep"], runs["0-trl-sft"]
+    client = mlflow.tracking.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    assert parent.info.status == "FINISHED" and child.info.status == "FINISHED"
+    assert {r.data.tags.get("mlflow.parentRunId") for n, r in runs.items() if n != "sweep"} == {parent.info.run_id}
+    assert child.data.params["train.learning_rate"] == "0.0002" and child.data.params["backend.native.hub_token"] == "***"
+    assert [(m.step, m.value) for m in client.get_metric_history(child.info.run_id, "loss")] == [(1, 2.0), (2, 1.5)]
+    assert child.data.metrics["heldout.loss"] == 1.7 and child.data.metrics["final.last_loss"] == 1.5
+    files = {f.path for f in client.list_artifacts(child.info.run_id)} | {
+        f.path for f in client.list_artifacts(child.info.run_id, "artifacts/adapter")}
+    assert {"config.yaml", "result.json", "artifacts/adapter/adapter_model.safetensors"} <= files
+    assert "artifacts/checkpoints" not in {f.path for f in client.list_artifacts(child.info.run_id, "artifacts")}
+    assert "report.html" in {f.path for f in client.list_artifacts(parent.info.run_id)}
+
+    with sqlite3.connect(Path(TRACKIO_DIR) / f"{stores.name}.db") as con:
+        names = {r[0] for r in con.execute("select distinct run_name from metrics")}
+    assert {"sweep/0-trl-sft", "sweep/1-torchtune-sft", "sweep"} <= names, names
+
+
+@pytest.mark.slow
+def test_a_real_sweep_tracked_from_worker_processes_keeps_secrets_out(stores):
+    """Two TRL jobs side by side (joblib workers): each is a child of the sweep's parent run, with every step's
+    loss; the hub token given on the command line is in no store."""
+    secret = "hf_not_a_real_token_123"
+    p = subprocess.run([sys.executable, "-m", "core", "offline=true", "-m", "hydra/launcher=parallel",
+                        "train.seed=1,2", "train.max_steps=2", "data.max_rows=8",
+                        f"backend.native.hub_token={secret}"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = mlflow_runs(os.environ["MLFLOW_TRACKING_URI"])
+    sweep = next(n for n, r in runs.items() if r.data.tags.get("anytune.kind") == "sweep")
+    jobs = [r for r in runs.values() if r.data.tags.get("anytune.kind") == "job"]
+    assert len(jobs) == 2 and {r.data.tags["mlflow.parentRunId"] for r in jobs} == {runs[sweep].info.run_id}
+    client = mlflow.tracking.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 2 for r in jobs)
+    assert all(r.data.params["backend.native.hub_token"] == "***" for r in jobs)
+    assert "report.html" in {f.path for f in client.list_artifacts(runs[sweep].info.run_id)}
+    leaked = [str(f) for f in stores.rglob("*") if f.is_file() and secret.encode() in f.read_bytes()]
+    assert leaked == [], leaked  # mlflow.db, its artefacts, Trackio's database, the run directories
+    with sqlite3.connect(stores / "trackio" / f"{stores.name}.db") as con:
+        names = {r[0] for r in con.execute("select distinct run_name from metrics")}
+    assert len(names) == 3, names  # the two jobs and the sweep
+    assert json.loads((next((stores / "runs").glob("*/*-sweep")) / tracking.SWEEP_FILE).read_text()).keys() == {
+        "mlflow", "trackio"}

@@ -15,13 +15,20 @@ from core.errors import AnytuneError
 
 
 def backend_class(name: str) -> Any:
-    """The registered backend class called ``name``.
+    """The registered step class called ``name`` that has an environment: a backend, else an exporter or
+    evaluator that declares one (``gguf``, ``lm_eval``).
 
-    :raises AnytuneError: no installed backend has that name.
+    :raises AnytuneError: no installed backend has that name (nor such an exporter or evaluator).
     """
     from core import plugins
 
-    return plugins.registry().backend(name)
+    reg = plugins.registry()
+    if name not in reg.backends:
+        for group in ("export", "eval"):
+            cls = reg.group(group).get(name)
+            if cls is not None and cls.environment:
+                return cls
+    return reg.backend(name)
 
 
 def parser() -> argparse.ArgumentParser:

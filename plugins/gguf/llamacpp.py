@@ -32,7 +32,7 @@ in the vendored llama.cpp; a test checks each against the installed ``llama_cpp`
 NEEDS_IMATRIX = ("iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m", "iq3_xxs", "iq3_xs", "iq3_s", "iq3_m",
                  "q2_k_s")
 """llama.cpp's types that need an importance matrix (from calibration text), which the exporter does not make."""
-MEMBERS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/gguf/", "LICENSE")
+MEMBERS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/gguf/", "include/llama.h", "LICENSE")
 """What the converter needs from ``vendor/llama.cpp/`` in the sdist."""
 
 

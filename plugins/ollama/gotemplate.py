@@ -209,6 +209,13 @@ def _tokens(expr: str) -> list[str]:
     return out
 
 
+def _print(v: Any) -> str:
+    """A value as Go's template prints it (booleans lower-case, nil as ``<no value>``)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return "<no value>" if v is None else str(v)
+
+
 def _truth(v: Any) -> bool:
     return bool(v) if not isinstance(v, (int, float)) or isinstance(v, bool) else v != 0
 
@@ -300,7 +307,7 @@ class _Run:
                 out.append(body)
             elif kind == "expr":
                 v = self.eval(body, dot)
-                out.append("" if v is None and body.startswith("$") else ("" if v == "" else str(v)))
+                out.append("" if v is None and body.startswith("$") else _print(v))
             elif kind == "if":
                 for cond, inner in body:
                     if cond is None or _truth(self.eval(cond, dot)):

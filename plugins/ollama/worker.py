@@ -10,8 +10,6 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import runproto  # noqa: E402
 
 
 def modelfile(spec):
@@ -27,6 +25,9 @@ def modelfile(spec):
 
 def main(argv):
     """Write the Modelfile described by ``argv[1]``; record it; exit 0, 1 (failed) or 130 (interrupted)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import runproto  # shipped beside this file
+
     spec = runproto.read_json(argv[1])
     outcome = runproto.Outcome(())
     with outcome as out:

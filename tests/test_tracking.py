@@ -116,3 +116,42 @@ def test_a_real_sweep_tracked_from_worker_processes_keeps_secrets_out(stores):
     assert len(names) == 3, names  # the two jobs and the sweep
     assert json.loads((next((stores / "runs").glob("*/*-sweep")) / tracking.SWEEP_FILE).read_text()).keys() == {
         "mlflow", "trackio"}
+
+
+def test_the_documented_wandb_tracker_is_short_and_works(tmp_path, monkeypatch):
+    """docs/tracking.md's W&B example, under 50 lines, loaded as a plugin against a stand-in ``wandb`` module."""
+    import re
+    import types
+
+    text = (Path(__file__).parents[1] / "docs/tracking.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text.split("## Writing another tracker")[1], re.S).group(1)
+    assert len(code.splitlines()) < 50
+    calls = []
+
+    class Run:
+        summary = {}
+
+        def log(self, metrics, step):
+            calls.append(("log", step, metrics))
+
+        def save(self, path, base_path, policy):
+            calls.append(("save", Path(path).relative_to(base_path).as_posix()))
+
+        def finish(self, exit_code):
+            calls.append(("finish", exit_code))
+
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kw: calls.append(("init", kw["name"], kw["config"]["train.learning_rate"])) or Run()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setenv("ANYTUNE_TRACKERS", "wandb")
+    module = types.ModuleType("anytune_wandb")
+    exec(compile(code, "docs/tracking.md", "exec"), module.__dict__)
+    reg = plugins.reset(autoload=False, extra=[module])
+    run = tmp_path / "job"
+    run.mkdir()
+    plugins.notify(reg, "on_run_start", run_dir=str(run), config=CONFIG)
+    plugins.notify(reg, "on_metrics", run_dir=str(run), metrics={"step": 1, "loss": 2.0})
+    plugins.notify(reg, "on_run_end", run_dir=str(run), result=finished_job(run))
+    assert not reg.reported
+    assert calls[0] == ("init", "job", 2e-4) and calls[1] == ("log", 1, {"loss": 2.0})
+    assert ("save", "artifacts/adapter/adapter_model.safetensors") in calls and calls[-1] == ("finish", 0)

@@ -17,7 +17,7 @@ OUT = f"{core.runproto.ARTIFACTS}/gguf"
 """Where the GGUF file and its verification go, relative to the run directory."""
 TOLERANCES = {"f32": 1e-3, "f16": 1e-2, "bf16": 0.1, "q8_0": 0.1}
 """Largest logit difference accepted between llama.cpp and transformers, per outtype (other quantisations: 1.0)."""
-PRE_TOKENIZERS = ("gpt2",)
+PRE_TOKENIZERS = ("gpt-2",)
 """llama.cpp pre-tokenizer names ``export.gguf.pre_tokenizer`` may give (the one the exporter can tell applies)."""
 
 
@@ -32,8 +32,8 @@ class GgufConfig(core.StepConfig):
     llama.cpp's llama_model_quantize: q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s/m/l, q4_k_s, q4_k_m, q5_k_s, q5_k_m,
     q6_k, iq4_nl, iq4_xs. k-quants fall back to other types for tensors whose rows are not a multiple of 256."""
     pre_tokenizer: Optional[str] = None
-    """When llama.cpp does not recognise a BPE tokenizer's pre-tokenizer: the llama.cpp one to write (gpt2);
-    null: a plain byte-level GPT-2 split (tokenizer.json's ByteLevel with use_regex) is written as gpt2, any other
+    """When llama.cpp does not recognise a BPE tokenizer's pre-tokenizer: the llama.cpp one to write (gpt-2);
+    null: a plain byte-level GPT-2 split (tokenizer.json's ByteLevel with use_regex) is written as gpt-2, any other
     is refused. Never overrides a pre-tokenizer llama.cpp recognises; the verification compares token ids."""
     verify: bool = True
     """Load the file in llama.cpp and compare with transformers on one prompt (token ids must be equal, the

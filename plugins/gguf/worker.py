@@ -68,7 +68,7 @@ def convert(spec, model_dir, outfile, outtype, notes):
         try:
             return original(self, tokenizer)
         except NotImplementedError:
-            mapped = spec["pre_tokenizer"] or ("gpt2" if byte_level_gpt2(model_dir) else None)
+            mapped = spec["pre_tokenizer"] or ("gpt-2" if byte_level_gpt2(model_dir) else None)
             if mapped is None:
                 raise NotImplementedError(
                     "llama.cpp does not recognise this tokenizer's BPE pre-tokenizer, and it is not a plain "
@@ -160,7 +160,17 @@ def verify(spec, model_dir, path, template):
 
 
 def export(spec):
-    """Merge (if needed), convert, quantise, verify; returns the outcome's artefacts."""
+    """Merge (if needed), convert, quantise, verify; returns the outcome's artefacts. A failure leaves no file."""
+    try:
+        return _export(spec)
+    except BaseException:
+        for leftover in (spec["out"] + ".partial", spec["out"] + ".f16.partial"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+        raise
+
+
+def _export(spec):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(message)s")
     model_dir, made = merged_dir(spec)
     out = spec["out"]
@@ -191,7 +201,6 @@ def export(spec):
     elif spec["verify"] and report["max_logit_diff"] > spec["tolerance"]:
         problems.append(f"largest logit difference {report['max_logit_diff']:.3g} exceeds {spec['tolerance']:g}")
     if problems:
-        os.unlink(partial)
         raise VerificationFailed(f"{'; '.join(problems)} (details: {spec['report']})")
     os.replace(partial, out)
     arts = {"gguf": runproto.local_artifact(out, outtype=spec["outtype"])}

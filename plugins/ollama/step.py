@@ -47,15 +47,15 @@ class OllamaExporter(core.Exporter):
             raise core.ConfigError(f"export.ollama.template={self.config.template}: no such file")
 
     def gguf(self, ctx: core.Context) -> str:
-        """The GGUF the Modelfile points at, relative to the run directory: a finished run's, or the one
-        ``export=[gguf]`` of this job writes."""
-        done = ctx.local("gguf")
-        if done is not None:
-            return ctx.rel(done)
+        """The GGUF the Modelfile points at, relative to the run directory: the one ``export=[gguf]`` of this job
+        writes, else the one a finished run left."""
         if "gguf" in (ctx.job.get("export") or {}):
             from plugins.gguf.step import GgufExporter
 
             return GgufExporter(ctx.job).gguf_path()
+        done = ctx.local("gguf")
+        if done is not None:
+            return ctx.rel(done)
         raise core.ConfigError("export=[ollama] needs a GGUF: export=[gguf,ollama] (or python -m core.after RUN_DIR "
                                "export=[gguf,ollama] on a finished run)")
 

@@ -279,7 +279,8 @@ def test_the_key_never_reaches_a_file_of_the_run(tmp_path, monkeypatch):
 
 def test_plugin_import_loads_no_client_and_workers_import_only_the_client_and_the_stdlib():
     """`python -m core` loads every plugin at start-up: importing plugins.openai imports neither the openai
-    client nor tiktoken; the shipped workers import only openai, the standard library and runproto."""
+    client nor tiktoken; the shipped workers import only openai, the standard library and the modules shipped
+    beside them (runproto, scores)."""
     import ast
     import subprocess
     import sys
@@ -289,7 +290,7 @@ def test_plugin_import_loads_no_client_and_workers_import_only_the_client_and_th
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     here = Path(__file__).resolve().parents[1] / "plugins" / "openai"
-    allowed = {"openai", "runproto", *sys.stdlib_module_names}
+    allowed = {"openai", "runproto", "scores", *sys.stdlib_module_names}
     for name in ("worker.py", "eval_worker.py"):
         tree = ast.parse((here / name).read_text())
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from core import runner, runproto
+from core import scores as core_scores
 from core.conformance import compose
 from openai_api.server import KEY, Server
 
@@ -235,8 +236,11 @@ def test_the_evaluator_scores_the_fine_tuned_model_through_chat_completions(serv
     assert len(asked) == 5
     scores = json.loads((tmp_path / "eval.json").read_text())["openai"]
     expected = sum(right[r["messages"][0]["content"]] for r in held_out) / 5
-    assert scores["rows"] == 5 and scores["exact_match"] == expected and scores["billed_tokens"] == 75
-    assert expected <= scores["f1"] < 1.0 or expected == 1.0
+    assert scores["exact_match"]["n"] == 5 and scores["exact_match"]["value"] == expected
+    assert scores["exact_match"]["scorer"] == "anytune.openai" and not core_scores.check(scores)
+    assert expected <= scores["f1"]["value"] < 1.0 or expected == 1.0
+    outcome = json.loads((tmp_path / "logs" / "eval-openai.outcome.json").read_text())
+    assert outcome["scored"]["billed_tokens"] == 75
     assert result["eval"]["openai"] == scores
     from core.progress import next_commands
 
@@ -252,9 +256,9 @@ def test_the_evaluator_on_a_finished_run_scores_another_hosted_model_too(server,
     assert result["status"] == "succeeded", result.get("error")
     tuned = result["artifacts"]["model"]["id"]
     done = runner.run_after(tmp_path, after.compose("openai", ["eval=[openai]", "eval.openai.max_rows=3"]))
-    assert done["eval"]["openai"]["rows"] == 3, done
+    assert done["eval"]["openai"]["exact_match"]["n"] == 3, done
     base = runner.run_after(tmp_path, after.compose("openai", [
         "eval=[openai]", "eval.openai.max_rows=2", "eval.openai.model=gpt-4.1-mini-2025-04-14"]))
-    assert base["eval"]["openai"]["rows"] == 2 and base["status"] == "succeeded"
+    assert base["eval"]["openai"]["exact_match"]["n"] == 2 and base["status"] == "succeeded"
     assert server.chat_models == [tuned] * 3 + ["gpt-4.1-mini-2025-04-14"] * 2
-    assert json.loads((tmp_path / "eval.json").read_text())["openai"]["rows"] == 2  # the latest scores
+    assert json.loads((tmp_path / "eval.json").read_text())["openai"]["f1"]["n"] == 2  # the latest scores

@@ -15,6 +15,10 @@ from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import runproto  # noqa: E402
+import scores  # noqa: E402
+
+SCORER, VERSION = "anytune.openai", "1"
+"""Who computed the scores (eval.json's one schema, ``scores.py``)."""
 
 WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -77,19 +81,18 @@ def score(spec):
     client = OpenAI(api_key=key, base_url=spec["base_url"], max_retries=spec["max_retries"])
     model = model_of(spec)
     records = runproto.read_jsonl(spec["eval"])[: spec["max_rows"] or None]
-    exact, overlap, tokens = 0, 0.0, 0
+    exact, overlap, tokens = [], [], 0
     for record in records:
         prompt, reference = prompt_and_reference(record)
         reply = client.chat.completions.create(model=model, messages=prompt, temperature=0,
                                                max_completion_tokens=spec["max_tokens"], n=1)
         answer = reply.choices[0].message.content or ""
-        exact += answer.strip() == reference.strip()
-        overlap += f1(answer, reference)
+        exact.append(float(answer.strip() == reference.strip()))
+        overlap.append(f1(answer, reference))
         tokens += reply.usage.total_tokens if reply.usage else 0
-    n = max(len(records), 1)
     print(f"scored {model} on {len(records)} row(s)", flush=True)
-    return {"rows": len(records), "exact_match": exact / n, "f1": overlap / n,
-            "billed_tokens": tokens}
+    return {"exact_match": scores.mean_score(exact, SCORER, VERSION),
+            "f1": scores.mean_score(overlap, SCORER, VERSION)}, {"model": model, "billed_tokens": tokens}
 
 
 def main(argv):
@@ -97,7 +100,7 @@ def main(argv):
     spec = runproto.read_json(argv[1])
     outcome = runproto.Outcome(("openai",))
     with outcome as out:
-        out["scores"] = score(spec)
+        out["scores"], out["scored"] = score(spec)
     return outcome.code
 
 

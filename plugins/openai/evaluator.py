@@ -80,5 +80,5 @@ class OpenAIEvaluator(core.Evaluator):
         }
         files = [ctx.write_json("openai_eval.json", spec),
                  *ctx.ship(HERE / "eval_worker.py", rename={"eval_worker.py": "openai_eval_worker.py"}),
-                 *ctx.ship(core.runproto)]
+                 *ctx.ship(core.runproto, core.scores)]
         return core.Plan(command=[self.python(), files[1], files[0]], files=files)

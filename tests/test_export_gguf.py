@@ -38,6 +38,7 @@ def job(*overrides: str):
 def gguf_env():
     """Skip unless the exporter's environment exists (or may be built: ANYTUNE_BUILD_GGUF=1)."""
     env = envs.of(GgufExporter)
+    os.environ.setdefault("CMAKE_ARGS", "-DGGML_NATIVE=OFF")  # a portable llama.cpp build, if one is made here
     if not env.exists() and os.environ.get("ANYTUNE_BUILD_GGUF") != "1":
         pytest.skip(f"the GGUF environment ({env.path}) does not exist; build it once with "
                     "`python -m core.envs create gguf` (~10 CPU-minutes) or set ANYTUNE_BUILD_GGUF=1")

@@ -5,6 +5,7 @@ which the launchers write in other processes."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 
@@ -48,18 +49,28 @@ def test_objective_is_the_held_out_loss_and_nan_for_a_failed_job():
     assert nan != nan
 
 
+SECRET = "hf_not_a_real_token_123"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher,extra", [
-    ("parallel", []),
-    ("submitit", []),
-    ("ray_local", []),
-])
-def test_cross_engine_sweep_under_a_launcher(tmp_path, launcher, extra):
+@pytest.mark.parametrize("launcher,tracked", [("parallel", True), ("submitit", False), ("ray_local", False)])
+def test_cross_engine_sweep_under_a_launcher(tmp_path, launcher, tracked):
+    """The sweep, its failed jobs recorded, its report, its exit code; under joblib also tracked (MLflow and
+    Trackio from the worker processes, tests/test_tracking.py has the rest) with a secret on the command line
+    that no file may hold (one sweep of each launcher keeps the suite's time down)."""
     pytest.importorskip({"parallel": "hydra_plugins.hydra_joblib_launcher",
                          "submitit": "hydra_plugins.hydra_submitit_launcher",
                          "ray_local": "hydra_plugins.hydra_ray_launcher"}[launcher])
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    extra = []
+    if tracked:
+        pytest.importorskip("mlflow")
+        pytest.importorskip("trackio")
+        env.update(ANYTUNE_TRACKERS="mlflow,trackio", MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
+                   TRACKIO_DIR=str(tmp_path / "trackio"), TRACKIO_PROJECT="sweep")
+        extra = [f"backend.native.hub_token={SECRET}"]
     p = subprocess.run([*CORE, "-m", f"hydra/launcher={launcher}", *SWEEP, *extra], capture_output=True,
-                       text=True, cwd=tmp_path, timeout=600, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+                       text=True, cwd=tmp_path, timeout=600, env=env)
     assert p.returncode == EXIT_FAILED, p.stderr[-3000:]  # from the jobs' results: they ran in other processes
     sweep = next((tmp_path / "runs").glob("*/*-sweep"))
     summary = runproto.read_json(str(sweep / "summary.json"))
@@ -73,3 +84,23 @@ def test_cross_engine_sweep_under_a_launcher(tmp_path, launcher, extra):
     assert [(r["engine"], r["status"]) for r in report["rows"]] == [
         ("trl", "succeeded"), ("trl", "failed"), ("torchtune", "succeeded"), ("torchtune", "failed")]
     assert (sweep / compare.REPORT_HTML).exists() and f"report: {sweep / compare.REPORT_HTML}" in p.stdout
+    if tracked:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+        runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("anytune").experiment_id])}
+        parent = runs.pop(sweep.name)
+        assert set(runs) == {"0-trl-sft", "2-torchtune-sft"}  # the refused jobs never started a run
+        assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.info.run_id}
+        assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 2 for r in runs.values())
+        assert all(r.data.params["backend.native.hub_token"] == "***" for r in runs.values())
+        assert "report.html" in {f.path for f in client.list_artifacts(parent.info.run_id)}
+        with sqlite3.connect(tmp_path / "trackio" / "sweep.db") as con:
+            names = {r[0] for r in con.execute("select distinct run_name from metrics")}
+        assert names == {sweep.name, f"{sweep.name}/0-trl-sft", f"{sweep.name}/2-torchtune-sft"}
+        leaked = [f.relative_to(tmp_path).as_posix() for f in tmp_path.rglob("*")
+                  if f.is_file() and SECRET.encode() in f.read_bytes()]
+        # known, not the trackers': torchtune's recipe prints its resolved config, the token resolved from the
+        # step's environment, into the engine's own stderr log (plugins/torchtune)
+        assert [f for f in leaked if not f.endswith("2-torchtune-sft/logs/train.stderr.log")] == [], leaked
+        # MLflow's store and artefacts, Trackio's database, multirun.yaml, the run directories' records

@@ -37,6 +37,18 @@ def _init(name: str, group: str | None, config: dict[str, Any]):
                             auto_log_gpu=False, auto_log_cpu=False)
 
 
+def _finish(run) -> None:
+    """Finish ``run``; through ``trackio.finish()`` when it is Trackio's current run, which then forgets it (else
+    Trackio finishes it again at exit, printing to stdout)."""
+    import trackio
+
+    with _quiet():
+        if trackio.context_vars.current_run.get() is run:
+            trackio.finish()
+        else:
+            run.finish()
+
+
 def _files(run, files: list[Path]) -> None:
     with _quiet():
         for f in files:
@@ -87,8 +99,7 @@ def on_run_end(run_dir: str, result: dict[str, Any]) -> None:
     with _quiet():
         run.log(final)
     _files(run, [f for f in tracking.job_files(run_dir) if f.parent == Path(run_dir)])  # not the weights
-    with _quiet():
-        run.finish()
+    _finish(run)
 
 
 @core.hookimpl
@@ -102,5 +113,4 @@ def on_sweep_end(sweep_dir: str, rows: list[dict[str, Any]]) -> None:
         for i, row in enumerate(rows):
             run.log({f"{row['job']}.{k}": v for k, v in tracking.numbers(row, skip=()).items()}, step=i)
     _files(run, tracking.report_files(sweep_dir))
-    with _quiet():
-        run.finish()
+    _finish(run)

@@ -74,7 +74,8 @@ class AxolotlBackend(core.Trainer):
             "train.save_artifacts": frozenset({True, False}),
         },
         reads=core.fields("model.*", "data.chat_template", "method.*", "peft.*", "train.*",
-                          exclude=("train.devices", "train.nodes")),  # one process: its launcher is not wired yet
+                          # one process: Axolotl's accelerate/torchrun launchers are not wired yet
+                          exclude=("train.devices", "train.nodes", "train.strategy")),
         needs=frozenset({"tokenizer", "template", "weights", "device"}),
     )
 

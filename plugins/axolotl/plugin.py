@@ -106,8 +106,11 @@ class AnytunePlugin(BasePlugin):
         return [hfglue.metrics_callback(writer, self.settings.get("order"), self.settings.get("rows")), self.stop]
 
     def post_trainer_create(self, cfg, trainer):
-        """Keep the trainer; count its trainable parameters; start the clock."""
+        """Keep the trainer; average the loss over the step's loss tokens (:func:`accepts_loss_kwargs`); count its
+        trainable parameters; start the clock."""
         self.trainer = trainer
+        if self.settings.get("method") == "sft" and getattr(trainer, "model_accepts_loss_kwargs", True) is False:
+            trainer.model_accepts_loss_kwargs = accepts_loss_kwargs(trainer)
         self.out["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         self.started = time.time()
 
@@ -145,6 +148,21 @@ class AnytunePlugin(BasePlugin):
                 self.outcome.__exit__(*sys.exc_info())
             sys.exit(runproto.INTERRUPTED)
         self.outcome.__exit__(None, None, None)
+
+
+def accepts_loss_kwargs(trainer) -> bool:
+    """Whether the model takes ``num_items_in_batch`` (its forward's ``**kwargs`` reach its loss), as transformers'
+    Trainer decides it. Axolotl's trainer says no for any model whose forward does not name the argument (Llama
+    among them), so the loss of a step with gradient accumulation became the mean of its micro-batches' means
+    instead of the mean over the step's loss tokens (the logged loss and the gradient both)."""
+    import inspect
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hasattr(model, "accepts_loss_kwargs"):
+        return bool(model.accepts_loss_kwargs)
+    params = inspect.signature(model.forward).parameters.values()
+    return any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def collect(output_dir: str, settings: dict) -> dict:

@@ -104,8 +104,11 @@ def test_backend_exporter_evaluator(toy, tmp_path, capsys):
     assert runproto.read_json(str(tmp_path / "artifacts/bundle/MANIFEST.json")) == ["adapter_config.json"]
     held_out = runproto.read_jsonl(str(tmp_path / "data/eval.jsonl"))
     scores = runproto.read_json(str(tmp_path / "eval.json"))
-    assert scores == result["eval"] and scores["rowcount"]["rows"] == len(held_out) > 0
-    assert scores["rowcount"]["mean_chars"] > 0
+    assert scores == result["eval"] and scores["rowcount"]["rows"]["value"] == len(held_out) > 0
+    assert scores["rowcount"]["mean_chars"]["value"] > 0
+    from core import scores as schema
+
+    assert schema.check(scores["rowcount"]) == []
     for stem in ("export-bundle", "eval-rowcount"):
         assert (tmp_path / "plan" / stem / "run.sh").is_file() and (tmp_path / "plan" / stem / "runproto.py").is_file()
         assert (tmp_path / "logs" / f"{stem}.outcome.json").is_file(), stem
@@ -120,7 +123,7 @@ def test_steps_on_a_finished_run(toy, tmp_path):
     assert [s["name"] for s in result["steps"]] == ["toy", "bundle", "rowcount"]
     assert all(s["status"] == "succeeded" for s in result["steps"])
     assert result["artifacts"]["bundle"] == {"path": "artifacts/bundle"} and "adapter" in result["artifacts"]
-    assert runproto.read_json(str(tmp_path / "eval.json"))["rowcount"]["rows"] > 0
+    assert runproto.read_json(str(tmp_path / "eval.json"))["rowcount"]["rows"]["value"] > 0
 
 
 @pytest.mark.parametrize("overrides, error_type, words", [

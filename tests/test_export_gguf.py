@@ -169,6 +169,23 @@ def test_export_loads_in_llama_cpp(trained, outtype):
 
 
 @pytest.mark.slow
+def test_a_verification_that_does_not_hold_fails_the_export(trained):
+    """A tolerance no real export meets: the step fails with the measured difference, and leaves no GGUF."""
+    gguf_env()
+    p = subprocess.run([sys.executable, "-m", "core.after", str(trained), "export=[gguf]",
+                        "export.gguf.outtype=f32", "export.gguf.max_logit_diff=1e-12"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert "largest logit difference" in p.stderr and "exceeds 1e-12" in p.stderr, p.stderr[-3000:]
+    out = trained / "artifacts" / "gguf"
+    assert not (out / "model-f32.gguf").exists() and not list(out.glob("*.partial"))
+    verify = json.loads((out / "verify.json").read_text())
+    assert verify["outtype"] == "f32" and verify["tokens_equal"] and 0 < verify["max_logit_diff"] < 1e-3
+    steps = {s["name"]: s["status"] for s in runproto.read_json(str(trained / "result.json"))["steps"]}
+    assert steps["gguf"] == "failed"
+
+
+@pytest.mark.slow
 def test_quantisation_ids_match_the_installed_llama_cpp():
     env = gguf_env()
     if not env.exists():

@@ -90,14 +90,16 @@ def test_cross_engine_sweep_under_a_launcher(tmp_path, launcher, tracked):
         client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
         runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("anytune").experiment_id])}
         parent = runs.pop(sweep.name)
-        assert set(runs) == {"0-trl-sft", "2-torchtune-sft"}  # the refused jobs never started a run
+        assert {n: r.info.status for n, r in runs.items()} == {"0-trl-sft": "FINISHED", "1-trl-sft": "FAILED",
+                                                               "2-torchtune-sft": "FINISHED", "3-torchtune-sft": "FAILED"}
         assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.info.run_id}
-        assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 2 for r in runs.values())
+        assert "qlora" in runs["1-trl-sft"].data.tags["anytune.error"]
+        assert [len(client.get_metric_history(runs[n].info.run_id, "loss")) for n in sorted(runs)] == [2, 0, 2, 0]
         assert all(r.data.params["backend.native.hub_token"] == "***" for r in runs.values())
         assert "report.html" in {f.path for f in client.list_artifacts(parent.info.run_id)}
         with sqlite3.connect(tmp_path / "trackio" / "sweep.db") as con:
             names = {r[0] for r in con.execute("select distinct run_name from metrics")}
-        assert names == {sweep.name, f"{sweep.name}/0-trl-sft", f"{sweep.name}/2-torchtune-sft"}
+        assert names == {sweep.name, *(f"{sweep.name}/{r['job']}" for r in summary)}
         leaked = [f.relative_to(tmp_path).as_posix() for f in tmp_path.rglob("*")
                   if f.is_file() and SECRET.encode() in f.read_bytes()]
         # known, not the trackers': torchtune's recipe prints its resolved config, the token resolved from the

@@ -66,6 +66,10 @@ def test_a_sweep_is_a_parent_run_and_each_job_a_child(stores):
         plugins.notify(reg, "on_step_end", run_dir=str(run), step="heldout", kind="evaluator",
                        outcome={"status": "succeeded", "scores": {"loss": 1.7}})
         plugins.notify(reg, "on_run_end", run_dir=str(run), result=finished_job(run))
+    refused = sweep / "2-trl-sft"  # refused at validation: no on_run_start, only its config.yaml and on_run_end
+    refused.mkdir()
+    (refused / "config.yaml").write_text("peft:\n  type: qlora\n")
+    plugins.notify(reg, "on_run_end", run_dir=str(refused), result={"status": "failed", "error": "qlora needs cuda"})
     (sweep / "report.html").write_text("<html>report</html>")
     plugins.notify(reg, "on_sweep_end", sweep_dir=str(sweep), rows=[{"job": "0-trl-sft", "last_loss": 1.5}])
     assert not reg.reported  # no tracker raised
@@ -75,6 +79,9 @@ def test_a_sweep_is_a_parent_run_and_each_job_a_child(stores):
     client = mlflow.tracking.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     assert parent.info.status == "FINISHED" and child.info.status == "FINISHED"
     assert {r.data.tags.get("mlflow.parentRunId") for n, r in runs.items() if n != "sweep"} == {parent.info.run_id}
+    failed = runs["2-trl-sft"]
+    assert failed.info.status == "FAILED" and failed.data.params["peft.type"] == "qlora"
+    assert failed.data.tags["anytune.error"] == "qlora needs cuda"
     assert child.data.params["train.learning_rate"] == "0.0002" and child.data.params["backend.native.hub_token"] == "***"
     assert [(m.step, m.value) for m in client.get_metric_history(child.info.run_id, "loss")] == [(1, 2.0), (2, 1.5)]
     assert child.data.metrics["heldout.loss"] == 1.7 and child.data.metrics["final.last_loss"] == 1.5
@@ -86,7 +93,7 @@ def test_a_sweep_is_a_parent_run_and_each_job_a_child(stores):
 
     with sqlite3.connect(Path(TRACKIO_DIR) / f"{stores.name}.db") as con:
         names = {r[0] for r in con.execute("select distinct run_name from metrics")}
-    assert {"sweep/0-trl-sft", "sweep/1-torchtune-sft", "sweep"} <= names, names
+    assert names == {"sweep/0-trl-sft", "sweep/1-torchtune-sft", "sweep/2-trl-sft", "sweep"}, names
 
 
 def test_the_documented_wandb_tracker_is_short_and_works(tmp_path, monkeypatch):

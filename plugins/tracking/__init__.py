@@ -87,6 +87,16 @@ def record_parent(sweep: str, tracker: str, info: dict[str, Any]) -> None:
     runproto.atomic_write_json(str(path), data)
 
 
+def saved_config(run_dir: str) -> dict[str, Any]:
+    """The job's ``config.yaml`` (as saved: resolved, secrets redacted), for a job refused before it started."""
+    import yaml
+
+    try:
+        return yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
 def job_files(run_dir: str) -> list[Path]:
     """A finished job's files worth keeping in a tracker: its record and its artefacts, not its checkpoints."""
     root = Path(run_dir)

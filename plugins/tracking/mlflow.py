@@ -71,8 +71,11 @@ def on_sweep_start(sweep_dir: str, config: dict[str, Any]) -> None:
 @core.hookimpl
 def on_run_start(run_dir: str, config: dict[str, Any]) -> None:
     """Open the job's run (a child of its sweep's), with the canonical config as parameters."""
-    if not tracking.enabled(NAME):
-        return
+    if tracking.enabled(NAME):
+        _open(run_dir, config)
+
+
+def _open(run_dir: str, config: dict[str, Any]) -> None:
     parent = tracking.parent(run_dir, NAME) or {}
     client = _client(parent.get("tracking_uri"))
     tags = {"anytune.run_dir": run_dir, "anytune.kind": "job",
@@ -104,9 +107,12 @@ def on_step_end(run_dir: str, step: str, kind: str, outcome: dict[str, Any]) -> 
 
 @core.hookimpl
 def on_run_end(run_dir: str, result: dict[str, Any]) -> None:
-    """Log the final metrics and the job's files, and close its run with the job's status."""
+    """Log the final metrics and the job's files, and close its run with the job's status (a job refused before
+    it started gets its run here, so that every job of a sweep is in the tracker)."""
     if run_dir not in _runs:
-        return
+        if not tracking.enabled(NAME):
+            return
+        _open(run_dir, tracking.saved_config(run_dir))
     client, run_id = _runs.pop(run_dir)
     final = {f"final.{k}": v for k, v in tracking.numbers(result.get("final") or {}, skip=()).items()}
     for key in ("wall_seconds", "train_seconds", "peak_memory_mb", "trainable_parameters"):

@@ -65,8 +65,11 @@ def on_sweep_start(sweep_dir: str, config: dict[str, Any]) -> None:
 @core.hookimpl
 def on_run_start(run_dir: str, config: dict[str, Any]) -> None:
     """Open the job's run in its sweep's group, with the canonical config."""
-    if not tracking.enabled(NAME):
-        return
+    if tracking.enabled(NAME):
+        _open(run_dir, config)
+
+
+def _open(run_dir: str, config: dict[str, Any]) -> None:
     parent = tracking.parent(run_dir, NAME) or {}
     name = f"{parent['group']}/{Path(run_dir).name}" if parent else Path(run_dir).name
     _runs[run_dir] = _init(name, parent.get("group"), tracking.flatten(config))
@@ -90,10 +93,13 @@ def on_step_end(run_dir: str, step: str, kind: str, outcome: dict[str, Any]) -> 
 
 @core.hookimpl
 def on_run_end(run_dir: str, result: dict[str, Any]) -> None:
-    """Log the final metrics, the status and the job's record files, and finish the run."""
-    run = _runs.pop(run_dir, None)
-    if run is None:
-        return
+    """Log the final metrics, the status and the job's record files, and finish the run (a job refused before it
+    started gets its run here)."""
+    if run_dir not in _runs:
+        if not tracking.enabled(NAME):
+            return
+        _open(run_dir, tracking.saved_config(run_dir))
+    run = _runs.pop(run_dir)
     final = {f"final.{k}": v for k, v in tracking.numbers(result.get("final") or {}, skip=()).items()}
     final["succeeded"] = float(result.get("status") == "succeeded")
     with _quiet():

@@ -77,7 +77,7 @@ def test_registered_with_their_nodes():
     (["eval=[generate]", "eval.generate.data={rows}", "eval.generate.prompt_field=q",
       "eval.generate.answer_field=a"], ["has no field q, a"]),
     (["eval=[gsm8k]", "eval.gsm8k.fallback=first"], ["eval.gsm8k.fallback"]),
-    (["eval=[gsm8k]", "eval.gsm8k.max_new_tokens=0"], ["eval.gsm8k.max_new_tokens"]),
+    (["eval=[gsm8k]", "eval.gsm8k.max_generated=0"], ["eval.gsm8k.max_generated"]),
 ], ids=["no-heldout", "two-groups", "bad-regex", "missing-file", "half-fields", "wrong-fields", "fallback",
         "max-new-tokens"])
 def test_refused_before_anything_runs(tmp_path, overrides, words):
@@ -145,8 +145,8 @@ def test_generate_gsm8k_and_heldout_on_a_learned_task(tmp_path):
     result = runner.run(job("peft=none", f"data.train={task}", f"data.eval={task}", "train.max_steps=60",
                             "train.learning_rate=3e-3", "train.batch_size=8", "eval=[generate,gsm8k,heldout]",
                             f'eval.generate.extract="{ANSWER}"', f'eval.generate.answer_extract="{ANSWER}"',
-                            "eval.generate.numeric=true", "eval.generate.max_new_tokens=12",
-                            "eval.gsm8k.max_rows=6", "eval.gsm8k.max_new_tokens=24", "eval.gsm8k.batch_size=4"),
+                            "eval.generate.numeric=true", "eval.generate.max_generated=12",
+                            "eval.gsm8k.max_rows=6", "eval.gsm8k.max_generated=24", "eval.gsm8k.batch_size=4"),
                         run_dir)
     assert result["status"] == "succeeded", result.get("error")
     evals = runproto.read_json(str(run_dir / "eval.json"))
@@ -163,3 +163,17 @@ def test_generate_gsm8k_and_heldout_on_a_learned_task(tmp_path):
     assert evals["gsm8k"]["exact_match"]["n"] == len(gsm) == 6
     assert all(r["expected"] and r["expected"].replace(",", "").lstrip("-").isdigit() for r in gsm)
     assert evals["heldout"]["loss"]["value"] < 2.0  # learned: the untrained model's loss is ~ln(1024) = 6.9
+
+
+def test_no_field_reads_as_a_secret():
+    """The core redacts and moves out any field whose name looks secret (``*token*`` ...): none of these steps'
+    fields may (``max_new_tokens`` was: config.yaml held ``'***'`` and a plan ``${oc.env:...}``)."""
+    import dataclasses
+
+    from core.config import SECRET
+
+    reg = plugins.registry()
+    for group, name in (("eval", "generate"), ("eval", "gsm8k"), ("eval", "lm_eval"), ("eval", "heldout"),
+                        ("export", "gguf"), ("export", "ollama"), ("export", "merged")):
+        fields = [f.name for f in dataclasses.fields(reg.step(group, name).config_class)]
+        assert not [f for f in fields if SECRET.search(f)], (name, fields)

@@ -58,7 +58,7 @@ def test_registered_with_its_pins():
 @pytest.mark.parametrize("overrides, words", [
     (["export=[gguf]", "export.gguf.outtype=q4_km"], ["q4_km", "did you mean 'q4_k_m'", "q8_0"]),
     (["export=[gguf]", "export.gguf.outtype=iq2_xxs"], ["importance matrix"]),
-    (["export=[gguf]", "export.gguf.pre_tokenizer=llama3"], ["pre_tokenizer", "gpt-2"]),
+    (["export=[gguf]", "export.gguf.ggml_pre=llama3"], ["ggml_pre", "gpt-2"]),
     (["export=[gguf]", "export.gguf.max_logit_diff=0"], ["export.gguf.max_logit_diff"]),
     (["export=[gguf]", "train.save_artifacts=false"], ["train.save_artifacts"]),
 ], ids=["unknown-type", "imatrix", "pre-tokenizer", "tolerance", "no-artifacts"])
@@ -186,6 +186,28 @@ def test_a_verification_that_does_not_hold_fails_the_export(trained):
 
 
 @pytest.mark.slow
+def test_a_wrong_pre_tokenizer_mapping_fails_on_token_ids(tmp_path):
+    """A tokenizer that lower-cases text first (a normaliser llama.cpp's gpt-2 pre-tokenizer does not have), declared
+    gpt-2 by hand: llama.cpp tokenises the prompt differently from transformers, and the export fails on the token
+    ids (and leaves no GGUF)."""
+    gguf_env()
+    base = tmp_path / "base"
+    shutil.copytree(ROOT / "core/assets/tiny-llama", base)
+    tok = json.loads((base / "tokenizer.json").read_text())
+    tok["normalizer"] = {"type": "Lowercase"}
+    (base / "tokenizer.json").write_text(json.dumps(tok))
+    run_dir = tmp_path / "run"
+    result = runner.run(job(f"model.name_or_path={base}", "train.max_steps=1", "export=[gguf]",
+                            "export.gguf.ggml_pre=gpt-2"), run_dir)
+    assert result["status"] == "failed", result
+    assert "tokenises the prompt differently" in result["error"], result["error"][-2000:]
+    verify = json.loads((run_dir / "artifacts/gguf/verify.json").read_text())
+    assert not verify["tokens_equal"] and verify["pre_tokenizer"]["written"] == "gpt-2"
+    assert verify["tokens"]["llama.cpp"] != verify["tokens"]["transformers"]
+    assert not list((run_dir / "artifacts/gguf").glob("*.gguf*"))
+
+
+@pytest.mark.slow
 def test_quantisation_ids_match_the_installed_llama_cpp():
     env = gguf_env()
     if not env.exists():
@@ -206,7 +228,7 @@ def test_sweep_trl_and_torchtune_with_gguf_heldout_gsm8k(tmp_path):
     keys = {"data.eval_fraction", "train.max_steps"}
     args = [o for o in SMALL if o.split("=", 1)[0] not in keys]
     p = subprocess.run([sys.executable, "-m", "core", "-m", "backend=trl,torchtune", "export=[gguf]",
-                        "eval=[heldout,gsm8k]", "eval.gsm8k.max_rows=4", "eval.gsm8k.max_new_tokens=16",
+                        "eval=[heldout,gsm8k]", "eval.gsm8k.max_rows=4", "eval.gsm8k.max_generated=16",
                         "data.eval_fraction=0.25", "train.max_steps=4", *args,
                         f"hydra.sweep.dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-4000:]

@@ -49,8 +49,9 @@ class GenerateConfig(core.StepConfig):
     """When ``extract`` finds nothing: none (the row is wrong) or last_number (the last number in the text)."""
     numeric: bool = False
     """Compare as numbers: commas, ``$`` and a trailing ``.`` dropped, ``72.0`` equals ``72``."""
-    max_new_tokens: int = core.number(256, ge=1)
-    """Tokens generated at most per answer (greedy; generation also stops at the end-of-turn token)."""
+    max_generated: int = core.number(256, ge=1)
+    """Tokens generated at most per answer (transformers' max_new_tokens; greedy; generation also stops at the
+    end-of-turn token). Not named max_new_tokens: the core treats any field with "token" in its name as a secret."""
     batch_size: int = core.number(8, ge=1)
     """Prompts per generate call (left-padded)."""
     max_rows: Optional[int] = core.number(None, ge=1)
@@ -168,7 +169,7 @@ class GenerateEvaluator(core.Evaluator):
             "kind": "fields" if c.prompt_field else (ctx.data.kind if path is None else "auto"),
             "template": ctx.rel(ctx.data.template) if ctx.data.template is not None else None,
             **{k: c[k] for k in ("prompt_field", "answer_field", "system", "extract", "answer_extract", "fallback",
-                                 "numeric", "max_new_tokens", "batch_size", "max_rows")},
+                                 "numeric", "max_generated", "batch_size", "max_rows")},
             "out": f"{core.runproto.ARTIFACTS}/eval/{self.name}.jsonl",
         }
         files = [ctx.write_json(f"{self.name}.json", spec),

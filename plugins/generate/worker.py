@@ -106,7 +106,7 @@ def generate(model, tokenizer, texts, spec, device):
         enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
             out = model.generate(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
-                                 max_new_tokens=spec["max_new_tokens"], do_sample=False, eos_token_id=stops,
+                                 max_new_tokens=spec["max_generated"], do_sample=False, eos_token_id=stops,
                                  pad_token_id=pad)
         for b, i in enumerate(idx):
             answers[i] = tokenizer.decode(out[b, enc["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -18,7 +18,7 @@ OUT = f"{core.runproto.ARTIFACTS}/gguf"
 TOLERANCES = {"f32": 1e-3, "f16": 1e-2, "bf16": 0.1, "q8_0": 0.1}
 """Largest logit difference accepted between llama.cpp and transformers, per outtype (other quantisations: 1.0)."""
 PRE_TOKENIZERS = ("gpt-2",)
-"""llama.cpp pre-tokenizer names ``export.gguf.pre_tokenizer`` may give (the one the exporter can tell applies)."""
+"""llama.cpp pre-tokenizer names ``export.gguf.ggml_pre`` may give (the one the exporter can tell applies)."""
 
 
 @dataclass
@@ -31,8 +31,9 @@ class GgufConfig(core.StepConfig):
     """f32, f16, bf16 or q8_0 (llama.cpp's converter writes it), or a quantisation made from f16 through
     llama.cpp's llama_model_quantize: q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s/m/l, q4_k_s, q4_k_m, q5_k_s, q5_k_m,
     q6_k, iq4_nl, iq4_xs. k-quants fall back to other types for tensors whose rows are not a multiple of 256."""
-    pre_tokenizer: Optional[str] = None
-    """When llama.cpp does not recognise a BPE tokenizer's pre-tokenizer: the llama.cpp one to write (gpt-2);
+    ggml_pre: Optional[str] = None
+    """When llama.cpp does not recognise a BPE tokenizer's pre-tokenizer: the one to write as the GGUF's
+    ``tokenizer.ggml.pre`` (gpt-2);
     null: a plain byte-level GPT-2 split (tokenizer.json's ByteLevel with use_regex) is written as gpt-2, any other
     is refused. Never overrides a pre-tokenizer llama.cpp recognises; the verification compares token ids."""
     verify: bool = True
@@ -71,8 +72,8 @@ class GgufExporter(core.Exporter):
             raise core.ConfigError(f"{where}.outtype={t!r} is not a llama.cpp type export=[gguf] makes"
                                    f"{did_you_mean(t, llamacpp.outtypes())}; types: "
                                    f"{', '.join(llamacpp.outtypes())}")
-        if self.config.pre_tokenizer is not None and self.config.pre_tokenizer not in PRE_TOKENIZERS:
-            raise core.ConfigError(f"{where}.pre_tokenizer={self.config.pre_tokenizer!r}: give one of "
+        if self.config.ggml_pre is not None and self.config.ggml_pre not in PRE_TOKENIZERS:
+            raise core.ConfigError(f"{where}.ggml_pre={self.config.ggml_pre!r}: give one of "
                                    f"{', '.join(PRE_TOKENIZERS)}, or null for llama.cpp's own detection")
 
     def tolerance(self) -> float:
@@ -101,7 +102,7 @@ class GgufExporter(core.Exporter):
                  "dtype": "auto", "trust_remote_code": bool(ctx.job.model.trust_remote_code), "out": MERGED_OUT}
         spec = {"merge": merge, "merged": MERGED_OUT, "outtype": c.outtype,
                 "ftype": llamacpp.QUANT_TYPES.get(c.outtype), "out": self.gguf_path(), "verify": bool(c.verify),
-                "tolerance": self.tolerance(), "pre_tokenizer": c.pre_tokenizer, "threads": int(c.threads),
+                "tolerance": self.tolerance(), "pre_tokenizer": c.ggml_pre, "threads": int(c.threads),
                 "converter": ctx.rel(conv), "prompt": verify_prompt(ctx), "report": f"{OUT}/verify.json"}
         files = [ctx.write_json("gguf.json", spec),
                  *ctx.ship(HERE / "worker.py", rename={"worker.py": "gguf_worker.py"}),

@@ -58,7 +58,7 @@ def load_converter(spec):
 
 def convert(spec, model_dir, outfile, outtype, notes):
     """Run llama.cpp's converter in this process (its ``main``); an unrecognised byte-level GPT-2 pre-tokenizer is
-    written as ``gpt2`` (or as ``spec["pre_tokenizer"]``), recorded in ``notes``."""
+    written as ``gpt-2`` (or as ``spec["pre_tokenizer"]``, from ``export.gguf.ggml_pre``), recorded in ``notes``."""
     module = load_converter(spec)
     from conversion import base
 
@@ -72,7 +72,7 @@ def convert(spec, model_dir, outfile, outtype, notes):
             if mapped is None:
                 raise NotImplementedError(
                     "llama.cpp does not recognise this tokenizer's BPE pre-tokenizer, and it is not a plain "
-                    "byte-level GPT-2 split anytune can map; set export.gguf.pre_tokenizer to the llama.cpp one "
+                    "byte-level GPT-2 split anytune can map; set export.gguf.ggml_pre to the llama.cpp one "
                     "that splits text the same way (the verification compares token ids)") from None
             notes["pre_tokenizer"] = {"written": mapped, "how": "mapped: llama.cpp did not recognise the tokenizer"
                                       + ("" if spec["pre_tokenizer"] else "; tokenizer.json is byte-level GPT-2")}

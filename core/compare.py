@@ -151,10 +151,19 @@ class Flag:
         return f"{self.label} differs: " + ", ".join(f"{job} {value}" for job, value in self.values.items())
 
 
+TRAINED = ("succeeded", "interrupted")
+"""Statuses of jobs that trained: the ones the fairness flags compare."""
+
+
+def trained_of(rows: list[dict[str, Any]]) -> int:
+    """How many of the report's rows trained."""
+    return sum(r["status"] in TRAINED for r in rows)
+
+
 def fairness(jobs: list[Job]) -> list[Flag]:
     """What differs between the jobs that trained (status succeeded or interrupted): one flag per field of
     :data:`FAIRNESS` whose known values are not all equal."""
-    trained = [j for j in jobs if j.result.get("status") in ("succeeded", "interrupted")]
+    trained = [j for j in jobs if j.result.get("status") in TRAINED]
     flags = []
     for key, label, read in FAIRNESS:
         values = {j.name: read(j) for j in trained}
@@ -259,7 +268,7 @@ def plots(jobs: list[Job]) -> dict[str, bytes]:
 def markdown(rows: list[dict[str, Any]], flags: list[Flag], figures: list[str]) -> str:
     """The report as Markdown: verdict, table, errors, plots (PNG files under ``plots/``)."""
     heads, body = table(rows, flags)
-    lines = ["# anytune comparison", "", verdict(flags), ""]
+    lines = ["# anytune comparison", "", verdict(flags, trained_of(rows)), ""]
     lines += ["- " + f.reason() for f in flags] + ([""] if flags else [])
     lines += ["| " + " | ".join(heads) + " |", "| " + " | ".join("---" for _ in heads) + " |"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in body]
@@ -270,8 +279,10 @@ def markdown(rows: list[dict[str, Any]], flags: list[Flag], figures: list[str]) 
     return "\n".join(lines) + "\n"
 
 
-def verdict(flags: list[Flag]) -> str:
-    """One line: like for like, or not and why."""
+def verdict(flags: list[Flag], trained: int = 2) -> str:
+    """One line: like for like, or not and why (``trained``: how many jobs trained, so were compared)."""
+    if trained < 2:
+        return "**Nothing to compare**: fewer than two of these jobs trained."
     if not flags:
         return "**Like for like**: " + ", ".join(label for _, label, _ in FAIRNESS) + " are equal across the jobs."
     return "**Not like for like**: " + "; ".join(f.label for f in flags) + " differ (details below)."
@@ -287,7 +298,7 @@ th{background:#f3f3f3}td:nth-child(-n+3){text-align:left}.differs{background:#ff
 img{max-width:100%;margin:1em 0;border:1px solid #eee}
 </style></head><body>
 <h1>anytune comparison</h1>
-<p class="verdict {{ 'ok' if not flags else 'not' }}">{{ verdict }}</p>
+<p class="verdict {{ 'ok' if not flags and not verdict.startswith('Nothing') else 'not' }}">{{ verdict }}</p>
 {% if flags %}<ul>{% for f in flags %}<li>{{ f.reason() }}</li>{% endfor %}</ul>{% endif %}
 <div class="wide"><table id="jobs"><thead><tr>{% for h in heads %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
 {% for cells in body %}<tr>{% for c in cells %}<td{% if c.endswith(' ≠') %} class="differs"{% endif %}>{{ c }}</td>{% endfor %}</tr>
@@ -308,7 +319,7 @@ def html(rows: list[dict[str, Any]], flags: list[Flag], figures: dict[str, bytes
     heads, body = table(rows, flags)
     env = jinja2.Environment(autoescape=True)
     return env.from_string(HTML).render(
-        heads=heads, body=body, flags=flags, verdict=verdict(flags).replace("**", ""),
+        heads=heads, body=body, flags=flags, verdict=verdict(flags, trained_of(rows)).replace("**", ""),
         errors=[f"{r['job']}: {r['error']}" for r in rows if r.get("error")],
         figures=[(n, base64.b64encode(b).decode()) for n, b in figures.items()])
 
@@ -344,7 +355,7 @@ def write(paths: list[Path], out_dir: Path) -> dict[str, Any]:
     runproto.atomic_write_text(str(out_dir / REPORT_MD), markdown(rows, flags, list(figures)))
     runproto.atomic_write_text(str(out_dir / REPORT_HTML), html(rows, flags, figures))
     report = {"rows": rows, "flags": [{"key": f.key, "label": f.label, "values": f.values} for f in flags],
-              "verdict": verdict(flags).replace("**", ""), "figures": sorted(figures)}
+              "verdict": verdict(flags, trained_of(rows)).replace("**", ""), "figures": sorted(figures)}
     runproto.atomic_write_json(str(out_dir / REPORT_JSON), report)
     return report
 

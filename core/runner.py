@@ -402,6 +402,7 @@ def run_step(p: Planned, cfg: DictConfig, run_dir: Path, reg: Registry, display:
             if proc.poll() is None:  # anything raised here: the engine must not outlive the core
                 stop(proc)
         dispatch()
+    redact_logs(logs, secrets or {})
     outcome = runproto.read_json(str(outcome_file)) if outcome_file.is_file() else {}
     code = proc.returncode
     if interrupted or code in (runproto.INTERRUPTED, -signal.SIGINT):
@@ -605,6 +606,23 @@ def stop(proc: subprocess.Popen, grace: float = 60.0) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+
+
+def redact_logs(logs: Path, secrets: dict[str, str]) -> None:
+    """Replace every secret value in the step's logs (``logs/`` and every rank's under it) with ``***``: an
+    engine may print what it resolved from its environment (torchtune's recipe prints its whole config)."""
+    values = sorted({v for v in secrets.values() if v}, key=len, reverse=True)
+    if not values:
+        return
+    for path in logs.rglob("*"):
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        clean = data
+        for value in values:
+            clean = clean.replace(value.encode(), b"***")
+        if clean != data:
+            runproto.atomic_write_text(str(path), clean.decode("utf-8", errors="replace"))
 
 
 def log_tail(path: Path, lines: int = 25) -> str:

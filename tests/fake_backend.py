@@ -1,6 +1,7 @@
 """A minimal backend for testing the core without an engine: its 'engine' is a Python script.
 
-``backend.native.mode`` picks what the child does: ok (writes metrics and an outcome),
+``backend.native.mode`` picks what the child does: ok (writes metrics and an outcome), chatty (ok, then prints
+its native keys, secrets resolved, to stdout and stderr),
 crash (exits 3 after printing to stderr), crash_mid (logs two steps, then raises), slow (writes rows, then
 sleeps until interrupted),
 silent (exits 0 and writes no outcome file at all).
@@ -34,6 +35,9 @@ with outcome as out:
         time.sleep(0.1)
     out["final"] = {"train_loss": 1.2, "first_loss": 99.0}  # the core computes first_loss from metrics.jsonl
     out["secret_lengths"] = {k: len(v) for k, v in spec["native"].items() if isinstance(v, str)}
+    if mode == "chatty":  # an engine that prints what it resolved, secrets included (torchtune prints its config)
+        print(json.dumps(spec["native"]), file=sys.stderr)
+        print(json.dumps(spec["native"]))
 sys.exit(outcome.code)
 '''
 

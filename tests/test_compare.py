@@ -70,6 +70,7 @@ def test_a_failed_job_is_listed_and_left_out_of_the_flags(tmp_path):
     runproto.atomic_write_json(str(b / "result.json"), {**result, "status": "failed", "error": "boom\nmore"})
     report = compare.write([a, b], tmp_path / "out")
     assert report["flags"] == [], "a job that did not train is not compared"
+    assert report["verdict"].startswith("Nothing to compare"), "one job trained: no like-for-like claim"
     assert report["rows"][1]["error"] == "boom"
     assert "- b: boom" in (tmp_path / "out" / compare.REPORT_MD).read_text()
 

@@ -122,6 +122,9 @@ def test_redaction_hides_secret_looking_keys():
     out = redacted(cfg)
     assert out["backend"]["native"]["api_key"] == "***" and "sk-123" not in str(out)
     assert "hf_abc" not in str(out)
+    kept = redacted(compose(["+backend.native.max_new_tokens=64", "+backend.native.eos_token=x",
+                             "+backend.native.pre_tokenizer=gpt-2"]))["backend"]["native"]
+    assert kept == {"max_new_tokens": 64, "eos_token": "x", "pre_tokenizer": "gpt-2"}, "settings that mention tokens"
 
 
 def test_config_is_saved_once_resolved(tmp_path):

@@ -205,16 +205,20 @@ def test_a_remote_trainer_gets_no_local_work_and_leaves_a_hosted_model(tmp_path)
         plugins.reset()
 
 
-def test_no_secret_reaches_any_file_of_the_run_directory(reg, tmp_path):
+@pytest.mark.parametrize("mode", ["ok", "chatty"])
+def test_no_secret_reaches_any_file_of_the_run_directory(reg, tmp_path, mode):
     """A secret given as a native key reaches the engine's process through its environment, and no file of the
-    run directory (config, plan, logs, result) holds it."""
+    run directory (config, plan, logs, result) holds it, even when the engine prints it (its logs are redacted)."""
     secret = "sk-live-0123456789abcdef"
-    result = runner.run(compose(BASE + [f"backend.native.api_key={secret}"]), tmp_path, reg)
+    result = runner.run(compose(BASE + [f"backend.native.api_key={secret}", f"+backend.native.mode={mode}"]),
+                        tmp_path, reg)
     assert result["status"] == "succeeded", result
     outcome = runproto.read_json(str(tmp_path / "logs" / "train.outcome.json"))
     assert outcome["secret_lengths"]["api_key"] == len(secret)  # the worker had it
     leaks = [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert leaks == []
+    if mode == "chatty":
+        assert '"api_key": "***"' in (tmp_path / "logs" / "train.stderr.log").read_text()
     assert "${oc.env:ANYTUNE_SECRET_API_KEY}" in (tmp_path / "plan" / "fake.json").read_text()
 
 

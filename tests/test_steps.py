@@ -217,7 +217,7 @@ def test_unknown_exporter_lists_installed(tmp_path, command):
     (["{run}"], "name the steps to run"),
     (["{empty}", "eval=[heldout]"], "is not a run directory"),
     (["{failed}", "eval=[heldout]"], "status is failed"),
-    (["{other}", "eval=[heldout]"], "no backend 'axolotl'"),
+    (["{other}", "eval=[heldout]"], "no backend 'nemo'"),
     (["{run}", "eval=[heldout]", "eval.heldout.batchsize=2"], "unknown config field 'eval.heldout.batchsize'"),
 ], ids=["no-dir", "train-override", "no-steps", "not-a-run", "failed-run", "backend-missing", "unknown-field"])
 def test_after_usage_errors(tmp_path, args, words):
@@ -226,7 +226,7 @@ def test_after_usage_errors(tmp_path, args, words):
         d.mkdir()
         if name != "empty":
             (d / "result.json").write_text(json.dumps({"status": "failed" if name == "failed" else "succeeded"}))
-            (d / "config.yaml").write_text(f"backend:\n  name: {'axolotl' if name == 'other' else 'trl'}\n")
+            (d / "config.yaml").write_text(f"backend:\n  name: {'nemo' if name == 'other' else 'trl'}\n")
     p = anytune(*AFTER, *[a.format(**dirs) for a in args])
     assert p.returncode == 2, (p.stdout, p.stderr)
     assert p.stderr.startswith("anytune: error: ") and words in p.stderr, p.stderr

@@ -12,18 +12,37 @@ This module is the whole API a plugin may use (``docs/writing-a-backend.md``):
   every anytune error a user sees without a traceback); ``did_you_mean``: the close match for a misspelt name;
 - ``runproto``, ``lossmask``, ``chatrender``, ``scores``: standard-library modules a plan ships to its worker
   (``scores``: the one schema of ``eval.json``);
-- ``extra_requirements``: the pins of one of anytune's extras (a first-party step's ``environment``).
+- ``extra_requirements``: the pins of one of anytune's extras (a first-party step's ``environment``); ``envs``:
+  managed environments (``interpreter``, ``home``, ``wheels_dir``, ``flock``) for a step that builds its own;
+- ``tokenizer_files``: a local directory with the model's tokenizer files (a hub id from its cache);
+- ``labels``: the label view's rows (``label_rows``: the tokens and loss mask every engine trains on).
 
 Anything else in ``core`` is internal and may change.
 """
 import pluggy
 
-from core import chatrender, lossmask, runproto, scores
+from core import chatrender, envs, lossmask, runproto, scores
 from core.capabilities import Capabilities, fields
 from core.envs import extra_requirements
 from core.errors import AnytuneError, ConfigError, did_you_mean
 from core.schema import BackendConfig, StepConfig, choice, number
 from core.step import Context, DataInfo, Evaluator, Exporter, Plan, Step, Trainer
+
+
+def tokenizer_files(name: str, offline: bool):
+    """A local directory with the model's tokenizer files: the model's own directory, or a hub id's files from the
+    hub cache (downloaded unless ``offline``); None when they cannot be had."""
+    from core.runner import tokenizer_files as find
+
+    return find(name, offline)
+
+
+def __getattr__(name: str):
+    if name == "labels":  # the label view imports the data layer: loaded on first use only
+        from core.data import labels
+
+        return labels
+    raise AttributeError(name)
 
 __version__ = "0.1.0"
 
@@ -32,5 +51,6 @@ hookimpl = pluggy.HookimplMarker("anytune")
 
 __all__ = ["AnytuneError", "BackendConfig", "Capabilities", "ConfigError", "Context", "DataInfo", "Evaluator",
            "Exporter", "Plan", "Step", "StepConfig", "Trainer", "chatrender", "choice", "did_you_mean",
-           "extra_requirements", "fields", "hookimpl", "lossmask", "number", "runproto", "scores",
+           "envs", "extra_requirements", "fields", "hookimpl", "labels", "lossmask", "number", "runproto", "scores",
+           "tokenizer_files",
            "__version__"]

@@ -351,13 +351,13 @@ def locked(env: EngineEnv, console: Any = None) -> Iterator[None]:
     not to a process). The lock file stays behind on purpose: deleting it would race.
     :param console: where to say that it waits for another job (a rich Console; None: silent).
     """
-    with _flock(env.lock_path, console, f"{env.backend}: waiting for another job{{holder}} "
+    with flock(env.lock_path, console, f"{env.backend}: waiting for another job{{holder}} "
                                          f"that is creating {env.path} …"):
         yield
 
 
 @contextlib.contextmanager
-def _flock(lock: Path, console: Any = None, waiting: str = "") -> Iterator[None]:
+def flock(lock: Path, console: Any = None, waiting: str = "") -> Iterator[None]:
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a+") as fh:
         if fcntl is None:  # not POSIX: unlocked
@@ -621,7 +621,7 @@ def remove_paths(paths: list[Path]) -> None:
 
 
 def _remove_path(path: Path) -> None:
-    with _flock(path.with_name(path.name + ".lock")):
+    with flock(path.with_name(path.name + ".lock")):
         if path.is_symlink():
             path.unlink()
         elif path.exists():

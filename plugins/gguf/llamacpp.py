@@ -16,8 +16,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from core import envs
-from core.errors import AnytuneError
+from core import AnytuneError, envs
 
 VERSION = "0.3.36"
 """llama-cpp-python pinned in the exporter's environment; its sdist vendors the converter used."""
@@ -56,7 +55,7 @@ def converter(console=None) -> Path:
     out = source_dir()
     if (out / "convert_hf_to_gguf.py").is_file():
         return out
-    with envs._flock(out.with_name(out.name + ".lock")):
+    with envs.flock(out.with_name(out.name + ".lock")):
         if (out / "convert_hf_to_gguf.py").is_file():
             return out
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import ClassVar, Optional
 
 import core
-from core.errors import did_you_mean
+from core import did_you_mean
 from plugins import hftrainer
 from plugins.gguf import llamacpp
 from plugins.merged.step import HERE as MERGED, OUT as MERGED_OUT

@@ -66,9 +66,7 @@ class OllamaExporter(core.Exporter):
             raise core.ConfigError(f"export=[ollama] writes the chat template of record, and {ctx.data.dir} has none")
         jinja_text = ctx.data.template.read_text(encoding="utf-8")
         model = str(ctx.job.model.name_or_path)
-        from core.runner import tokenizer_files
-
-        tok_dir = tokenizer_files(model, bool(ctx.job.get("offline")))
+        tok_dir = core.tokenizer_files(model, bool(ctx.job.get("offline")))
         specials = chatrender.special_tokens(tok_dir) if tok_dir else {}
         compiled = chatrender.environment().from_string(jinja_text)
 

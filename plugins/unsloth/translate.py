@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from core.errors import ConfigError
+from core import ConfigError
 from plugins import hftrainer
 from plugins.trl.translate import trainer_args
 

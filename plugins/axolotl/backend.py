@@ -124,14 +124,16 @@ class AxolotlBackend(core.Trainer):
         config_file = ctx.rel(ctx.plan_dir / translate.PLAN_FILE)
         header = (f"# Axolotl {self.environment_version()} config written by anytune.\n"
                   f"# Run it from the run directory (the folder holding plan/ and data/):\n"
-                  f"#   axolotl train {config_file} --launcher python\n"
+                  f"#   PYTHONPATH=. axolotl train {config_file} --launcher python\n"
+                  f"# (PYTHONPATH=. lets Axolotl import the plugin below from plan/; Axolotl skips a plugin it cannot\n"
+                  f"# import with an error in its log and trains without it).\n"
                   f"# The plugin plan.anytune_axolotl.AnytunePlugin ({ctx.rel(ctx.plan_dir / translate.PLUGIN)}) writes\n"
                   f"# metrics.jsonl, artifacts/ and the outcome file, and refuses keys Axolotl would ignore.\n")
         files = [ctx.write(translate.PLAN_FILE, header + yaml.safe_dump(config, sort_keys=False, width=120)),
                  ctx.write_json(translate.SETTINGS, translate.settings(ctx.job, ctx.data)),
                  *ctx.ship(HERE / "plugin.py", rename={"plugin.py": translate.PLUGIN}),
                  *hftrainer.ship(ctx)]
-        env_vars = {"AXOLOTL_DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env_vars = {"AXOLOTL_DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": "."}
         if ctx.job.train.device == "cpu":
             env_vars["CUDA_VISIBLE_DEVICES"] = ""
         return core.Plan(command=[self.python(), "-m", "axolotl.cli.train", files[0]], files=files, env=env_vars)

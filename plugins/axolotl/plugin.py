@@ -34,13 +34,28 @@ DISTS = ("axolotl", "transformers", "trl", "peft", "torch", "datasets", "acceler
 """Distributions whose versions the outcome records."""
 
 
+CLI_KEYS = ("shard",)
+"""Keys the ``axolotl`` command writes into the config besides its argument classes' fields."""
+
+
+def cli_keys() -> set[str]:
+    """The fields of the ``axolotl`` command's argument classes (``axolotl.cli.args``): ``axolotl train`` copies
+    its options (``debug``, ``debug_num_examples`` ...) into the config it validates."""
+    import dataclasses
+
+    from axolotl.cli import args
+
+    return {f.name for obj in vars(args).values() if dataclasses.is_dataclass(obj) and isinstance(obj, type)
+            for f in dataclasses.fields(obj)}
+
+
 def known_keys() -> set[str]:
-    """Every top-level key Axolotl's config model takes: its fields, their aliases, and the fields the configured
-    plugins add (``axolotl.integrations.config.merge_input_args``)."""
+    """Every top-level key Axolotl's config model takes: its fields, their aliases, the fields the configured
+    plugins add (``axolotl.integrations.config.merge_input_args``), and the ``axolotl`` command's options."""
     from axolotl.integrations.config import merge_input_args
 
     _, model = merge_input_args()
-    keys = set()
+    keys = set(CLI_KEYS) | cli_keys()
     for name, field in model.model_fields.items():
         keys.add(name)
         for alias in (field.alias, getattr(field, "validation_alias", None)):
@@ -101,9 +116,28 @@ class AnytunePlugin(BasePlugin):
 
     def add_callbacks_pre_trainer(self, cfg, model):
         """The metrics callback (``metrics.jsonl`` rows) and the checkpoint/Ctrl-C callback."""
+        from transformers import TrainerCallback, set_seed
+
+        class Reseed(TrainerCallback):
+            """Seed every generator with ``train.seed`` as training begins: Axolotl's set-up draws from them a
+            varying number of times, so dropout masks differed between two runs of one job (a resumed run then
+            restores the checkpoint's generator states, after this)."""
+
+            def on_train_begin(self, args, state, control, **kwargs):
+                set_seed(args.seed)
+
         writer = runproto.MetricsWriter()
         self.stop = hfglue.checkpoints_callback()
-        return [hfglue.metrics_callback(writer, self.settings.get("order"), self.settings.get("rows")), self.stop]
+        return [Reseed(), hfglue.metrics_callback(writer, self.settings.get("order"), self.settings.get("rows")),
+                self.stop]
+
+    def pre_lora_load(self, cfg, model):
+        """Seed the generators with ``train.seed`` right before the adapter's weights are initialised: Axolotl's
+        set-up draws from them a varying number of times, so two runs of one job started from different LoRA
+        weights."""
+        from transformers import set_seed
+
+        set_seed(cfg.seed)
 
     def post_trainer_create(self, cfg, trainer):
         """Keep the trainer; average the loss over the step's loss tokens (:func:`accepts_loss_kwargs`); count its

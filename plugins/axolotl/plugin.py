@@ -115,13 +115,13 @@ class AnytunePlugin(BasePlugin):
         return args
 
     def add_callbacks_pre_trainer(self, cfg, model):
-        """The metrics callback (``metrics.jsonl`` rows) and the checkpoint/Ctrl-C callback."""
+        """A reseeding callback, the metrics callback (``metrics.jsonl`` rows) and the checkpoint/Ctrl-C callback."""
         from transformers import TrainerCallback, set_seed
 
         class Reseed(TrainerCallback):
-            """Seed every generator with ``train.seed`` as training begins: Axolotl's set-up draws from them a
-            varying number of times, so dropout masks differed between two runs of one job (a resumed run then
-            restores the checkpoint's generator states, after this)."""
+            """Seed every generator with ``train.seed`` as training begins, so the dropout masks do not depend on
+            how much Axolotl's set-up drew from them (a resumed run restores the checkpoint's generator states
+            after this)."""
 
             def on_train_begin(self, args, state, control, **kwargs):
                 set_seed(args.seed)

@@ -765,6 +765,7 @@ TRAINER_FIELD_MAP: dict[str, Check] = {
     "train.eval_steps": _eval_steps,
     "train.save_artifacts": at("save"),
     "train.save_steps": _save_steps,
+    "train.strategy": lambda e, job: "fsdp" if e["args"].fsdp else "deepspeed" if e["args"].deepspeed else "ddp",
     "train.devices": lambda e, job: launch_of(e)["nproc_per_node"],
     "train.nodes": lambda e, job: launch_of(e)["nnodes"],
 }

@@ -177,7 +177,8 @@ def validation_job(backend: str, feature: str, value: Any, assets: dict[str, str
         _BASES[key] = compose([f"backend={backend}", *for_backend(backend, SMALL),
                                *(["data=demo_pref", "data.max_rows=16"] if preference else [])])
     cfg = copy.deepcopy(_BASES[key])
-    if feature in schema_fields() and feature not in edits and OmegaConf.select(cfg, feature) != value:
+    if (feature in schema_fields() and feature not in ("data.kind", "data.eval") and feature not in edits
+            and OmegaConf.select(cfg, feature) != value):  # data.eval the feature is not data.eval the file
         edits[feature] = value  # the small job holds another value: the backend's option chose it (openai: peft)
     for k, v in edits.items():
         OmegaConf.update(cfg, k, v, merge=False)

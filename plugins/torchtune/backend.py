@@ -55,7 +55,7 @@ class TorchtuneBackend(core.Trainer):
         },
         # train.eval_steps: no eval data, no evaluation; model.trust_remote_code: never true (above)
         reads=core.fields("model.name_or_path", "model.dtype", "data.chat_template", "method.*", "peft.*",
-                          "train.*", exclude=("train.eval_steps", "train.devices", "train.nodes")),
+                          "train.*", exclude=("train.eval_steps", "train.devices", "train.nodes", "train.strategy")),
         needs=frozenset({"tokenizer", "template", "weights", "device"}),
         requires={"peft.type=qlora": "cuda"},
     )

@@ -53,7 +53,8 @@ class UnslothBackend(core.Trainer):
             "train.save_artifacts": frozenset({True, False}),
         },
         # model.trust_remote_code: only its default (false); Unsloth patches known architectures
-        reads=core.fields("*", exclude=("model.trust_remote_code", "train.devices", "train.nodes")),
+        reads=core.fields("*", exclude=("model.trust_remote_code", "train.devices", "train.nodes",
+                                               "train.strategy")),
         needs=frozenset({"tokenizer", "template", "weights", "device"}),
     )
 

@@ -1,7 +1,7 @@
 """Translation of the canonical job into an Axolotl config (``plan/axolotl.yaml``): plain dicts, no engine import.
 
 SFT data goes to Axolotl already tokenised (``input_ids``, ``attention_mask``, ``labels``), made with the same
-tokenizer, template of record and loss masks as every other engine (``core.data.labels``, i.e.
+tokenizer, template of record and loss masks as every other engine (``core.labels``, i.e.
 ``core.lossmask``), cut at ``train.max_length`` and laid out in the job's example order
 (``runproto.example_order``); Axolotl reads them sequentially (``curriculum_sampling``) and never shuffles or
 de-duplicates them. Preference data goes as ``prompt``/``chosen``/``rejected`` text rendered with the template of
@@ -207,11 +207,11 @@ def write_data(job: Any, data: Any, run_dir: Path, out_dir: Path) -> list[Path]:
 
 def tokenised(run_dir: Path, split: str) -> list[dict[str, list[int]]]:
     """``input_ids``, ``attention_mask`` and ``labels`` (-100 where no loss) of every record of a split, as the
-    label view makes them (``core.data.labels``: the model's tokenizer, the template of record, ``lossmask``)."""
-    from core.data import labels
+    label view makes them (``core.labels``: the model's tokenizer, the template of record, ``lossmask``)."""
+    import core
 
     out = []
-    for row in labels.label_rows(run_dir, split):
+    for row in core.labels.label_rows(run_dir, split):
         seq = row.sequences[0]
         out.append({"input_ids": seq.ids, "attention_mask": [1] * len(seq.ids),
                     "labels": [t if k else -100 for t, k in zip(seq.ids, seq.mask)]})

@@ -58,7 +58,8 @@ class HfBackend(core.Trainer):
         # above (sft, no packing). SFT only: the preference fields beta and loss_type are
         # not read, so setting them is refused rather than silently ignored.
         reads=core.fields("model.*", "data.chat_template", "method.*", "peft.*", "train.*",
-                          exclude=("method.beta", "method.loss_type", "train.devices", "train.nodes")),
+                          exclude=("method.beta", "method.loss_type", "train.devices", "train.nodes",
+                                   "train.strategy")),
         needs=frozenset({"tokenizer", "template", "weights", "device"}),
     )
 

@@ -17,4 +17,8 @@ class TestHf(HfFields, BackendConformance, backend="hf"):
                 "test_accepts[method.loss_type=hinge]",
                 reason="the template is SFT only: no packing, no preference methods"),
         notimpl("test_accepts[peft.type=qlora]", reason="the template loads no 4-bit base (bitsandbytes)"),
+        notimpl("test_accepts[train.strategy=fsdp]", "test_accepts[train.strategy=deepspeed]",
+                reason="the template trains in one process"),
+        notimpl("test_accepts[method.name=kto]", "test_accepts[data.kind=unpaired]",
+                reason="the template is SFT only: no unpaired preference (KTO)"),
     ]

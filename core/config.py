@@ -14,7 +14,7 @@ from core.schema import BackendConfig, JobConfig, SECTIONS
 
 ASSETS = Path(__file__).parent / "assets"
 SECRET = re.compile(r"api[_-]?key|secret|password|passwd|credential|"
-                    r"^(?:hub_|hf_|api_|access_|auth_|bearer_|github_|wandb_)?token$", re.I)
+                    r"(?:^|\.)(?:hub_|hf_|api_|access_|auth_|bearer_|github_|wandb_)?token$", re.I)
 """Keys whose values are secrets: ``*api_key*``, ``*secret*``, ``*password*``, ``*credential*``, and a token
 by name (``token``, ``hub_token``, ``hf_token``, ``access_token`` ...), not every key that mentions tokens
 (``max_new_tokens``, ``eos_token``, ``pre_tokenizer`` are settings)."""

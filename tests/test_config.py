@@ -125,6 +125,10 @@ def test_redaction_hides_secret_looking_keys():
     kept = redacted(compose(["+backend.native.max_new_tokens=64", "+backend.native.eos_token=x",
                              "+backend.native.pre_tokenizer=gpt-2"]))["backend"]["native"]
     assert kept == {"max_new_tokens": 64, "eos_token": "x", "pre_tokenizer": "gpt-2"}, "settings that mention tokens"
+    from core.config import SECRET
+
+    assert SECRET.search("backend.native.hub_token") and not SECRET.search("backend.native.eos_token"), \
+        "an override's dotted key (multirun.yaml, the command line)"
 
 
 def test_config_is_saved_once_resolved(tmp_path):

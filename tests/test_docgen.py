@@ -178,7 +178,7 @@ def test_backends_json(fake_registry, capsys):
 
 
 def test_backends_table(fake_registry, capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "160")
+    monkeypatch.setenv("COLUMNS", "400")  # wide enough that no cell wraps, whatever the paths
     backends.main([], registry=fake_registry)
     out = capsys.readouterr().out
     for text in ("ghost", "present", "not installed", "pip install ghost-engine", f"pytest {pytest.__version__}",

@@ -177,10 +177,14 @@ def test_backends_json(fake_registry, capsys):
                                "error": "RuntimeError: cannot find libghost.so"}]
 
 
-def test_backends_table(fake_registry, capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "400")  # wide enough that no cell wraps, whatever the paths
-    backends.main([], registry=fake_registry)
-    out = capsys.readouterr().out
+def test_backends_table(fake_registry):
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()  # a console wide enough that no cell folds, whatever the paths and the terminal
+    backends.render(backends.listing(fake_registry), console=Console(file=buf, width=400))
+    out = buf.getvalue()
     for text in ("ghost", "present", "not installed", "pip install ghost-engine", f"pytest {pytest.__version__}",
                  "qlora(cuda)", "test double [not installed]", "failed to load", "cannot find libghost.so"):
         assert text in out, text

@@ -37,7 +37,8 @@ class Job:
 
     run_dir: Path
     result: dict[str, Any]
-    config: dict[str, Any]
+    config: Any
+    """config.yaml (a DictConfig)."""
     metrics: list[dict[str, Any]]
     scores: dict[str, Any] = field(default_factory=dict)
     """``eval.json``: evaluator name -> its scores."""
@@ -51,7 +52,7 @@ class Job:
         cfg = run_dir / runproto.CONFIG
         metrics, scores = run_dir / runproto.METRICS_FILE, run_dir / runproto.EVAL_FILE
         return cls(run_dir, runproto.read_json(str(run_dir / runproto.RESULT)),
-                   OmegaConf.to_container(OmegaConf.load(cfg)) if cfg.is_file() else {},
+                   OmegaConf.load(cfg) if cfg.is_file() else OmegaConf.create({}),
                    runproto.read_jsonl(str(metrics)) if metrics.is_file() else [],
                    runproto.read_json(str(run_dir / runproto.EVAL_FILE)) if scores.is_file() else {})
 
@@ -62,10 +63,9 @@ class Job:
 
     def get(self, dotted: str) -> Any:
         """A config value by dotted key (``train.seed``), or None."""
-        node: Any = self.config
-        for part in dotted.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        return node
+        from omegaconf import OmegaConf
+
+        return OmegaConf.select(self.config, dotted)
 
     def losses(self, x: str) -> tuple[list[float], list[float]]:
         """(x, training loss) of every logged step; ``x`` is a metrics column: step, tokens or elapsed_s."""
@@ -219,6 +219,7 @@ def plots(jobs: list[Job]) -> dict[str, bytes]:
     import matplotlib.pyplot as plt
 
     out: dict[str, bytes] = {}
+    rows = {j.name: j.row() for j in jobs}
 
     def save(name: str, fig) -> None:
         buf = io.BytesIO()
@@ -243,14 +244,14 @@ def plots(jobs: list[Job]) -> dict[str, bytes]:
         save(name, fig)
     for key, label, name in (("tokens_per_s", "tokens/s (median after warm-up)", "throughput"),
                              ("peak_memory_mb", "peak memory (MiB)", "memory")):
-        bars = [(j.name, j.row()[key]) for j in jobs if j.row()[key] is not None]
+        bars = [(name, row[key]) for name, row in rows.items() if row[key] is not None]
         if bars:
             fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(bars)))
             ax.barh([b[0] for b in bars], [b[1] for b in bars])
             ax.set_xlabel(label)
             ax.invert_yaxis()
             save(name, fig)
-    scores = [(j.name, j.flat_scores()) for j in jobs]
+    scores = [(name, row["scores"]) for name, row in rows.items()]
     keys = sorted({k for _, s in scores for k in s})
     if keys:
         fig, ax = plt.subplots(figsize=(7, 0.8 + 0.45 * len(keys) * len(scores)))

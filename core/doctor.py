@@ -15,7 +15,6 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 """A check's status: fine; a problem for some jobs; the default job cannot run."""

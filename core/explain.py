@@ -12,7 +12,6 @@ import re
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
 
 from core import runproto
 
@@ -46,13 +45,6 @@ def important_lines(log: Path, limit: int = 12) -> list[str]:
     return [line for line in lines if MARKERS.search(line)][-limit:]
 
 
-def get(cfg: Any, dotted: str) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
 def explain(run_dir: Path) -> list[tuple[str, list[str]]]:
     """(section title, lines) for a run directory."""
     from omegaconf import OmegaConf
@@ -62,7 +54,8 @@ def explain(run_dir: Path) -> list[tuple[str, list[str]]]:
     run_dir = Path(run_dir).resolve()
     if not (run_dir / runproto.CONFIG).is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no {runproto.CONFIG})")
-    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / runproto.CONFIG))
+    cfg = OmegaConf.load(run_dir / runproto.CONFIG)
+    get = OmegaConf.select
     result = runproto.read_json(str(run_dir / runproto.RESULT)) if (run_dir / runproto.RESULT).is_file() else {}
     status = result.get("status", "unknown (no result.json: still running, or the process was killed)")
     sections: list[tuple[str, list[str]]] = []

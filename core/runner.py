@@ -137,10 +137,8 @@ def run(cfg: DictConfig, run_dir: Path, reg: Registry | None = None, display: Di
         error = exc
     if error is not None:
         notify(reg, "on_run_error", run_dir=str(run_dir), error=error)
-    result = finish(run_dir, cfg, status, started, job=job, data=data, planned=planned, runs=runs, error=error)
-    if point:
-        result["resumed_from"] = {"step": point[0], "checkpoint": point[1]}
-        runproto.atomic_write_json(str(run_dir / runproto.RESULT), result)
+    result = finish(run_dir, cfg, status, started, job=job, data=data, planned=planned, runs=runs, error=error,
+                    resumed_from=point)
     if status != "planned":
         notify(reg, "on_run_end", run_dir=str(run_dir), result=result)
     return result
@@ -448,10 +446,11 @@ TRAINER_FIELDS = ("trainable_parameters", "versions", "hardware", "peak_memory_m
 
 def finish(run_dir: Path, cfg: DictConfig, status: str, started: float, *, job: Job | None, data: DataInfo | None,
            planned: list[Planned], runs: list[StepRun], error: BaseException | None,
-           previous: dict | None = None) -> dict:
+           previous: dict | None = None, resumed_from: tuple[int, str] | None = None) -> dict:
     """Build ``result.json`` (and ``eval.json``) from what each stage returned; write them atomically.
 
     :param previous: an earlier result of the same run directory that this one extends (``run_after``).
+    :param resumed_from: (step, checkpoint) a resumed run continued from.
     """
     result: dict[str, Any] = dict(previous or {})
     result.update(status=status, backend=OmegaConf.select(cfg, "backend.name") or "?", run_dir=str(run_dir))
@@ -484,6 +483,8 @@ def finish(run_dir: Path, cfg: DictConfig, status: str, started: float, *, job: 
     point = runproto.last_checkpoint(str(run_dir)) if status in ("interrupted", "failed") else None
     if point:  # what `python -m core resume=RUN_DIR` would continue from
         result["checkpoint"] = {"step": point[0], "path": point[1]}
+    if resumed_from:
+        result["resumed_from"] = {"step": resumed_from[0], "checkpoint": resumed_from[1]}
     if scores:
         runproto.atomic_write_json(str(run_dir / runproto.EVAL_FILE), scores)
         result["eval"] = scores

@@ -10,7 +10,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from core import runproto
+from core import compare, runproto
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -35,13 +35,6 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
 #: summary field -> table heading; sized to fit 80 columns (summary.json holds every field)
 COLUMNS = [("job", "job"), ("status", "status"), ("first_loss", "loss₁"), ("last_loss", "loss"),
            ("eval_loss", "eval"), ("tokens_per_s", "tok/s"), ("peak_memory_mb", "MiB"), ("wall_seconds", "wall s")]
-
-
-def cell(value: Any) -> str:
-    """A table cell: 4 significant digits, large numbers whole."""
-    if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-    return "" if value is None else str(value)
 
 
 def redact_multirun(sweep_dir: Path) -> None:
@@ -125,7 +118,7 @@ class SweepReport(Callback):
             table.add_column(head, no_wrap=True, overflow="ellipsis", max_width=24 if col == "job" else None,
                              justify="left" if col in ("job", "status") else "right")
         for r in rows:
-            table.add_row(*[cell(r[c]) for c, _ in COLUMNS])
+            table.add_row(*[compare.cell(r[c]) for c, _ in COLUMNS])
         out.print(table)
         for r in rows:  # errors: one line each, with where to look
             if r["error"]:
@@ -133,8 +126,6 @@ class SweepReport(Callback):
                           highlight=False, soft_wrap=True)
         out.print(f"every field: {sweep_dir / 'summary.json'}", markup=False, highlight=False, soft_wrap=True)
         if rows:
-            from core import compare
-
             try:  # the comparison report: table, fairness flags, plots (report.md, report.html)
                 report = compare.write([sweep_dir], sweep_dir)
             except Exception as exc:  # the sweep's results stand without it

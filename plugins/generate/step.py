@@ -11,7 +11,7 @@ from typing import ClassVar, Optional
 import core
 from core import scores
 from plugins import hftrainer
-from plugins.heldout.step import HERE as HELDOUT, PRECISION_DTYPES
+from plugins.heldout.step import HERE as HELDOUT, weights
 
 HERE = Path(__file__).parent
 GSM8K_TEST = "gsm8k/test.jsonl"
@@ -141,11 +141,8 @@ class GenerateEvaluator(core.Evaluator):
 
     def plan(self, ctx: core.Context) -> core.Plan:
         """Write ``<name>.json`` (what to answer, how to compare) and ship the worker with what it imports."""
-        job, c = ctx.job, self.config
-        adapter, model = ctx.local("adapter"), ctx.local("model")
-        if adapter is None and model is None:
-            raise core.ConfigError(f"eval=[{self.name}] needs the trained weights (artifacts/adapter or "
-                                   f"artifacts/model); this run left none (artefacts: {sorted(ctx.artifacts) or 'none'})")
+        c = self.config
+        loading = weights(ctx, self.name)
         path = self.data_file()
         if path is None:
             if ctx.data.eval is None:
@@ -155,16 +152,9 @@ class GenerateEvaluator(core.Evaluator):
             if ctx.data.kind not in ("messages", "prompt_completion"):
                 raise core.ConfigError(f"eval=[{self.name}] needs rows with a reference answer; the held-out "
                                        f"records are of kind {ctx.data.kind} (set eval.{self.name}.data=FILE)")
-        dtype = job.model.dtype if job.model.dtype != "auto" else PRECISION_DTYPES.get(job.train.precision, "float32")
         spec = {
             "name": self.name,
-            "base": str(job.model.name_or_path),
-            "adapter": ctx.rel(adapter) if adapter is not None else None,
-            "model": ctx.rel(model) if adapter is None and model is not None else None,
-            "load_in_4bit": job.peft.type == "qlora",
-            "trust_remote_code": bool(job.model.trust_remote_code),
-            "dtype": dtype,
-            "device": job.train.device,
+            **loading,
             "data": str(path.resolve()) if path is not None else ctx.rel(ctx.data.eval),
             "kind": "fields" if c.prompt_field else (ctx.data.kind if path is None else "auto"),
             "template": ctx.rel(ctx.data.template) if ctx.data.template is not None else None,

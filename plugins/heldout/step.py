@@ -10,8 +10,27 @@ from core import scores
 from plugins import hftrainer
 
 HERE = Path(__file__).parent
-PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-"""canonical train.precision -> torch dtype the model is scored in (when model.dtype is auto)."""
+
+
+def weights(ctx: core.Context, label: str) -> dict:
+    """How an evaluator's worker loads the trained model (``heldout_worker.py``'s loader, shared by every local
+    evaluator): base, adapter or full model, 4-bit base, remote code, the dtype it is scored in (model.dtype, or
+    for auto the training precision's) and the device.
+
+    :param label: the evaluator's name, for the message.
+    :raises ConfigError: the run left no weights.
+    """
+    job = ctx.job
+    adapter, model = ctx.local("adapter"), ctx.local("model")
+    if adapter is None and model is None:
+        raise core.ConfigError(f"eval=[{label}] needs the trained weights (artifacts/adapter or artifacts/model);"
+                               f" this run left none (artefacts: {sorted(ctx.artifacts) or 'none'})")
+    dtype = job.model.dtype if job.model.dtype != "auto" else hftrainer.DTYPES.get(job.train.precision, "float32")
+    return {"base": str(job.model.name_or_path),
+            "adapter": ctx.rel(adapter) if adapter is not None else None,
+            "model": ctx.rel(model) if adapter is None and model is not None else None,
+            "load_in_4bit": job.peft.type == "qlora", "trust_remote_code": bool(job.model.trust_remote_code),
+            "dtype": dtype, "device": job.train.device}
 
 
 @dataclass
@@ -51,19 +70,8 @@ class HeldoutEvaluator(core.Evaluator):
         if ctx.data.kind == "messages" and ctx.data.template is None:
             raise core.ConfigError(f"eval=[heldout] scores conversations with the chat template of record, and "
                                    f"{ctx.data.dir} has no chat_template.jinja")
-        adapter, model = ctx.local("adapter"), ctx.local("model")
-        if adapter is None and model is None:
-            raise core.ConfigError(f"eval=[heldout] needs the trained weights (artifacts/adapter or artifacts/model);"
-                                   f" this run left none (artefacts: {sorted(ctx.artifacts) or 'none'})")
-        dtype = job.model.dtype if job.model.dtype != "auto" else PRECISION_DTYPES.get(job.train.precision, "float32")
         spec = {
-            "base": str(job.model.name_or_path),
-            "adapter": ctx.rel(adapter) if adapter is not None else None,
-            "model": ctx.rel(model) if adapter is None and model is not None else None,
-            "load_in_4bit": job.peft.type == "qlora",
-            "trust_remote_code": bool(job.model.trust_remote_code),
-            "dtype": dtype,
-            "device": job.train.device,
+            **weights(ctx, "heldout"),
             "eval": ctx.rel(ctx.data.eval),
             "template": ctx.rel(ctx.data.template) if ctx.data.template is not None else None,
             "kind": ctx.data.kind,

@@ -8,7 +8,7 @@ from typing import ClassVar, List, Optional
 import core
 from core import scores
 from plugins import hftrainer
-from plugins.heldout.step import HERE as HELDOUT, PRECISION_DTYPES
+from plugins.heldout.step import HERE as HELDOUT, weights
 
 HERE = Path(__file__).parent
 
@@ -66,17 +66,8 @@ class LmEvalEvaluator(core.Evaluator):
     def plan(self, ctx: core.Context) -> core.Plan:
         """Write ``lm_eval.json`` and ship the worker with the model loader it shares with heldout."""
         job, c = ctx.job, self.config
-        adapter, model = ctx.local("adapter"), ctx.local("model")
-        if adapter is None and model is None:
-            raise core.ConfigError(f"eval=[lm_eval] needs the trained weights (artifacts/adapter or artifacts/model); "
-                                   f"this run left none (artefacts: {sorted(ctx.artifacts) or 'none'})")
-        dtype = job.model.dtype if job.model.dtype != "auto" else PRECISION_DTYPES.get(job.train.precision, "float32")
         spec = {
-            "base": str(job.model.name_or_path),
-            "adapter": ctx.rel(adapter) if adapter is not None else None,
-            "model": ctx.rel(model) if adapter is None and model is not None else None,
-            "load_in_4bit": job.peft.type == "qlora", "trust_remote_code": bool(job.model.trust_remote_code),
-            "dtype": dtype, "device": job.train.device,
+            **weights(ctx, "lm_eval"),
             "template": ctx.rel(ctx.data.template) if ctx.data.template is not None else None,
             "tasks": [str(Path(t).expanduser().resolve()) if str(t).endswith((".yaml", ".yml")) else str(t)
                       for t in c.tasks],

@@ -8,7 +8,8 @@
 #   <engine>_anytune   python -m core backend=<engine> ...         (trl, tt = torchtune, us = unsloth)
 #   <engine>_native    the same plan's plan/run.sh, without anytune (a copy of plan/ and data/)
 #   trl_plain          bench/trl_plain.py: plain TRL with its own defaults (no packing, checkpointing on)
-#   us_qlora, us_gc, us_bs16, trl_bs16: QLoRA, Unsloth's checkpointing on, batch 16 (when time is left)
+#   us_qlora, us_gc, us_bs16, trl_bs16, tt_bs16, trl_qlora, tt_qlora: QLoRA, Unsloth's checkpointing on, batch 16
+#   varlen             bench/gpu_varlen.py: anytune's packed-row attention against SDPA (values, milliseconds)
 #   suite              Unsloth's conformance suite and GPU tests (pytest -n 6 on one GPU: correctness only)
 #
 # Prepare here (not on the GPU), from the repository root:
@@ -40,7 +41,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISA
 
 # --- install: each engine's wheels into a site of its own; anytune (from $SRC) beside TRL's -------------
 pipi() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$@"; }
-pipi /tmp/site "$ROOT"/.whl/*.whl && pipi /tmp/site-us "$ROOT"/.whl-us/*.whl && pipi /tmp/site-tt "$ROOT"/.whl-tt/*.whl \
+pipi /tmp/site "$ROOT"/.whl/*.whl "$ROOT"/.whl-us/bitsandbytes-*.whl && pipi /tmp/site-us "$ROOT"/.whl-us/*.whl && pipi /tmp/site-tt "$ROOT"/.whl-tt/*.whl \
   || { echo "wheel install failed"; exit 1; }
 src=$(mktemp -d); cp -r "$SRC"/pyproject.toml "$SRC"/README.md "$SRC"/core "$SRC"/plugins "$SRC"/conf "$src/"
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site "$src" \
@@ -101,6 +102,9 @@ run() {
     tt_anytune) anytune tt_anytune torchtune ;;        tt_native) native tt_native tt_anytune ;;
     us_qlora) anytune us_qlora unsloth peft=qlora ;;   us_gc) anytune us_gc unsloth train.gradient_checkpointing=true ;;
     us_bs16) anytune us_bs16 unsloth train.batch_size=16 ;;  trl_bs16) anytune trl_bs16 trl train.batch_size=16 ;;
+    tt_bs16) anytune tt_bs16 torchtune train.batch_size=16 ;;  tt_qlora) anytune tt_qlora torchtune peft=qlora ;;
+    trl_qlora) anytune trl_qlora trl peft=qlora ;;
+    varlen) say varlen; MODEL=$W/model PYTHONPATH=/tmp/site timeout 120 python3 "$SRC/bench/gpu_varlen.py" 2>&1 | tail -n 3 ;;
     trl_plain) timed trl_plain 120 "$W" python3 "$ROOT/bench/trl_plain.py" $W/model $W/chat.jsonl $W/runs/trl_plain $BATCH $STEPS ;;
     suite) say "suite"; ( cd "$SRC" && $PIN timeout -k 10 $(( $(left) - ${SUITE_LEAVES:-20} )) python3 -m pytest -v -rfE \
              --tb=short -p no:cacheprovider -n ${SUITE_WORKERS:-4} --timeout 240 --basetemp "$W/pytest" \

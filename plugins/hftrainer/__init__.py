@@ -12,13 +12,23 @@ from typing import Any
 
 GLUE = Path(__file__).parent / "glue.py"
 """The worker-side glue module (runs in the engine's process; imports ``runproto`` and ``lossmask``)."""
+VARLEN = Path(__file__).parent / "varlen.py"
+"""Attention over packed rows one sequence at a time (``plan/hfvarlen.py``)."""
 
 
 def ship(ctx: Any) -> list[str]:
-    """Copy ``runproto.py``, ``lossmask.py`` and ``hfglue.py`` into the plan directory; their relative paths."""
+    """Copy ``runproto.py``, ``lossmask.py``, ``hfglue.py`` and ``hfvarlen.py`` into the plan directory; their
+    relative paths."""
     from core import lossmask, runproto
 
-    return ctx.ship(runproto, lossmask, GLUE, rename={"glue.py": "hfglue.py"})
+    return ctx.ship(runproto, lossmask, GLUE, VARLEN, rename={"glue.py": "hfglue.py", "varlen.py": "hfvarlen.py"})
+
+
+def attention(job: Any) -> str:
+    """``attn_implementation`` to load the model with: with packing, attention within each packed sequence
+    (``hfvarlen``: flash varlen on CUDA, per-sequence SDPA elsewhere) instead of SDPA over a block-diagonal
+    mask the size of the whole flattened batch; otherwise transformers' SDPA. Same values either way."""
+    return "anytune_varlen" if job.method.get("packing") else "sdpa"
 
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant",
               "constant_with_warmup": "constant_with_warmup"}

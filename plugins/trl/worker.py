@@ -2,7 +2,7 @@
 
 Usage (from the run directory): ``python plan/trl_worker.py plan/trl_args.json``.
 Imports only TRL, its dependencies and the standard library (plus ``runproto``,
-``lossmask`` and ``hfglue``, shipped beside this file), so an ejected plan runs
+``lossmask``, ``hfglue`` and ``hfvarlen``, shipped beside this file), so an ejected plan runs
 where anytune is not installed. Writes ``metrics.jsonl`` while training,
 ``artifacts/`` and the outcome file at the end; exits 0, 1 or 130.
 """
@@ -13,6 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hfglue  # noqa: E402
+import hfvarlen  # noqa: E402
 import runproto  # noqa: E402
 
 
@@ -37,7 +38,10 @@ def settings(spec):
     config = hfglue.config_args(config_class, args)
     tokenizer = hfglue.load_tokenizer(mspec["name_or_path"], spec["data"]["chat_template"],
                                       mspec["trust_remote_code"])
-    load_kwargs = {"dtype": getattr(torch, mspec["dtype"]), "trust_remote_code": mspec["trust_remote_code"]}
+    load_kwargs = {"dtype": getattr(torch, mspec["dtype"]), "trust_remote_code": mspec["trust_remote_code"],
+                   "attn_implementation": mspec.get("attn_implementation", "sdpa")}
+    if load_kwargs["attn_implementation"] == hfvarlen.NAME:
+        hfvarlen.register()
     if mspec["load_in_4bit"]:
         from transformers import BitsAndBytesConfig
 

@@ -4,7 +4,8 @@ This module is the whole API a plugin may use (``docs/writing-a-backend.md``):
 
 - ``hookimpl``: marks hook implementations (``@core.hookimpl``; hooks in ``core/hookspecs.py``);
 - ``Trainer``, ``Exporter``, ``Evaluator``: the step kinds a plugin subclasses (``core/step.py``);
-- ``Plan``, ``Context``, ``DataInfo``: what ``plan(ctx)`` receives and returns;
+- ``Plan``, ``Context``, ``DataInfo``: what ``plan(ctx)`` receives and returns; ``MemoryProfile``: how a
+  backend's engine spends GPU memory (``Trainer.memory``, for ``python -m core.estimate``);
 - ``Capabilities``, ``fields``: what a step supports, reads and needs (``core/capabilities.py``);
 - ``StepConfig``, ``BackendConfig``: bases of a step's config node; ``choice``, ``number``: fields with
   allowed values or a range, checked before anything runs (``core/schema.py``);
@@ -26,7 +27,7 @@ from core.capabilities import Capabilities, fields
 from core.envs import extra_requirements
 from core.errors import AnytuneError, ConfigError, did_you_mean
 from core.schema import BackendConfig, StepConfig, choice, number
-from core.step import Context, DataInfo, Evaluator, Exporter, Plan, Step, Trainer
+from core.step import Context, DataInfo, Evaluator, Exporter, MemoryProfile, Plan, Step, Trainer
 
 
 def tokenizer_files(name: str, offline: bool):
@@ -50,7 +51,7 @@ hookimpl = pluggy.HookimplMarker("anytune")
 """Marker for hook implementations: ``@core.hookimpl``."""
 
 __all__ = ["AnytuneError", "BackendConfig", "Capabilities", "ConfigError", "Context", "DataInfo", "Evaluator",
-           "Exporter", "Plan", "Step", "StepConfig", "Trainer", "chatrender", "choice", "did_you_mean",
+           "Exporter", "MemoryProfile", "Plan", "Step", "StepConfig", "Trainer", "chatrender", "choice", "did_you_mean",
            "envs", "extra_requirements", "fields", "hookimpl", "labels", "lossmask", "number", "runproto", "scores",
            "tokenizer_files",
            "__version__"]

@@ -159,6 +159,10 @@ def summary(result: dict, run_dir: Path, next_steps: bool = True, quiet: bool = 
 
         out.print(report.text(result["data"]), markup=False, highlight=False, soft_wrap=True)
         out.print(f"  label view: python -m core.data show {run_dir}", markup=False, highlight=False, soft_wrap=True)
+    if status == "planned" and result.get("estimate"):  # plan_only: what the job will take (core.estimate)
+        from core import estimate
+
+        out.print(estimate.table(result["estimate"]))
     if result.get("final"):
         out.print("  " + _fmt(result["final"]), markup=False, highlight=False)
     for s in result.get("steps") or []:

@@ -458,6 +458,11 @@ def finish(run_dir: Path, cfg: DictConfig, status: str, started: float, *, job: 
         result["engine_version"] = job.trainer.engine_version() or None
     if data is not None and not previous:
         result["data"] = dict(data.stats)
+    if status == "planned" and job is not None and data is not None:  # plan_only: what the job will take
+        from core import estimate
+
+        result["estimate"] = estimate.safe(job.cfg, job.trainer, dict(data.stats),
+                                           next((p.plan_dir for p in planned if p.step.kind == "trainer"), None))
     for p in planned:
         if p.step.kind == "trainer":
             result["plan"] = {"command": p.plan.command, "files": p.plan.files}

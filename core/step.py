@@ -198,6 +198,30 @@ class Step(ABC):
         return self._engine_version
 
 
+@dataclass(frozen=True)
+class MemoryProfile:
+    """How an engine spends GPU memory, for ``python -m core.estimate``: a backend declares one (``Trainer.memory``),
+    fitted to measured peaks (``core/assets/measured.json``; docs/tools.md has the model)."""
+
+    activations: float
+    """Activations kept per token and layer, in units of 4h + 2q + 2kv + 4i elements (hidden, query, key and
+    value, MLP widths) at the compute dtype's size."""
+    logits: float = 2.0
+    """Bytes per token and vocabulary entry held for the loss, at bf16 (2: the logits; 6: plus fp32 log-probabilities;
+    0: a fused loss that never holds them)."""
+    adapter_input_copy: bool = False
+    """LoRA on an unquantised base keeps its own copy of each adapted layer's input (a cast to the adapter's dtype)."""
+    fp32_adapter: bool = True
+    """Adapter weights, gradients and AdamW states in fp32 at any precision; False: in the compute dtype."""
+    fp32_master: bool = False
+    """A full fine-tune keeps fp32 weights, gradients and AdamW states, plus a half-precision copy under autocast;
+    False: all in the compute dtype."""
+    offload_checkpoints: bool = False
+    """Checkpointed layer inputs are moved to CPU memory."""
+    source: str = ""
+    """What the numbers were fitted on (shown with the estimate)."""
+
+
 class Trainer(Step):
     """A backend: trains the job. Its config node is ``job.backend``."""
 
@@ -207,6 +231,13 @@ class Trainer(Step):
     loss_normalisation: ClassVar[str] = "token mean per optimiser step"
     """How the logged training loss is normalised (the comparison report flags engines that differ): anytune's
     local engines all log the mean over the loss tokens of the whole optimiser step, accumulation included."""
+    memory: ClassVar[MemoryProfile | None] = None
+    """How the engine spends GPU memory (``python -m core.estimate``); None: no memory estimate."""
+
+    def cost(self, plan_dir: Path) -> dict[str, Any] | None:
+        """A paid backend's estimated price of the planned job, from what ``plan`` wrote into ``plan_dir``: ``usd``,
+        ``billed_tokens``, ``usd_per_1m_tokens``, ``price_source``; None (the default): nothing to pay."""
+        return None
 
     def artifacts(self) -> dict[str, dict[str, Any]]:
         """What the trainer leaves for the steps after it, in anytune's one layout: ``artifacts/adapter``

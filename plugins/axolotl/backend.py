@@ -12,6 +12,7 @@ import yaml
 
 import core
 from plugins import hftrainer
+from plugins.hftrainer.memory import PEFT
 from plugins.axolotl import env, translate
 
 HERE = Path(__file__).parent
@@ -51,6 +52,7 @@ class AxolotlBackend(core.Trainer):
     engine_distribution: ClassVar[str] = "axolotl"
     install_hint: ClassVar[str] = "python -m core.envs create axolotl"
     description: ClassVar[str] = "Axolotl (axolotl.cli.train on an Axolotl YAML), in an environment of its own"
+    memory: ClassVar[core.MemoryProfile] = PEFT  # its Trainer + peft stack; not measured on Axolotl itself
     environment: ClassVar[list[str]] = env.requirements()
     """The engine's environment: Axolotl and the exact versions it pins, per Python version (``env.py``)."""
     capabilities: ClassVar[core.Capabilities] = core.Capabilities(

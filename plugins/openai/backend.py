@@ -91,6 +91,11 @@ class OpenAIBackend(core.Trainer):
         is then in the result's ``artifacts.model``."""
         return {"job": core.runproto.local_artifact(JOB_STATE)}
 
+    def cost(self, plan_dir: Path) -> dict[str, Any] | None:
+        """The training cost ``plan`` estimated (``plan/openai_job.json``: price table x billed tokens)."""
+        spec = plan_dir / "openai_job.json"
+        return json.loads(spec.read_text())["estimate"] if spec.is_file() else None
+
     def check(self) -> None:
         """The model, the API's hyperparameter ranges, the base URL and the key's variable, before any data
         is read."""

@@ -31,6 +31,9 @@ class TorchtuneBackend(core.Trainer):
     engine_distribution: ClassVar[str] = "torchtune"
     install_hint: ClassVar[str] = "python -m core.envs create torchtune"
     description: ClassVar[str] = "torchtune 0.6.1 recipes (tune run), in an environment of its own"
+    memory: ClassVar[core.MemoryProfile] = core.MemoryProfile(  # all bf16; chunked loss keeps fp32 log-probabilities
+        activations=1.211, logits=6.0, fp32_adapter=False, fp32_master=False,
+        source="torchtune profile, fitted on its H200 1B LoRA peak (core/assets/measured.json)")
     environment: ClassVar[list[str]] = core.extra_requirements("anytune", "torchtune")
     """The engine's environment: anytune's ``[torchtune]`` extra, as tested (torchao must stay below 0.17)."""
     capabilities: ClassVar[core.Capabilities] = core.Capabilities(

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import core
 from plugins import hftrainer
+from plugins.hftrainer.memory import PEFT
 from plugins.trl import translate
 
 HERE = Path(__file__).parent
@@ -30,6 +31,7 @@ class TrlBackend(core.Trainer):
     engine_distribution: ClassVar[str] = "trl"
     install_hint: ClassVar[str] = "pip install 'anytune[trl]'"
     description: ClassVar[str] = "Hugging Face TRL 1.16 + peft; the reference backend"
+    memory: ClassVar[core.MemoryProfile] = PEFT
     capabilities: ClassVar[core.Capabilities] = core.Capabilities(
         supports={
             "model.dtype": frozenset({"auto", "float32", "bfloat16", "float16"}),

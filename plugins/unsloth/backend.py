@@ -31,6 +31,9 @@ class UnslothBackend(core.Trainer):
     engine_distribution: ClassVar[str] = "unsloth"
     install_hint: ClassVar[str] = "python -m core.envs create unsloth"
     description: ClassVar[str] = "Unsloth 2026.10.9 + its TRL 1.15, in an environment of its own; NVIDIA GPU only"
+    memory: ClassVar[core.MemoryProfile] = core.MemoryProfile(  # its fused loss holds no logits
+        activations=0.777, logits=0.0, fp32_adapter=True, fp32_master=True, offload_checkpoints=True,
+        source="Unsloth profile, fitted on its H200 1B LoRA peak (core/assets/measured.json)")
     environment: ClassVar[list[str]] = core.extra_requirements("anytune", "unsloth")
     """The engine's environment: anytune's ``[unsloth]`` extra (Unsloth's own pins: transformers <= 5.17.0,
     trl <= 1.15.0, datasets < 5)."""

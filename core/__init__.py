@@ -16,6 +16,7 @@ This module is the whole API a plugin may use (``docs/writing-a-backend.md``):
 - ``extra_requirements``: the pins of one of anytune's extras (a first-party step's ``environment``); ``envs``:
   managed environments (``interpreter``, ``home``, ``wheels_dir``, ``flock``) for a step that builds its own;
 - ``tokenizer_files``: a local directory with the model's tokenizer files (a hub id from its cache);
+- ``migrate``: ``Migration``, what a backend's ``Trainer.migrate`` returns for ``python -m core.migrate``;
 - ``labels``: the label view's rows (``label_rows``: the tokens and loss mask every engine trains on).
 
 Anything else in ``core`` is internal and may change.
@@ -43,6 +44,10 @@ def __getattr__(name: str):
         from core.data import labels
 
         return labels
+    if name == "migrate":  # loaded on first use (and never before ``python -m core.migrate`` runs it)
+        import importlib
+
+        return importlib.import_module("core.migrate")
     raise AttributeError(name)
 
 __version__ = "0.1.0"
@@ -52,6 +57,7 @@ hookimpl = pluggy.HookimplMarker("anytune")
 
 __all__ = ["AnytuneError", "BackendConfig", "Capabilities", "ConfigError", "Context", "DataInfo", "Evaluator",
            "Exporter", "MemoryProfile", "Plan", "Step", "StepConfig", "Trainer", "chatrender", "choice", "did_you_mean",
-           "envs", "extra_requirements", "fields", "hookimpl", "labels", "lossmask", "number", "runproto", "scores",
+           "envs", "extra_requirements", "fields", "hookimpl", "labels", "lossmask", "migrate", "number", "runproto",
+           "scores",
            "tokenizer_files",
            "__version__"]

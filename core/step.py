@@ -233,6 +233,9 @@ class Trainer(Step):
     local engines all log the mean over the loss tokens of the whole optimiser step, accumulation included."""
     memory: ClassVar[MemoryProfile | None] = None
     """How the engine spends GPU memory (``python -m core.estimate``); None: no memory estimate."""
+    migrate: ClassVar[Any] = None
+    """``migrate(config, source) -> core.migrate.Migration``: the engine's own config (a plain dict read from YAML) as
+    an anytune job, for ``python -m core.migrate --from <name>``; None: the backend migrates nothing."""
 
     def cost(self, plan_dir: Path) -> dict[str, Any] | None:
         """A paid backend's estimated price of the planned job, from what ``plan`` wrote into ``plan_dir``: ``usd``,

@@ -14,6 +14,7 @@ import core
 from plugins import hftrainer
 from plugins.hftrainer.memory import PEFT
 from plugins.axolotl import env, translate
+from plugins.axolotl.migrate import from_axolotl
 
 HERE = Path(__file__).parent
 KEYS_FILE = "anytune-axolotl-keys.json"
@@ -53,6 +54,7 @@ class AxolotlBackend(core.Trainer):
     install_hint: ClassVar[str] = "python -m core.envs create axolotl"
     description: ClassVar[str] = "Axolotl (axolotl.cli.train on an Axolotl YAML), in an environment of its own"
     memory: ClassVar[core.MemoryProfile] = PEFT  # its Trainer + peft stack; not measured on Axolotl itself
+    migrate = staticmethod(from_axolotl)
     environment: ClassVar[list[str]] = env.requirements()
     """The engine's environment: Axolotl and the exact versions it pins, per Python version (``env.py``)."""
     capabilities: ClassVar[core.Capabilities] = core.Capabilities(

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 import core
 from plugins.torchtune import translate
+from plugins.torchtune.migrate import from_torchtune
 
 HERE = Path(__file__).parent
 
@@ -34,6 +35,7 @@ class TorchtuneBackend(core.Trainer):
     memory: ClassVar[core.MemoryProfile] = core.MemoryProfile(  # all bf16; chunked loss keeps fp32 log-probabilities
         activations=1.211, logits=6.0, fp32_adapter=False, fp32_master=False,
         source="torchtune profile, fitted on its H200 1B LoRA peak (core/assets/measured.json)")
+    migrate = staticmethod(from_torchtune)
     environment: ClassVar[list[str]] = core.extra_requirements("anytune", "torchtune")
     """The engine's environment: anytune's ``[torchtune]`` extra, as tested (torchao must stay below 0.17)."""
     capabilities: ClassVar[core.Capabilities] = core.Capabilities(

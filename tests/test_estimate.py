@@ -50,7 +50,7 @@ def test_memory_within_20_percent_of_measured(row):
 
 def test_out_of_scope_rows_say_why():
     assert all(r.get("why") for r in MEASURED["memory"] if not r["in_scope"])
-    assert sum(not r.get("fit") for r in IN_SCOPE) >= 7, "most covered rows are not the ones the profiles were fitted on"
+    assert sum(not r.get("fit") for r in IN_SCOPE) >= 7, "most rows covered are not the ones the profiles were fit on"
 
 
 @pytest.mark.parametrize("peft_type,targets", [("lora", ["all-linear"]), ("lora", ["q_proj", "v_proj"]),
@@ -108,6 +108,28 @@ def test_cli_on_the_benchmarked_shape(llama1b):
                                                                   "nodes": 1}})
     scaled = estimate.throughput("trl", job, half, "NVIDIA H200")
     assert scaled["tokens_per_s"] == round(13673 * 1_235_814_400 / half["params"])
+
+
+def test_fits_the_gpu_it_sees(llama1b, monkeypatch):
+    """The verdict against the GPU nvidia-smi shows (faked here: this machine has none)."""
+    from core import config
+
+    config.register()
+    job = config.compose([f"model.name_or_path={llama1b}", "train.device=cuda", "train.precision=bf16",
+                          "train.max_steps=5", "train.batch_size=8", "train.max_length=2048", "method.packing=true"])
+    trainer = plugins.registry().backend("trl")(job)
+    stats = {"rows": {"train": 100}, "tokens": {"train": {"mean": 500.0, "max": 2048, "total": 50_000}}}
+    for memory, fits in ((80 * 2**30, True), (24 * 2**30, False)):
+        monkeypatch.setattr(estimate, "gpus", lambda m=memory: [{"name": "NVIDIA H100 80GB HBM3", "memory": m}])
+        est = estimate.of(job, trainer, stats)
+        assert est["memory"]["fits"] is fits and est["memory"]["device"].startswith("NVIDIA H100")
+        how = est["time"]["how"]  # the row measured on the GPU it sees comes first
+        assert "measured on NVIDIA H100 80GB HBM3" in how and "not scaled" not in how
+
+
+def test_config_error_exits_2():
+    p = subprocess.run([*CLI, "train.learning_rate=-1"], capture_output=True, text=True)
+    assert p.returncode == 2 and "learning_rate" in p.stderr
 
 
 def test_plan_only_prints_the_estimate(tmp_path):

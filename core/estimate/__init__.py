@@ -278,7 +278,8 @@ def safe(job: Any, trainer: Any, stats: dict, plan_dir: Path | None = None) -> d
 
 
 def gib(n: float) -> str:
-    return f"{n / GIB:.2f} GiB"
+    """Bytes as GiB, or MiB below one GiB."""
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
 
 
 def duration(seconds: float) -> str:

@@ -100,7 +100,8 @@ class Migration:
             node[leaf] = v
         if self.native:
             body.setdefault("backend", {})["native"] = self.native
-        lines = ["# @package _global_", f"# python -m core +experiment={name}",
+        lines = ["# @package _global_", f"# python -m core +experiment={name}   (a file elsewhere: add "
+                 "'hydra.searchpath=[file://DIR]', DIR holding experiment/)",
                  f"# Migrated from {self.engine} config {self.source} by python -m core.migrate;",
                  "# what became of each key:"]
         for e in self.entries:
@@ -230,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = {s: sum(e.status == s for e in mig.entries) for s in (MAPPED, NATIVE, NONE, EMPTY)}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"\nwrote {out}")
     run = (f"python -m core +experiment={name}" if not args.out else
-           f"python -m core --config-dir {out.parent.parent} +experiment={name}  (from a folder named experiment/)")
+           f"python -m core 'hydra.searchpath=[file://{out.parent.parent.resolve()}]' +experiment={name}"
+           + ("" if out.parent.name == "experiment" else "  (once the file is in a folder named experiment/)"))
     console.print(f"run: {run}" + ("  data.train=FILE" if str(mig.fields.get("data.train", "")).startswith("SET ")
                                    else ""),
                   highlight=False, markup=False)

@@ -120,6 +120,7 @@ def test_cli_writes_an_experiment_that_composes(tmp_path):
     assert p.returncode == 0 and not p.stderr, p.stderr
     assert "mapped" in p.stdout and "native" in p.stdout and "no equivalent" in p.stdout and str(out) in p.stdout
     assert out.read_text().startswith("# @package _global_\n# python -m core +experiment=lora")
+    assert f"hydra.searchpath=[file://{tmp_path}]' +experiment=lora" in p.stdout
     config.register()
     cfg = config.compose([f"hydra.searchpath=[file://{tmp_path}]", "+experiment=lora"])
     assert cfg.backend.name == "torchtune" and cfg.peft.r == 64 and cfg.peft.alpha == 128

@@ -13,7 +13,7 @@ from plugins.hftrainer import varlen  # noqa: E402
 
 varlen.register()
 g = torch.Generator().manual_seed(0)
-lengths = torch.randint(100, 700, (40,), generator=g).tolist()
+lengths = torch.randint(100, 700, (80,), generator=g).tolist()
 lengths = lengths[: next(i for i in range(len(lengths)) if sum(lengths[: i + 1]) > 16384)]
 ids = torch.randint(0, 128000, (1, sum(lengths)), generator=g).cuda()
 pos = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0).cuda()

@@ -236,6 +236,15 @@ class TorchtuneFields(FieldsReachEngine):
         "train.logging_steps": at("log_every_n_steps"),
         "train.save_artifacts": at("metric_logger.artifacts", lambda a: a != "none"),
         "train.save_steps": at("optimizer.save_steps"),
+        "train.devices": at("launch.nproc_per_node"),
+        "train.nodes": at("launch.nnodes"),
+        # several processes: FSDP2 resharding after forward (fsdp) or not (ddp); one process: nothing to shard
+        "train.strategy": Expect(lambda e, job: ("one process" if e["launch"]["world"] == 1 else
+                                                 "fsdp" if e["reshard_after_forward"] is True else
+                                                 "ddp" if e["reshard_after_forward"] is False else
+                                                 ("reshard_after_forward", e["reshard_after_forward"])),
+                                 lambda job, e: (job.train.strategy if job.train.devices * job.train.nodes > 1
+                                                 else "one process")),
     }
 
     def effective_configs(self, run_dirs: list[Path]) -> list[Mapping[str, Any]]:

@@ -201,7 +201,8 @@ def test_refused_before_data(tmp_path, tiny, overrides, error_type, words):
 
 #: Every canonical field the backend declares it reads: (the job it is changed in, the change). Each must
 #: change the recipe config (or, data.chat_template, the template of record the recipe's tokenizer loads).
-BASES = {"sft": [], "dpo": ["method=dpo", "data=demo_pref", "data.max_rows=16"], "epochs": ["train.max_steps=-1"]}
+BASES = {"sft": [], "dpo": ["method=dpo", "data=demo_pref", "data.max_rows=16"], "epochs": ["train.max_steps=-1"],
+         "full": ["peft=none"], "two": ["peft=none", "train.devices=2"]}
 READS = {
     "model.name_or_path": ("sft", []),  # a copy of the model elsewhere (below)
     "model.dtype": ("sft", ["model.dtype=float32"]),  # the precision's dtype: the same job (below)
@@ -235,6 +236,9 @@ READS = {
     "train.logging_steps": ("sft", ["train.logging_steps=2"]),
     "train.save_artifacts": ("sft", ["train.save_artifacts=false"]),
     "train.save_steps": ("sft", ["train.save_steps=2"]),
+    "train.devices": ("full", ["train.devices=2"]),  # full_finetune_distributed, a batch per process
+    "train.nodes": ("full", ["train.nodes=2"]),
+    "train.strategy": ("two", ["train.strategy=fsdp"]),  # fsdp_reshard_after_forward
 }
 
 

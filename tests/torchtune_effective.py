@@ -12,6 +12,9 @@ batch size and order, activation-checkpoint wrappers, the recipe's own attribute
 defaults) and the arguments each anytune component received (with that component's defaults).
 
 A job asking for CUDA on a machine without it is set up on the CPU; ``device`` records what it asked.
+A plan for several processes (``tune run --nproc_per_node N``) is set up as one of them would be, here in a
+process group of one (gloo), its launcher arguments read with torchrun's own parser (``launch``) and its
+FSDP2 resharding as the recipe passes it to its model set-up (``reshard_after_forward``).
 Imports torchtune, torch and the standard library only.
 """
 from __future__ import annotations
@@ -66,10 +69,59 @@ def recipe_class(recipe: str):
     spec = importlib.util.spec_from_file_location(f"_anytune_recipe_{recipe}", RECIPES / f"{recipe}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    classes = [v for k, v in vars(module).items()
-               if inspect.isclass(v) and k.endswith("RecipeSingleDevice") and v.__module__ == module.__name__]
+    classes = [v for k, v in vars(module).items() if inspect.isclass(v) and v.__module__ == module.__name__
+               and (k.endswith("RecipeSingleDevice") or k.endswith("RecipeDistributed"))]
     assert len(classes) == 1, (recipe, classes)
-    return classes[0]
+    module.init_process_group = lambda *a, **k: None  # a distributed recipe joins the group set up here
+    cls = classes[0]
+    setup_model = cls._setup_model
+
+    def recorded(self, *args, **kwargs):  # what the recipe passes to its model set-up (sharding with one process)
+        self.model_setup_kwargs = kwargs
+        return setup_model(self, *args, **kwargs)
+
+    cls._setup_model = recorded
+    return cls
+
+
+def launch(command: list[str]) -> dict:
+    """Processes per node and nodes of ``tune run``'s launcher arguments, as torchrun's parser (which ``tune run``
+    uses) reads them; one process without any."""
+    from torch.distributed.run import get_args_parser
+
+    head = command[command.index("run") + 1:]
+    if not head or not head[0].startswith("--"):
+        return {"nproc_per_node": 1, "nnodes": 1, "world": 1}
+    args = get_args_parser().parse_args(head)
+    nproc, nnodes = int(args.nproc_per_node), int(str(args.nnodes).split(":")[-1])
+    return {"nproc_per_node": nproc, "nnodes": nnodes, "world": nproc * nnodes}
+
+
+def reshard_after_forward(recipe) -> bool | None:
+    """FSDP2's ``reshard_after_forward`` as a distributed recipe passes it to its model set-up (which shards with
+    it across two processes or more; a group of one is not sharded); None for a single-device recipe."""
+    return getattr(recipe, "model_setup_kwargs", {}).get("reshard_after_forward")
+
+
+@contextlib.contextmanager
+def one_of(world: int):
+    """A process group of one (gloo) for a distributed recipe; ``WORLD_SIZE`` says the plan's processes."""
+    if world == 1:
+        yield
+        return
+    import torch.distributed as dist
+
+    saved = os.environ.get("WORLD_SIZE")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    os.environ["WORLD_SIZE"] = str(world)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+        if saved is None:
+            os.environ.pop("WORLD_SIZE", None)
+        else:
+            os.environ["WORLD_SIZE"] = saved
 
 
 def adapters(model) -> list[dict]:
@@ -92,12 +144,18 @@ def adapters(model) -> list[dict]:
 def effective(run_dir: Path) -> dict:
     """Set the plan's recipe up and read what it holds."""
     command = json.loads((run_dir / "plan" / "command.json").read_text())["command"]
-    recipe, config_file = command[command.index("run") + 1], command[command.index("--config") + 1]
+    recipe, config_file = command[command.index("--config") - 1], command[command.index("--config") + 1]
     yaml_args, cli_args = TuneRecipeArgumentParser().parse_known_args(["--config", config_file])
     cfg = _merge_yaml_and_cli_args(yaml_args, cli_args)
     asked = torch.device(cfg.device).type
     if asked == "cuda" and not torch.cuda.is_available():
         cfg.device = "cpu"
+    processes = launch(command)
+    with one_of(processes["world"]):
+        return _effective(recipe, cfg, asked, processes)
+
+
+def _effective(recipe: str, cfg, asked: str, processes: dict) -> dict:
     r = recipe_class(recipe)(cfg=cfg)
     with contextlib.redirect_stdout(io.StringIO()):
         r.setup(cfg=cfg)
@@ -112,7 +170,8 @@ def effective(run_dir: Path) -> dict:
     loss = r._loss_fn
     first = ds.examples[0] if hasattr(ds, "examples") else {}
     return {
-        "recipe": recipe, "recipe_class": type(r).__name__,
+        "recipe": recipe, "recipe_class": type(r).__name__, "launch": processes,
+        "reshard_after_forward": reshard_after_forward(r),
         "device": asked, "dtype": str(r._dtype).replace("torch.", ""),
         "param_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()}),
         "seed": r.seed, "log_every_n_steps": r._log_every_n_steps,
@@ -123,7 +182,8 @@ def effective(run_dir: Path) -> dict:
         "checkpoint_wrapped": any("CheckpointWrapper" in type(m).__name__ for m in model.modules()),
         "compile": getattr(r, "_compile", None),
         "save_adapter_weights_only": getattr(r, "_save_adapter_weights_only", None),
-        "checkpoint_dir": str(r._checkpointer._checkpoint_dir),
+        "checkpoint_dir": str((getattr(r, "_checkpointer", None) or r._checkpoint_client._get_checkpointer())
+                              ._checkpoint_dir),
         "model": {"embed_dim": model.tok_embeddings.embedding_dim, "num_layers": len(model.layers),
                   "adapters": adapters(model)},
         "optimizer": {"class": next(c.__name__ for c in type(opt).__mro__ if c.__module__.startswith("torch.optim")),

@@ -57,10 +57,14 @@ class TorchtuneBackend(core.Trainer):
             "train.gradient_checkpointing": frozenset({False, True}),
             "train.save_artifacts": frozenset({True, False}),
             "data.eval": frozenset({False}),  # the single-device recipes of 0.6.1 have no validation loop
+            # several processes: full_finetune_distributed, FSDP2 (fully_shard) for both: fsdp reshards the
+            # parameters after forward (full shard), ddp keeps them whole until backward (torchtune has no DDP
+            # wrapper; both train the same weights as DDP); one process: nothing to shard. No DeepSpeed in torchtune
+            "train.strategy": frozenset({"ddp", "fsdp"}),
         },
         # train.eval_steps: no eval data, no evaluation; model.trust_remote_code: never true (above)
         reads=core.fields("model.name_or_path", "model.dtype", "data.chat_template", "method.*", "peft.*",
-                          "train.*", exclude=("train.eval_steps", "train.devices", "train.nodes", "train.strategy")),
+                          "train.*", exclude=("train.eval_steps",)),
         needs=frozenset({"tokenizer", "template", "weights", "device"}),
         requires={"peft.type=qlora": "cuda"},
     )
@@ -78,15 +82,15 @@ class TorchtuneBackend(core.Trainer):
         recipe, config = translate.native_config(ctx.job, ctx.data, ctx.rel, module, ctx.resume)
         header = (f"# torchtune {self.environment_version()} recipe config written by anytune.\n"
                   f"# Run it from the run directory (the folder holding plan/ and data/):\n"
-                  f"#   tune run {recipe} --config {config_file}\n"
+                  f"#   tune run {' '.join([*translate.launcher(ctx.job), recipe])} --config {config_file}\n"
                   f"# Components named {module}.* are in {components} (tokenizer with\n"
                   f"# the chat template of record, datasets over data/*.jsonl, optimiser, schedule, metric logger\n"
                   f"# that writes metrics.jsonl, artifacts/ and the outcome file).\n")
         files = [ctx.write(translate.PLAN_FILE, header + OmegaConf.to_yaml(OmegaConf.create(config))),
                  *ctx.ship(HERE / "components.py", rename={"components.py": translate.COMPONENTS}),
                  *ctx.ship(core.runproto, core.lossmask, core.chatrender)]
-        return core.Plan(command=[self.python(), "-m", "torchtune._cli.tune", "run", recipe, "--config", files[0]],
-                         files=files)
+        return core.Plan(command=[self.python(), "-m", "torchtune._cli.tune", "run", *translate.launcher(ctx.job),
+                                  recipe, "--config", files[0]], files=files)
 
     def environment_version(self) -> str:
         """The pinned torchtune version."""

@@ -51,6 +51,40 @@ HF_MODULES = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "outpu
               "w1": "gate_proj", "w2": "down_proj", "w3": "up_proj", "output": "lm_head"}
 
 
+
+def _distributed_on_cpu() -> None:
+    """Let torchtune 0.6.1's distributed recipes run on CPU (gloo), as CI runs them; CUDA is left as it is.
+
+    Two calls in them assume a GPU: on rank 0, after the model is sharded, every ``*_distributed`` recipe calls
+    ``training.get_memory_stats(device)`` whether or not ``log_peak_memory_stats`` is set
+    (``recipes/full_finetune_distributed.py`` line 628, ``lora_finetune_distributed.py`` 544,
+    ``lora_dpo_distributed.py`` 447), which raises ``ValueError`` for a CPU device
+    (``torchtune/training/memory.py`` line 264); and before training each rank calls
+    ``training.cleanup_before_training()``, which calls ``torch.cpu.empty_cache()`` (``memory.py`` line 51),
+    which torch does not have. On CPU the first reports zeros and the second only collects garbage.
+    """
+    import gc
+
+    from torchtune import training
+
+    stats, cleanup = training.get_memory_stats, training.cleanup_before_training
+
+    def get_memory_stats(device, reset_stats: bool = True) -> dict:
+        if getattr(device, "type", device) == "cpu":
+            return {"peak_memory_active": 0.0, "peak_memory_alloc": 0.0, "peak_memory_reserved": 0.0}
+        return stats(device, reset_stats)
+
+    def cleanup_before_training() -> None:
+        if torch.cuda.is_available():
+            return cleanup()
+        gc.collect()
+
+    training.get_memory_stats, training.cleanup_before_training = get_memory_stats, cleanup_before_training
+
+
+if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    _distributed_on_cpu()
+
 # -- tokenizer ----------------------------------------------------------------------------------------
 
 
@@ -127,9 +161,35 @@ class ChatTemplateTokenizer:
 # -- datasets ----------------------------------------------------------------------------------------
 
 
-def _order(n: int, steps: int, batch_size: int, grad_accum: int, seed: int, shuffle: bool, start_step: int) -> list[int]:
-    """The job's example order (``runproto.example_order``, the one every engine trains on), from ``start_step``."""
-    return runproto.example_order(n, steps, batch_size, grad_accum, seed, shuffle)[start_step * batch_size * grad_accum:]
+def _order(n: int, steps: int, batch_size: int, grad_accum: int, seed: int, shuffle: bool, start_step: int,
+           processes: int = 1) -> list[int]:
+    """The job's example order (``runproto.example_order``, the one every engine trains on), from ``start_step``.
+
+    With several processes each micro-step takes one batch per process in turn (``batch_size × processes``
+    examples, as TRL's Trainer splits them): process ``r`` trains the ``r``-th batch of each micro-step's
+    examples. torchtune's distributed recipes read the data set through a ``DistributedSampler`` (no shuffle),
+    which gives process ``r`` the positions ``r, r + processes, ...``, so each micro-step's examples are laid
+    out interleaved for it.
+    """
+    big = batch_size * processes
+    order = runproto.example_order(n, steps, big, grad_accum, seed, shuffle)[start_step * big * grad_accum:]
+    if processes == 1:
+        return order
+    _check_world(processes)
+    out = [0] * len(order)
+    for k in range(0, len(order), big):  # one micro-step: process r's batch is order[k + r*B : k + (r+1)*B]
+        for r in range(processes):
+            for j in range(batch_size):
+                out[k + j * processes + r] = order[k + r * batch_size + j]
+    return out
+
+
+def _check_world(processes: int) -> None:
+    """The plan's process count is the launcher's (``tune run --nproc_per_node``; ``$WORLD_SIZE``)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world != processes:
+        raise RuntimeError(f"this plan was made for {processes} processes (train.devices × train.nodes) and "
+                           f"runs in {world}: run it with its own command (plan/run.sh)")
 
 
 def _stop_if_asked() -> None:
@@ -159,10 +219,12 @@ def _resume_rng() -> None:
 
 
 class _Records(torch.utils.data.Dataset):
-    """Pre-tokenised examples served in the job's example order (``order``: indices into ``examples``)."""
+    """Pre-tokenised examples served in the job's example order (``order``: indices into ``examples``).
+    With several processes each counts the tokens of every process's examples (its own and those beside them
+    in the interleaved order), so the ``tokens`` column is the job's, as with one process."""
 
-    def __init__(self, examples: list[dict], order: list[int]):
-        self.examples, self.order = examples, order
+    def __init__(self, examples: list[dict], order: list[int], processes: int = 1):
+        self.examples, self.order, self.processes = examples, order, processes
 
     def __len__(self) -> int:
         return len(self.order)
@@ -173,15 +235,16 @@ class _Records(torch.utils.data.Dataset):
             STATE["logger"].writer.restart()  # training begins with the first batch
             _resume_rng()
         _stop_if_asked()
-        item = self.examples[self.order[i]]
-        STATE["tokens"] += sum(len(v) for k, v in item.items() if k in ("tokens", "chosen_input_ids",
-                                                                           "rejected_input_ids"))
-        return item
+        first = i - i % self.processes
+        for n in self.order[first:first + self.processes]:
+            STATE["tokens"] += sum(len(v) for k, v in self.examples[n].items()
+                                   if k in ("tokens", "chosen_input_ids", "rejected_input_ids"))
+        return self.examples[self.order[i]]
 
 
 def sft_dataset(tokenizer: ChatTemplateTokenizer, source: str, kind: str, completion_only_loss: bool = True,
                 steps: int = 1, batch_size: int = 1, grad_accum: int = 1, seed: int = 0, shuffle: bool = True,
-                start_step: int = 0) -> torch.utils.data.Dataset:
+                start_step: int = 0, processes: int = 1) -> torch.utils.data.Dataset:
     """SFT examples (``tokens``, ``labels``) from a normalised jsonl file of the run directory, in the job's
     example order (the recipe runs one epoch of it).
 
@@ -191,12 +254,14 @@ def sft_dataset(tokenizer: ChatTemplateTokenizer, source: str, kind: str, comple
     :param seed: seed of each pass's shuffle.
     :param shuffle: false: every pass in file order (``train.shuffle=false``).
     :param start_step: steps already trained (a resumed run): their examples are skipped.
+    :param processes: processes training together (a distributed recipe); ``batch_size`` is each one's.
     """
     examples = []
     for rec in runproto.read_jsonl(source):
         ids, mask = tokenizer.example(kind, rec, completion_only_loss)
         examples.append({"tokens": ids, "labels": [t if m else IGNORE for t, m in zip(ids, mask)]})
-    return _Records(examples, _order(len(examples), steps, batch_size, grad_accum, seed, shuffle, start_step))
+    order = _order(len(examples), steps, batch_size, grad_accum, seed, shuffle, start_step, processes)
+    return _Records(examples, order, processes)
 
 
 class _Packs(torch.utils.data.Dataset):
@@ -266,10 +331,11 @@ def packed_sft_dataset(tokenizer: ChatTemplateTokenizer, source: str, kind: str,
 
 def preference_dataset(tokenizer: ChatTemplateTokenizer, source: str, steps: int = 1, batch_size: int = 1,
                        grad_accum: int = 1, seed: int = 0, shuffle: bool = True,
-                       start_step: int = 0) -> torch.utils.data.Dataset:
+                       start_step: int = 0, processes: int = 1) -> torch.utils.data.Dataset:
     """DPO examples (``chosen_input_ids``, ``chosen_labels``, ``rejected_*``) from normalised preference records."""
     examples = [tokenizer.preference(rec) for rec in runproto.read_jsonl(source)]
-    return _Records(examples, _order(len(examples), steps, batch_size, grad_accum, seed, shuffle, start_step))
+    order = _order(len(examples), steps, batch_size, grad_accum, seed, shuffle, start_step, processes)
+    return _Records(examples, order, processes)
 
 
 # -- optimisers and schedules ------------------------------------------------------------------------
@@ -321,7 +387,8 @@ class _Checkpointing:
         if resume:
             self._load(resume)
         STATE["stop"] = False
-        signal.signal(signal.SIGINT, lambda signum, frame: STATE.update(stop=True))
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) == 1:  # several processes: Ctrl-C stops them unsaved
+            signal.signal(signal.SIGINT, lambda signum, frame: STATE.update(stop=True))
 
     def _load(self, path: str) -> None:
         state = torch.load(os.path.join(path, CHECKPOINT_STATE), map_location="cpu", weights_only=True)

@@ -31,6 +31,9 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 #: canonical name -> torchtune recipe, per (method, full fine-tune?)
 RECIPES = {("sft", False): "lora_finetune_single_device", ("sft", True): "full_finetune_single_device",
            ("dpo", False): "lora_dpo_single_device"}
+#: the same, for several processes (``tune run --nproc_per_node``): torchtune's FSDP2 (``fully_shard``) recipes
+DISTRIBUTED_RECIPES = {("sft", False): "lora_finetune_distributed", ("sft", True): "full_finetune_distributed",
+                       ("dpo", False): "lora_dpo_distributed"}
 #: Hugging Face module names -> torchtune's, for peft.target_modules
 ATTN = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "output_proj"}
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -211,6 +214,24 @@ def weight_files(path: Path) -> list[str]:
     return sorted(f.name for f in path.glob("*.safetensors")) or sorted(f.name for f in path.glob("*.bin"))
 
 
+def processes(job: Any) -> int:
+    """Processes that train together: ``train.devices`` × ``train.nodes``."""
+    return int(job.train.get("devices", 1)) * int(job.train.get("nodes", 1))
+
+
+def launcher(job: Any) -> list[str]:
+    """``tune run``'s launcher arguments (torchrun's own, which ``tune run`` takes before the recipe) for the
+    job's processes; none for one process. Every rank's output is kept under ``logs/ranks/`` and echoed,
+    prefixed, into the step's log. On several nodes the scheduler gives the rendezvous endpoint and the node's
+    rank through torchrun's variables (``PET_RDZV_ENDPOINT``, ``PET_NODE_RANK``; docs/distributed.md)."""
+    t = job.train
+    if processes(job) == 1:
+        return []
+    argv = ["--nproc_per_node", str(t.devices), "--nnodes", str(t.nodes), "--log-dir", "logs/ranks",
+            "--redirects", "3", "--tee", "3"]
+    return argv + (["--standalone"] if t.nodes == 1 else ["--rdzv-backend", "c10d"])
+
+
 def check(job: Any) -> None:
     """What the capability table cannot say: the model family, LoRA targets, method/PEFT combinations and
     dtype, before any data is read.
@@ -223,7 +244,7 @@ def check(job: Any) -> None:
     m, p = job.method, job.peft
     if m.name == "dpo" and p.type == "none":
         raise ConfigError("method.name=dpo with peft.type=none: torchtune's full-weight DPO recipe is "
-                          "distributed-only; use peft.type=lora")
+                          "distributed-only (full_dpo_distributed), and anytune has not built it; use peft.type=lora")
     if m.name == "dpo" and p.type == "dora":
         raise ConfigError("method.name=dpo with peft.type=dora: torchtune's lora_dpo_single_device "
                           "does not initialise DoRA magnitudes; use peft.type=lora")
@@ -234,6 +255,22 @@ def check(job: Any) -> None:
                           "backend=trl (bitsandbytes)")
     if p.type != "none":
         lora_targets(list(p.target_modules), bool(hf.get("tie_word_embeddings", False)))
+    if processes(job) > 1:
+        several = f"train.devices × train.nodes = {processes(job)}"
+        if p.type != "none":
+            raise ConfigError(f"peft.type={p.type} with {several}: torchtune 0.6.1's LoRA recipes "
+                              "(lora_finetune_distributed, lora_dpo_distributed) start with "
+                              "init_process_group(\"cuda:nccl,cpu:gloo\"), which fails where torch has no NCCL "
+                              "(its CPU builds), so CI cannot run them, and no several-GPU machine has run them "
+                              "yet; only the full fine-tune (full_finetune_distributed) is built. Use peft.type=none, "
+                              "one process, or backend=trl")
+        if m.packing:
+            raise ConfigError(f"method.packing=true with {several}: packing on torchtune's distributed recipes is "
+                              "not built (tested); use one process or backend=trl")
+        if job.train.save_steps > 0:
+            raise ConfigError(f"train.save_steps={job.train.save_steps} with {several}: anytune's resumable "
+                              "checkpoints hold whole tensors and torchtune's distributed recipes shard them "
+                              "(FSDP2); not built. Use train.save_steps=0, or one process")
     if job.model.dtype not in ("auto", DTYPES[job.train.precision]):
         raise ConfigError(f"model.dtype={job.model.dtype} with train.precision={job.train.precision}: torchtune "
                           "trains in one dtype (its `dtype`); set model.dtype=auto")
@@ -256,12 +293,16 @@ def native_config(job: Any, data: Any, rel: Callable[[Any], str] = str,
     path, hf = hf_config(str(job.model.name_or_path))
     fam = family_of(hf, str(job.model.name_or_path))
     full = p.type == "none"
-    recipe = RECIPES[(m.name, full)]
+    world = processes(job)
+    recipe = (DISTRIBUTED_RECIPES if world > 1 else RECIPES)[(m.name, full)]
     rows = int(data.stats["rows"]["train"])
-    steps, _ = total_steps(rows, t.batch_size, t.grad_accum, t.max_steps, t.epochs)
+    # one micro-step takes a batch per process, in turn (docs/distributed.md)
+    steps, _ = total_steps(rows, t.batch_size * world, t.grad_accum, t.max_steps, t.epochs)
     start = int(resume.rsplit("-", 1)[1]) if resume else 0
     order = {"batch_size": t.batch_size, "grad_accum": t.grad_accum, "seed": t.seed, "shuffle": bool(t.shuffle),
              "start_step": start}
+    if world > 1:
+        order["processes"] = world
     args = model_args(hf, t.max_length)
     if full:
         model = {"_component_": fam.builder, **args}
@@ -317,13 +358,15 @@ def native_config(job: Any, data: Any, rel: Callable[[Any], str] = str,
         "metric_logger": {"_component_": f"{components}.MetricLogger", "filename": runproto.METRICS_FILE,
                           "max_steps": None if m.packing and t.max_steps <= 0 else steps,
                           "train_rows": rows,
-                          "examples_per_step": t.batch_size * t.grad_accum,
+                          "examples_per_step": t.batch_size * t.grad_accum * world,
                           "artifacts": ("none" if not t.save_artifacts else "model" if full else "adapter"),
                           "start_step": start},
         "log_every_n_steps": t.logging_steps,
         "log_peak_memory_stats": False,
         "profiler": {"_component_": "torchtune.training.setup_torch_profiler", "enabled": False},
     }
+    if world > 1:  # FSDP2 (fully_shard) either way; ddp keeps each process's parameters whole from forward to backward
+        config.update(fsdp_reshard_after_forward=t.strategy == "fsdp", fsdp_cpu_offload=False)
     if m.name == "dpo":
         component, beta = DPO_LOSSES[m.loss_type]
         config["loss"] = {"_component_": component, beta: m.beta}

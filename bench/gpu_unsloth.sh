@@ -9,6 +9,7 @@
 #   <engine>_native    the same plan's plan/run.sh, without anytune (a copy of plan/ and data/)
 #   trl_plain          bench/trl_plain.py: plain TRL with its own defaults (no packing, checkpointing on)
 #   us_qlora, us_gc, us_bs16, trl_bs16, tt_bs16, trl_qlora, tt_qlora: QLoRA, Unsloth's checkpointing on, batch 16
+#   profile            bench/gpu_profile.py at batch 8 and 16: CUDA time by kind of kernel
 #   varlen             bench/gpu_varlen.py: anytune's packed-row attention against SDPA (values, milliseconds)
 #   suite              Unsloth's conformance suite and GPU tests (pytest -n 6 on one GPU: correctness only)
 #
@@ -105,6 +106,7 @@ run() {
     us_bs16) anytune us_bs16 unsloth train.batch_size=16 ;;  trl_bs16) anytune trl_bs16 trl train.batch_size=16 ;;
     tt_bs16) anytune tt_bs16 torchtune train.batch_size=16 ;;  tt_qlora) anytune tt_qlora torchtune peft=qlora ;;
     trl_qlora) anytune trl_qlora trl peft=qlora ;;
+    profile) say profile; for b in 8 16; do BATCH=$b MODEL=$W/model PYTHONPATH=/tmp/site timeout 150 python3 "$SRC/bench/gpu_profile.py" 2>&1 | grep -v Loading | tail -n 14; done ;;
     varlen) say varlen; MODEL=$W/model PYTHONPATH=/tmp/site timeout 120 python3 "$SRC/bench/gpu_varlen.py" 2>&1 | tail -n 3 ;;
     trl_plain) timed trl_plain 120 "$W" python3 "$ROOT/bench/trl_plain.py" $W/model $W/chat.jsonl $W/runs/trl_plain $BATCH $STEPS ;;
     suite) say "suite"; ( cd "$SRC" && $PIN timeout -k 10 $(( $(left) - ${SUITE_LEAVES:-20} )) python3 -m pytest -v -rfE \

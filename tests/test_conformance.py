@@ -126,11 +126,6 @@ class TestUnsloth(BackendConformance, backend="unsloth"):
                 reason="untested with Unsloth's patched model classes; refused until a job with remote code ran"),
         notimpl("test_accepts[method.name=kto]", "test_accepts[data.kind=unpaired]",
                 reason="Unsloth patches TRL's KTOTrainer too; the Unsloth worker does not build it yet"),
-        notimpl("test_job[sft_eval]", "test_job[dpo]", raises=AssertionError,
-                reason="failed on an H200 on 2026-11-30 although both jobs trained (eval loss logged at steps 4 and "
-                       "8; DPO step 1 = ln 2 within 4e-5): the assertion text was lost when the run hit its time "
-                       "limit. Suspected: the artefact's fp32 reference loss against the bf16 logged loss, on a "
-                       "tiny model whose loss moves ~0.1 in 8 steps (docs/unsloth.md)"),
         notimpl(*(f"test_field_reaches_engine[{f}]" for f in FIELDS), raises=AssertionError,
                 reason="no UnslothFields yet: reading the LoRA and 4-bit settings back needs the model loaded, "
                        "on a GPU; the TRL side is checked in tests/test_unsloth.py where Unsloth imports"),

@@ -183,14 +183,11 @@ def anytune_trained_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     import torch
 
     # pytest-xdist workers each training on every core oversubscribe the host: on the 16-core GPU machine four
-    # workers took > 240 s for what one process does in seconds. Each worker takes its share of the cores.
+    # workers took > 240 s for what one process does in seconds. Each worker takes its share of the cores for
+    # the rest of its session (the tests using this model compute the reference on the CPU too).
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) // workers)))
-    try:
-        return str(train_tiny(tmp_path_factory.mktemp("anytune-trained") / "tiny-trained"))
-    finally:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // workers)))
+    return str(train_tiny(tmp_path_factory.mktemp("anytune-trained") / "tiny-trained"))
 
 
 @pytest.fixture(scope="session")

@@ -29,9 +29,11 @@ class TestTrl(TrlFields, BackendConformance, backend="trl"):
     """TRL: every value of every feature, every job, but sharded training."""
 
     gaps = [
-        notyet("test_accepts[train.strategy=fsdp]", "test_accepts[train.strategy=deepspeed]",
-               reason="TRL runs several processes under torchrun with DDP; FSDP2 and DeepSpeed (accelerate's "
-                      "config) are not wired yet"),
+        notyet("test_accepts[train.strategy=fsdp]",
+               reason="TRL runs several processes under torchrun with DDP; accelerate 1.15 enables the Trainer's "
+                      "FSDP2 only on GPUs (accelerate/state.py 986-1013: on CPU, MULTI_CPU, it runs DDP), so it "
+                      "waits for a several-GPU machine (docs/distributed.md)"),
+        notyet("test_accepts[train.strategy=deepspeed]", reason="DeepSpeed is not installed in anytune's environments"),
     ]
 
 
@@ -126,6 +128,10 @@ class TestUnsloth(BackendConformance, backend="unsloth"):
                 reason="untested with Unsloth's patched model classes; refused until a job with remote code ran"),
         notimpl("test_accepts[method.name=kto]", "test_accepts[data.kind=unpaired]",
                 reason="Unsloth patches TRL's KTOTrainer too; the Unsloth worker does not build it yet"),
+        never("test_curve_matches_reference", raises=AssertionError,
+              reason="Unsloth's full fine-tune loads and updates the weights in bf16 (no fp32 master copy; "
+                     "model.dtype=float32 is refused above): on the H200 (2026-12-01) step 1 matched the fp32 "
+                     "reference to 4.3e-4 and the curve drifted to 0.077 by step 5, over the bf16 tolerance 0.05"),
         notimpl(*(f"test_field_reaches_engine[{f}]" for f in FIELDS), raises=AssertionError,
                 reason="no UnslothFields yet: reading the LoRA and 4-bit settings back needs the model loaded, "
                        "on a GPU; the TRL side is checked in tests/test_unsloth.py where Unsloth imports"),

@@ -65,6 +65,20 @@ def _task(cfg) -> dict | float:
     hc = HydraConfig.get()
     multirun = hc.mode.name == "MULTIRUN"
     label = f"{cfg.backend.name}:{cfg.method.name}" + (f" #{hc.job.num}" if multirun else "")
+    from core import tasks
+
+    task = tasks.current()  # one task per node of a scheduler job: task 0 runs the job, the others follow its plan
+    try:
+        if task is not None:
+            tasks.check(cfg, task)
+            tasks.rendezvous(task)
+    except AnytuneError as exc:
+        if task.rank == 0:
+            progress.error(str(exc))
+            _codes.append(EXIT_USAGE)
+        return {"status": "failed", "error": str(exc)}
+    if task is not None and task.rank > 0:
+        return tasks.follow(cfg, Path(cfg.run_dir or hc.runtime.output_dir), task)
     try:
         run_dir = rundir.claim(Path(cfg.run_dir or hc.runtime.output_dir), given=bool(cfg.run_dir),
                                overwrite=bool(cfg.overwrite))

@@ -136,3 +136,65 @@ def test_what_a_backend_cannot_launch_is_refused(tmp_path, backend, overrides, f
     assert field in p.stderr
     if can:
         assert can in p.stderr, "the backends that can are named"
+
+
+def test_slurm_preset_asks_for_a_task_per_node_and_the_gpus_of_each():
+    """hydra/launcher=slurm: nodes = train.nodes, gpus_per_node = train.devices, one task per node (the engine's
+    launcher inside it), as Hydra's submitit launcher receives them; hydra/launcher=submitit: one task per node."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra.utils import instantiate
+
+    from core import config
+
+    cfg = config.compose(["hydra/launcher=slurm", "train.nodes=2", "train.devices=4"], hydra=True)
+    launcher = instantiate(cfg.hydra.launcher)
+    assert type(launcher).__name__ == "SlurmLauncher"
+    assert {k: launcher.params[k] for k in ("nodes", "gpus_per_node", "tasks_per_node")} == \
+        {"nodes": 2, "gpus_per_node": 4, "tasks_per_node": 1}
+    local = instantiate(config.compose(["hydra/launcher=submitit", "train.nodes=2"], hydra=True).hydra.launcher)
+    assert type(local).__name__ == "LocalLauncher" and local.params["tasks_per_node"] == 2
+
+
+def test_one_task_per_node(monkeypatch):
+    from core import tasks
+    from core.config import compose
+    from core.errors import ConfigError
+
+    task = tasks.Task(rank=1, count=2, host="node-a", job_id="4242")
+    tasks.check(compose(["train.nodes=2"]), task)
+    with pytest.raises(ConfigError, match="one task per node"):
+        tasks.check(compose(["train.nodes=1"]), task)
+    monkeypatch.setenv("PET_RDZV_ENDPOINT", "")  # recorded, so that the value rendezvous() sets is undone
+    monkeypatch.delenv("PET_RDZV_ENDPOINT")
+    monkeypatch.setenv("PET_RDZV_ID", "mine")  # what the environment sets wins
+    assert tasks.rendezvous(task) == {"PET_RDZV_ENDPOINT": "node-a:24242", "PET_RDZV_ID": "mine"}
+
+
+@pytest.mark.slow
+def test_submitit_local_executor_runs_a_two_node_job_as_two_tasks(tmp_path):
+    """hydra/launcher=submitit with train.nodes=2: a job of two tasks (submitit's local executor), task 0 runs the
+    job, task 1 starts the plan's launcher too; the two torchrun agents meet at the c10d rendezvous as two
+    nodes of one process each, and train the one-process curve at the same effective batch."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    one, p1 = run(tmp_path, "one", "train.batch_size=4")
+    assert p1.returncode == 0, p1.stderr[-2000:]
+    p = subprocess.run([*CORE, "-m", "hydra/launcher=submitit", *JOB, "train.batch_size=2", "train.nodes=2"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    tails = "\n".join(f"== {f.relative_to(tmp_path)}\n{f.read_text(errors='replace')[-1500:]}"
+                      for f in sorted(tmp_path.glob("runs/*/*-sweep/**/*.err")) +
+                      sorted(tmp_path.glob("runs/*/*-sweep/*/logs/train*.stderr.log")))
+    assert p.returncode == 0, p.stderr[-3000:] + tails
+    sweep = next((tmp_path / "runs").glob("*/*-sweep"))
+    logs = sorted(f.name for f in (sweep / ".submitit").glob("*/*_log.out"))
+    assert [name.split("_")[1] for name in logs] == ["0", "1"], f"two tasks of one job: {logs}"
+    job = sweep / "0-trl-sft"
+    command = json.loads((job / "plan" / "command.json").read_text())["command"]
+    assert "--nnodes=2" in command and "--rdzv-backend=c10d" in command
+    assert (job / "logs" / "train.node1.stderr.log").exists(), "task 1 ran the plan's launcher"
+    agents = list((job / "logs" / "ranks").glob("*/attempt_0/0/stderr.log"))
+    assert len(agents) == 2, "one launcher per node, one process each"
+    rows = runproto.read_jsonl(str(job / runproto.METRICS_FILE))
+    got = [r["loss"] for r in rows if "loss" in r]
+    want = [r["loss"] for r in runproto.read_jsonl(str(one / runproto.METRICS_FILE)) if "loss" in r]
+    assert got == pytest.approx(want, abs=1e-4, rel=0), (got, want)
+    assert runproto.read_json(str(job / runproto.RESULT))["status"] == "succeeded"

@@ -298,6 +298,10 @@ def native_config(job: Any, data: Any, rel: Callable[[Any], str] = str,
     rows = int(data.stats["rows"]["train"])
     # one micro-step takes a batch per process, in turn (docs/distributed.md)
     steps, _ = total_steps(rows, t.batch_size * world, t.grad_accum, t.max_steps, t.epochs)
+    if resume and world > 1:
+        raise ConfigError(f"resuming {resume} with train.devices × train.nodes = {world}: anytune's resumable "
+                          "checkpoints hold whole tensors and torchtune's distributed recipes shard them; resume "
+                          "with one process")
     start = int(resume.rsplit("-", 1)[1]) if resume else 0
     order = {"batch_size": t.batch_size, "grad_accum": t.grad_accum, "seed": t.seed, "shuffle": bool(t.shuffle),
              "start_step": start}

@@ -10,6 +10,10 @@ says: the validated config, the ``TrainingArguments``/TRL config the Trainer run
 and the modules it wrapped, the dtype the weights loaded in, the tokenizer's template, the Trainer's sampler
 and the training rows (token ids and labels) in the order it reads them.
 
+One process builds them all (about 0.5 s a plan after the first, against 10-15 s for a process of its own):
+``gc.freeze()`` before each plan keeps Axolotl's collections from rescanning what earlier plans left, and the
+shipped plugin saves the prepared data without spawning an interpreter (``save_in_process``).
+
 Imports Axolotl, its dependencies and the standard library only.
 """
 from __future__ import annotations
@@ -51,6 +55,9 @@ def effective(run_dir: Path) -> dict:
     from axolotl.integrations.base import PluginManager
     from axolotl.train import setup_model_and_trainer
 
+    # what earlier plans left (Axolotl, torch and their modules) is never garbage: Axolotl's model loader runs
+    # gc.collect() three times per model, 0.6 s each over a process this size; frozen objects are not scanned
+    gc.freeze()
     os.chdir(run_dir)
     sys.path.insert(0, str(run_dir))
     PluginManager.get_instance().plugins.clear()  # this plan's plugins only (axolotl.train holds the instance)

@@ -45,31 +45,81 @@ def engine_env() -> dict[str, str]:
     return env
 
 
-VALIDATE = """
-import json, sys
+CHECK = """
+import contextlib, io, json, os, runpy, sys
 from axolotl.cli.config import load_cfg
-cfg = load_cfg(sys.argv[1])
-print(json.dumps({k: str(cfg.get(k)) for k in sys.argv[2:]}))
+from axolotl.cli.train import do_cli
+from axolotl.integrations.base import PluginManager
+out = {}
+for run_dir in sys.argv[1:]:
+    os.chdir(run_dir)
+    sys.path.insert(0, run_dir)
+    for name in [m for m in sys.modules if m == "plan" or m.startswith("plan.")]:
+        del sys.modules[name]
+    PluginManager.get_instance().plugins.clear()  # this plan's plugin only
+    got = out[run_dir] = {}
+    # the plugin's own command, as a user runs it: python plan/anytune_axolotl.py plan/axolotl.yaml
+    sys.argv = ["plan/anytune_axolotl.py", "plan/axolotl.yaml"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        try:
+            runpy.run_path("plan/anytune_axolotl.py", run_name="__main__")
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+    got["unknown"] = {"code": code, "printed": printed.getvalue()}
+    # Axolotl's own loading and validation (plugins registered, pydantic model, normalisation); for a config
+    # it refuses, what its training entry point (python -m axolotl.cli.train, axolotl train) does with it
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            cfg = load_cfg("plan/axolotl.yaml")
+        got["cfg"] = {k: str(cfg.get(k)) for k in ("rl", "sequence_len", "adapter")}
+    except Exception as exc:
+        got["load_error"] = f"{type(exc).__name__}: {exc}"
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                do_cli(config="plan/axolotl.yaml")
+            got["train_error"] = None
+        except BaseException as exc:
+            got["train_error"] = f"{type(exc).__name__}: {exc}"
+    sys.path.remove(run_dir)
+print(json.dumps(out))
 """
-"""Axolotl's own loading and validation of a config (plugins registered, pydantic model, normalisation)."""
+"""Run by Axolotl's interpreter over several plans in one process: the plugin's unknown-key command on each, then
+Axolotl's own ``load_cfg`` (and, for a config it refuses, its training entry point ``do_cli``)."""
+
+METHODS = {"sft": [], "dpo": ["method=dpo", "data=demo_pref", "data.max_rows=16"],
+           "orpo-full": ["method=orpo", "data=demo_pref", "data.max_rows=16", "peft=none"]}
+"""Jobs whose YAML Axolotl's config model must take whole: each method (and a full fine-tune)."""
 
 
-@pytest.mark.parametrize("overrides", [[], ["method=dpo", "data=demo_pref", "data.max_rows=16"],
-                                       ["method=orpo", "data=demo_pref", "data.max_rows=16", "peft=none"]],
-                         ids=["sft", "dpo", "orpo-full"])
-def test_yaml_is_axolotls(python: str, tmp_path: Path, overrides: list[str]):
-    """Axolotl's config model validates the plan and knows every one of its keys (none silently dropped)."""
-    run_dir = plan(tmp_path, *overrides)
-    unknown = subprocess.run([python, "plan/anytune_axolotl.py", "plan/axolotl.yaml"], cwd=run_dir,
-                             capture_output=True, text=True, env=engine_env())
-    assert unknown.returncode == 0 and json.loads(unknown.stdout) == [], unknown.stdout + unknown.stderr[-2000:]
-    proc = subprocess.run([python, "-c", VALIDATE, "plan/axolotl.yaml", "rl", "sequence_len", "adapter"],
-                          cwd=run_dir, capture_output=True, text=True, env=engine_env())
+@pytest.fixture(scope="module")
+def checked(python: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Each of :data:`METHODS` planned, plus the SFT plan with a misspelt key added to its YAML by hand
+    (``misspelt``), all checked by :data:`CHECK` in one Axolotl process (one interpreter start, not eight)."""
+    dirs = {name: plan(tmp_path_factory.mktemp(name), *overrides) for name, overrides in METHODS.items()}
+    misspelt = plan(tmp_path_factory.mktemp("misspelt"))
+    path = misspelt / "plan" / "axolotl.yaml"
+    path.write_text(path.read_text() + "micro_batch_szie: 2\n")
+    dirs["misspelt"] = misspelt
+    proc = subprocess.run([python, "-c", CHECK, *map(str, dirs.values())], capture_output=True, text=True,
+                          env=engine_env(), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    held = json.loads(proc.stdout.strip().splitlines()[-1])
-    method = compose(["backend=axolotl", *overrides]).method.name
-    assert held["rl"] == "None" if method == "sft" else held["rl"].lower().endswith(method), held
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {name: {**found[str(d)], "run_dir": d} for name, d in dirs.items()}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_yaml_is_axolotls(checked: dict[str, dict], method: str):
+    """Axolotl's config model validates the plan and knows every one of its keys (none silently dropped)."""
+    got = checked[method]
+    assert got["unknown"]["code"] in (0, None) and json.loads(got["unknown"]["printed"]) == [], got["unknown"]
+    assert "cfg" in got, got.get("load_error")
+    held = got["cfg"]
+    name = compose(["backend=axolotl", *METHODS[method]]).method.name
+    assert held["rl"] == "None" if name == "sft" else held["rl"].lower().endswith(name), held
     assert held["sequence_len"] == "512"
+    assert held["adapter"] == ("None" if "peft=none" in METHODS[method] else "lora"), held
 
 
 def test_misspelt_native_key_is_refused(python: str, tmp_path: Path):
@@ -90,17 +140,14 @@ def test_native_key_axolotl_knows_reaches_the_yaml(python: str, tmp_path: Path):
     assert held["adam_beta2"] == 0.95 and held["lora_fan_in_fan_out"] is False
 
 
-@pytest.mark.slow
-def test_misspelt_key_in_the_yaml_stops_axolotl(python: str, tmp_path: Path):
-    """A user who edits the ejected YAML and misspells a key gets the plugin's error when Axolotl starts, before any
-    data or model loads (Axolotl itself would ignore the key)."""
-    run_dir = plan(tmp_path)
-    path = run_dir / "plan" / "axolotl.yaml"
-    path.write_text(path.read_text() + "micro_batch_szie: 2\n")
-    proc = subprocess.run([python, "-m", "axolotl.cli.train", "plan/axolotl.yaml"], cwd=run_dir, capture_output=True,
-                          text=True, env=engine_env(), timeout=600)
-    assert proc.returncode != 0
-    assert "'micro_batch_szie' (did you mean 'micro_batch_size'?)" in proc.stdout + proc.stderr
+def test_misspelt_key_in_the_yaml_stops_axolotl(checked: dict[str, dict]):
+    """A user who edits the ejected YAML and misspells a key gets the plugin's error when Axolotl starts (its
+    ``load_cfg``, and its training entry point ``do_cli``: what ``axolotl train`` and ``python -m axolotl.cli.train``
+    run), before any data or model loads (Axolotl itself would ignore the key); the plugin's own command names it."""
+    got, run_dir = checked["misspelt"], checked["misspelt"]["run_dir"]
+    assert got["unknown"]["code"] == 1 and "micro_batch_szie" in got["unknown"]["printed"], got["unknown"]
+    for error in (got.get("load_error"), got.get("train_error")):
+        assert error and "'micro_batch_szie' (did you mean 'micro_batch_size'?)" in error, got
     assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "plan" / "axolotl_prepared").exists()
 
 

@@ -30,6 +30,14 @@ LOSSES = {"torchtune.modules.loss.CEWithChunkedOutputLoss": ("sft", None),
 SCHEDULES = {"get_cosine_schedule_with_warmup": "cosine", "get_linear_schedule_with_warmup": "linear",
              "get_constant_schedule": "constant", "get_constant_schedule_with_warmup": "constant_with_warmup"}
 OPTIMS = {"torch.optim.AdamW": "adamw", "torch.optim.SGD": "sgd"}
+DIRECT = {"model.lora_rank": ("peft.r", int), "model.lora_alpha": ("peft.alpha", int),
+          "model.lora_dropout": ("peft.dropout", float), "batch_size": ("train.batch_size", int),
+          "gradient_accumulation_steps": ("train.grad_accum", int), "optimizer.lr": ("train.learning_rate", float),
+          "optimizer.weight_decay": ("train.weight_decay", float), "compile": ("backend.compile", bool),
+          "device": ("train.device", str), "dtype": ("train.precision", str),
+          "enable_activation_checkpointing": ("train.gradient_checkpointing", bool),
+          "log_every_n_steps": ("train.logging_steps", int)}
+"""torchtune keys that are one anytune field each, and the type it takes."""
 
 
 def from_torchtune(cfg: dict[str, Any], source: str = "") -> Migration:
@@ -53,7 +61,10 @@ def from_torchtune(cfg: dict[str, Any], source: str = "") -> Migration:
     done: set[str] = set()
 
     def handle(key: str, value: Any) -> None:
-        if key == "model._component_":
+        if key in DIRECT:
+            field, kind = DIRECT[key]
+            mig.set(key, value, field, kind(value))
+        elif key == "model._component_":
             mig.add(key, value, MAPPED, f"peft.type={peft}, model.name_or_path",
                     "the builder follows from the model's config.json (its size from its dimensions)", same_key=False)
         elif key in ("model.lora_attn_modules", "model.apply_lora_to_mlp", "model.apply_lora_to_output"):
@@ -65,12 +76,6 @@ def from_torchtune(cfg: dict[str, Any], source: str = "") -> Migration:
                 targets += ["lm_head"] if model.get("apply_lora_to_output") else []
                 mig.fields["peft.target_modules"] = targets
             mig.add(key, value, MAPPED, f"peft.target_modules={mig.fields['peft.target_modules']}")
-        elif key == "model.lora_rank":
-            mig.set(key, value, "peft.r", int(value))
-        elif key == "model.lora_alpha":
-            mig.set(key, value, "peft.alpha", int(value))
-        elif key == "model.lora_dropout":
-            mig.set(key, value, "peft.dropout", float(value))
         elif key in ("model.use_dora", "model.quantize_base"):
             mig.add(key, value, MAPPED, f"peft.type={peft}")
         elif key == "checkpointer.checkpoint_dir":
@@ -92,10 +97,6 @@ def from_torchtune(cfg: dict[str, Any], source: str = "") -> Migration:
         elif key == "shuffle":
             mig.set(key, value, "train.shuffle", bool(value), "the plan's dataset shuffles (dataset.shuffle); the "
                     "recipe's sampler does not", same_key=False)
-        elif key == "batch_size":
-            mig.set(key, value, "train.batch_size", int(value))
-        elif key == "gradient_accumulation_steps":
-            mig.set(key, value, "train.grad_accum", int(value))
         elif key == "max_steps_per_epoch" and value is not None:
             epochs = float(cfg.get("epochs") or 1)
             mig.set(key, value, "train.max_steps", int(value * epochs), "" if epochs == 1 else
@@ -108,10 +109,6 @@ def from_torchtune(cfg: dict[str, Any], source: str = "") -> Migration:
         elif key == "optimizer._component_" and value in OPTIMS:
             mig.set(key, value, "train.optimizer", OPTIMS[value], "anytune's component of the same optimiser",
                     same_key=False)
-        elif key == "optimizer.lr":
-            mig.set(key, value, "train.learning_rate", float(value))
-        elif key == "optimizer.weight_decay":
-            mig.set(key, value, "train.weight_decay", float(value))
         elif key == "lr_scheduler._component_" and value.rsplit(".", 1)[-1] in SCHEDULES:
             mig.set(key, value, "train.lr_scheduler", SCHEDULES[value.rsplit(".", 1)[-1]],
                     "anytune's schedule component (lr_scheduler.name)", same_key=False)
@@ -127,16 +124,6 @@ def from_torchtune(cfg: dict[str, Any], source: str = "") -> Migration:
             mig.set(key, value, "train.max_grad_norm", 0.0 if value is None else float(value),
                     "" if method == "sft" else "the DPO recipe does not clip: the plan's optimiser does",
                     same_key=method == "sft")
-        elif key == "compile":
-            mig.set(key, value, "backend.compile", bool(value))
-        elif key == "device":
-            mig.set(key, value, "train.device", str(value))
-        elif key == "dtype":
-            mig.set(key, value, "train.precision", str(value))
-        elif key == "enable_activation_checkpointing":
-            mig.set(key, value, "train.gradient_checkpointing", bool(value))
-        elif key == "log_every_n_steps":
-            mig.set(key, value, "train.logging_steps", int(value))
         elif any(key == k or key.startswith(k + ".") for k in TORCHTUNE_OWNED):
             owner = next(k for k in TORCHTUNE_OWNED if key == k or key.startswith(k + "."))
             mig.add(key, value, NONE, "", TORCHTUNE_OWNED[owner])

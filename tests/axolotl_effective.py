@@ -88,8 +88,12 @@ def effective(run_dir: Path) -> dict:
                          if "lora_" not in n})
         train = trainer.train_dataset
         rows = None
+        collated = None
         if not cfg.rl and train is not None and "input_ids" in train.column_names:
-            rows = [{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])} for r in train]
+            keys = ["input_ids", "labels", *(["position_ids"] if "position_ids" in train.column_names else [])]
+            rows = [{k: list(r[k]) for k in keys} for r in train]
+            # what the model is handed: the keys of the first micro-batch of the Trainer's own data loader
+            collated = sorted(next(iter(trainer.get_train_dataloader())).keys())
         elif train is not None:
             rows = [{k: r[k] for k in ("prompt", "chosen", "rejected") if k in r} for r in train]
         sampler = None
@@ -115,6 +119,8 @@ def effective(run_dir: Path) -> dict:
             "eval": trainer.eval_dataset is not None,
             "rows": rows,
             "sampler": sampler,
+            "collated": collated,
+            "collator": type(trainer.data_collator).__name__,
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),
             "settings": json.loads(Path("plan/anytune_axolotl.json").read_text()),

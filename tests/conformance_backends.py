@@ -295,7 +295,59 @@ def _ax_sft(e: Mapping[str, Any]) -> bool:
     return not e["cfg"]["rl"]
 
 
+def _ax_packed(e: Mapping[str, Any]) -> bool:
+    """The engine's rows are packs: ``position_ids`` restarting at 0 inside a row."""
+    return any(r.get("position_ids", [0])[1:].count(0) for r in e["rows"] or [])
+
+
+def _ax_segments(row: Mapping[str, list[int]]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """The examples of a packed row: (input_ids, labels) of each run of ``position_ids`` starting at 0."""
+    starts = [i for i, p in enumerate(row["position_ids"]) if p == 0] + [len(row["position_ids"])]
+    return [(tuple(row["input_ids"][a:b]), tuple(row["labels"][a:b])) for a, b in zip(starts, starts[1:])]
+
+
+def _ax_packs_hold_the_examples(e: Mapping[str, Any], job: DictConfig) -> Any:
+    """Packed rows hold exactly the label view's examples that carry loss, each example's positions from 0 and its
+    first label -100 (it would be predicted from the example before it), no pack over ``train.max_length``; the
+    model is handed no attention mask (so transformers masks block-diagonally by the position ids)."""
+    from core.data import labels
+
+    want = set()
+    for r in labels.label_rows(e["run_dir"], "train"):
+        seq = r.sequences[0]
+        lab = [x if k else -100 for x, k in zip(seq.ids, seq.mask)]
+        if any(x != -100 for x in lab):
+            want.add((tuple(seq.ids), tuple([-100, *lab[1:]])))
+    got = {seg for row in e["rows"] for seg in _ax_segments(row)}
+    if got != want:
+        return ("packs hold other examples", len(got - want), len(want - got))
+    if max(len(r["input_ids"]) for r in e["rows"]) > job.train.max_length:
+        return ("a pack over train.max_length",)
+    if "attention_mask" in (e["collated"] or []) or "position_ids" not in (e["collated"] or []):
+        return ("the model is handed", e["collated"])
+    return True
+
+
+def _ax_pack_order(e: Mapping[str, Any], job: DictConfig, seed: int, shuffle: bool) -> bool:
+    """Packed rows in the job's order over the packs: ``runproto.example_order`` over the distinct packs (pass ``p``
+    seeded with ``seed + p``), the first pass telling which pack is which."""
+    from core import runproto
+
+    rows = [tuple(r["input_ids"]) for r in e["rows"]]
+    n, t = len(set(rows)), job.train
+    idx = runproto.example_order(n, len(rows) // (t.batch_size * t.grad_accum), t.batch_size, t.grad_accum, seed,
+                                 shuffle)
+    base: dict[int, tuple] = {}
+    for i, row in zip(idx, rows):
+        if base.setdefault(i, row) != row:
+            return False
+    return len(base) == n and len(idx) == len(rows)
+
+
 def _ax_rows_are_the_jobs(e: Mapping[str, Any], job: DictConfig) -> bool:
+    if _ax_packed(e):
+        return _ax_packs_hold_the_examples(e, job) is True and _ax_pack_order(e, job, job.train.seed,
+                                                                            bool(job.train.shuffle))
     return e["rows"] == _ax_expected_rows(e, job)
 
 
@@ -311,8 +363,12 @@ def _ax_kind(e: Mapping[str, Any], job: DictConfig) -> Any:
 def _ax_completion_only(e: Mapping[str, Any], job: DictConfig) -> Any:
     if not _ax_rows_are_the_jobs(e, job):
         return ("the engine's rows are not the label view of the data",)
-    masked = any(x == -100 for r in e["rows"] for x in r["labels"])
-    full = all(x == y for r in e["rows"] for x, y in zip(r["input_ids"], r["labels"]))
+    if _ax_packed(e):  # each example's first label is -100 in a pack (it would be predicted across examples)
+        pairs = [p for row in e["rows"] for ids, lab in _ax_segments(row) for p in zip(ids[1:], lab[1:])]
+    else:
+        pairs = [p for r in e["rows"] for p in zip(r["input_ids"], r["labels"])]
+    masked = any(y == -100 for _, y in pairs)
+    full = all(x == y for x, y in pairs)
     kind = json.loads((Path(e["run_dir"]) / "data" / "stats.json").read_text())["kind"]
     if kind == "text":  # a text row carries loss everywhere either way
         return job.method.completion_only_loss if full else ("masked text",)
@@ -321,8 +377,11 @@ def _ax_completion_only(e: Mapping[str, Any], job: DictConfig) -> Any:
 
 def _ax_seed(e: Mapping[str, Any], job: DictConfig) -> Any:
     seed = e["args"]["seed"]
-    if _ax_sft(e) and job.train.shuffle and e["rows"] != _ax_expected_rows(e, job, seed=seed):
-        return ("rows not in the order of seed", seed)
+    if _ax_sft(e) and job.train.shuffle:
+        ordered = (_ax_pack_order(e, job, seed, True) if _ax_packed(e)
+                   else e["rows"] == _ax_expected_rows(e, job, seed=seed))
+        if not ordered:
+            return ("rows not in the order of seed", seed)
     return seed
 
 
@@ -332,9 +391,21 @@ def _ax_shuffle(e: Mapping[str, Any], job: DictConfig) -> Any:
     if not _ax_sft(e):
         return bool(e["settings"]["order"]["shuffle"])
     for shuffle in (False, True):
-        if e["rows"] == _ax_expected_rows(e, job, shuffle=shuffle):
+        if (_ax_pack_order(e, job, job.train.seed, shuffle) if _ax_packed(e)
+                else e["rows"] == _ax_expected_rows(e, job, shuffle=shuffle)):
             return shuffle
     return ("rows in neither order",)
+
+
+def _ax_packing(e: Mapping[str, Any], job: DictConfig) -> Any:
+    """anytune packs (TRL's packs, in the job's order over them) and Axolotl reads the packs as rows; its own
+    multipack sampler stays off."""
+    if e["cfg"]["sample_packing"]:
+        return ("Axolotl's multipack packs too",)
+    if not _ax_sft(e) or not _ax_packed(e):
+        return False
+    held = _ax_packs_hold_the_examples(e, job)
+    return held if held is not True else e["collator"] == "PackedCollator" or ("collator", e["collator"])
 
 
 def _ax_steps(e: Mapping[str, Any], job: DictConfig) -> Any:
@@ -343,6 +414,14 @@ def _ax_steps(e: Mapping[str, Any], job: DictConfig) -> Any:
             "gradient_accumulation_steps"]:
         return ("rows do not fill the steps", len(e["rows"]), a["max_steps"])
     return a["max_steps"]
+
+
+def _ax_units(e: Mapping[str, Any]) -> int:
+    """What an epoch passes over: the records, or with packing the packs (as every engine counts them), told from
+    the rows the engine holds (its distinct packs)."""
+    if _ax_sft(e) and _ax_packed(e):
+        return len({tuple(r["input_ids"]) for r in e["rows"]})
+    return count_rows(Path(e["run_dir"]) / "data" / "train.jsonl")
 
 
 def _ax_peft_type(e: Mapping[str, Any], job: DictConfig) -> str:
@@ -386,7 +465,7 @@ class AxolotlFields(FieldsReachEngine):
         "data.eval": at("eval"),
         "method.name": agree(at("cfg.rl", lambda rl: rl or "sft"), at("trainer_class", lambda c: AX_METHODS.get(c, c))),
         "method.completion_only_loss": _ax_completion_only,
-        "method.packing": at("cfg.sample_packing", bool),
+        "method.packing": _ax_packing,
         "method.beta": at("args.beta"),
         "method.loss_type": _ax_loss_type,
         "peft.type": _ax_peft_type,
@@ -394,10 +473,8 @@ class AxolotlFields(FieldsReachEngine):
         "peft.alpha": at("lora.lora_alpha"),
         "peft.dropout": lambda e, job: 0.0 if e["args"].get("disable_dropout") else e["lora"]["lora_dropout"],
         "peft.target_modules": Expect(at("lora.wrapped"), lambda job, e: targets_of(job)),
-        "train.epochs": Expect(_ax_steps, lambda job, e: steps_of(job, count_rows(Path(e["run_dir"]) / "data" /
-                                                                                   "train.jsonl"))),
-        "train.max_steps": Expect(_ax_steps, lambda job, e: steps_of(job, count_rows(Path(e["run_dir"]) / "data" /
-                                                                                      "train.jsonl"))),
+        "train.epochs": Expect(_ax_steps, lambda job, e: steps_of(job, _ax_units(e))),
+        "train.max_steps": Expect(_ax_steps, lambda job, e: steps_of(job, _ax_units(e))),
         "train.batch_size": agree(at("args.per_device_train_batch_size"), at("args.per_device_eval_batch_size")),
         "train.grad_accum": at("args.gradient_accumulation_steps"),
         "train.learning_rate": at("args.learning_rate"),

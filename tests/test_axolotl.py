@@ -122,6 +122,25 @@ def test_yaml_is_axolotls(checked: dict[str, dict], method: str):
     assert held["adapter"] == ("None" if "peft=none" in METHODS[method] else "lora"), held
 
 
+def test_packs_are_trls():
+    """anytune's best-fit-decreasing packs (``translate.bfd``) are TRL's own (``trl.pack_dataset``, strategy bfd),
+    pack for pack and in order, over lengths with ties, rows longer than a pack and more than one batch of 1,000."""
+    import random
+
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from trl import pack_dataset
+
+    from plugins.axolotl import translate
+
+    rng = random.Random(0)
+    lengths = [rng.choice([rng.randint(1, 40), rng.randint(1, 300), 64, 64, 200]) for _ in range(2300)]
+    ids = [[i] * n for i, n in enumerate(lengths)]
+    packed = pack_dataset(Dataset.from_dict({"input_ids": ids}), 256, "bfd")
+    trl_packs = [sorted(set(r), key=r.index) for r in packed["input_ids"]]
+    assert translate.bfd(lengths, 256) == trl_packs
+
+
 def test_misspelt_native_key_is_refused(python: str, tmp_path: Path):
     """``backend.native.lora_rr`` is refused at validation, naming the key and Axolotl's ``lora_r``; nothing is
     prepared."""
@@ -170,3 +189,24 @@ def test_ejected_yaml_trains_with_axolotl_alone(python: str, tmp_path: Path):
     assert outcome["artifacts"] == {"adapter": {"path": "artifacts/adapter"}}
     assert outcome["versions"]["axolotl"] == "0.19.0" and outcome["trainable_parameters"] > 0
     shutil.rmtree(run_dir / "plan" / "axolotl_prepared", ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_packing_trains_trls_packs(python: str, tmp_path: Path):
+    """``method.packing=true``: anytune packs the examples as TRL does (its best-fit-decreasing packs, position ids
+    from 0 for each example, each example's first label unused) and Axolotl reads the packs as rows with no
+    attention mask, so no token attends to another example: a full fine-tune's loss curve is TRL's packed one
+    (rows in order, 2 micro-batches of 2 packs a step), step for step within 1e-5."""
+    job = ["offline=true", "train.device=cpu", "train.precision=fp32", "data.eval_fraction=0", "data.max_rows=32",
+           "train.batch_size=2", "train.grad_accum=2", "train.max_steps=3", "method.packing=true",
+           "train.shuffle=false", "peft=none", "train.learning_rate=1e-3", "train.save_artifacts=false"]
+    losses = {}
+    for backend in ("axolotl", "trl"):
+        result = runner.run(compose([f"backend={backend}", *job]), tmp_path / backend)
+        assert result["status"] == "succeeded", result.get("error")
+        rows = [json.loads(line) for line in (tmp_path / backend / "metrics.jsonl").read_text().splitlines()]
+        losses[backend] = [r["loss"] for r in rows if "loss" in r]
+    packs = [json.loads(line) for line in (tmp_path / "axolotl" / "plan" / "axolotl_data" / "train.jsonl").open()]
+    assert any(r["position_ids"][1:].count(0) for r in packs), "some pack holds several examples"
+    assert len(losses["axolotl"]) == 3
+    assert losses["axolotl"] == pytest.approx(losses["trl"], abs=1e-5, rel=0), losses

@@ -68,11 +68,11 @@ class TestAxolotl(AxolotlFields, BackendConformance, backend="axolotl"):
 
     gaps = [
         notyet("test_accepts[train.strategy=fsdp]", "test_accepts[train.strategy=deepspeed]",
-               reason="one process: Axolotl's launcher, fsdp_config and deepspeed keys are not wired yet"),
+               reason="one process: Axolotl 0.19's torchrun launcher starts the ranks on CPU but its Trainer runs "
+                      "them undistributed (DistributedType.NO: no gradient averaging), docs/axolotl.md; fsdp_config "
+                      "and deepspeed keys not wired"),
         notimpl("test_accepts[method.name=kto]", "test_accepts[data.kind=unpaired]",
                 reason="Axolotl has rl: kto; its unpaired data path was not built or run"),
-        notimpl("test_job[sft_packing]", "test_accepts[method.packing=True]",
-                reason="Axolotl's multipack packing was not checked to keep examples apart on CPU"),
         notimpl("test_accepts[peft.type=qlora]", "test_accepts[train.device=cuda]",
                 "test_accepts[train.precision=fp16]", "test_accepts[model.dtype=float16]",
                 reason="wired like the CPU jobs, but no Axolotl job ran on a GPU yet; refused until one did"),

@@ -72,13 +72,14 @@ class AxolotlBackend(core.Trainer):
             "train.lr_scheduler": frozenset(translate.SCHEDULERS),
             "method.loss_type": frozenset(translate.DPO_LOSSES),
             "method.completion_only_loss": frozenset({True, False}),
+            "method.packing": frozenset({False, True}),
             "train.gradient_checkpointing": frozenset({False, True}),
             "data.eval": frozenset({False, True}),
             "train.shuffle": frozenset({True, False}),
             "train.save_artifacts": frozenset({True, False}),
         },
         reads=core.fields("model.*", "data.chat_template", "method.*", "peft.*", "train.*",
-                          # one process: Axolotl's accelerate/torchrun launchers are not wired yet
+                          # one process: Axolotl's launcher does not train DDP on CPU (docs/axolotl.md, "Not built")
                           exclude=("train.devices", "train.nodes", "train.strategy")),
         needs=frozenset({"tokenizer", "template", "weights", "device"}),
     )
@@ -123,8 +124,8 @@ class AxolotlBackend(core.Trainer):
     def plan(self, ctx: core.Context) -> core.Plan:
         """Write ``plan/axolotl.yaml``, the data as Axolotl reads it (``plan/axolotl_data/``) and the plugin's
         settings; ship the plugin as ``plan/anytune_axolotl.py`` with the run protocol, loss masks and HF glue."""
-        config = translate.native_config(ctx.job, ctx.data, ctx.rel, ctx.resume)
-        translate.write_data(ctx.job, ctx.data, ctx.run_dir, ctx.plan_dir / translate.DATA_DIR)
+        rows = translate.write_data(ctx.job, ctx.data, ctx.run_dir, ctx.plan_dir / translate.DATA_DIR)
+        config = translate.native_config(ctx.job, ctx.data, ctx.rel, ctx.resume, rows=rows)
         config_file = ctx.rel(ctx.plan_dir / translate.PLAN_FILE)
         header = (f"# Axolotl {self.environment_version()} config written by anytune.\n"
                   f"# Run it from the run directory (the folder holding plan/ and data/):\n"
@@ -134,7 +135,7 @@ class AxolotlBackend(core.Trainer):
                   f"# The plugin plan.anytune_axolotl.AnytunePlugin ({ctx.rel(ctx.plan_dir / translate.PLUGIN)}) writes\n"
                   f"# metrics.jsonl, artifacts/ and the outcome file, and refuses keys Axolotl would ignore.\n")
         files = [ctx.write(translate.PLAN_FILE, header + yaml.safe_dump(config, sort_keys=False, width=120)),
-                 ctx.write_json(translate.SETTINGS, translate.settings(ctx.job, ctx.data)),
+                 ctx.write_json(translate.SETTINGS, translate.settings(ctx.job, ctx.data, rows)),
                  *ctx.ship(HERE / "plugin.py", rename={"plugin.py": translate.PLUGIN}),
                  *hftrainer.ship(ctx)]
         env_vars = {"AXOLOTL_DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": "."}

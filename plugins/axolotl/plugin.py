@@ -137,7 +137,15 @@ class AnytunePlugin(BasePlugin):
             args["use_cpu"] = True
         if self.settings.get("method") in ("dpo", "orpo"):
             args["disable_dropout"] = False  # TRL's preference configs zero every dropout, peft.dropout included
+
         return args
+
+    def get_collator_cls_and_kwargs(self, cfg, is_eval=False):
+        """Packed training rows (``settings["packed"]``): Axolotl's own collator for tokenised rows
+        (``DataCollatorForSeq2Seq``, as unpacked), without the attention mask (:func:`packed_collator`)."""
+        if is_eval or not self.settings.get("packed"):
+            return None
+        return packed_collator(), {}
 
     def add_callbacks_pre_trainer(self, cfg, model):
         """A reseeding callback, the metrics callback (``metrics.jsonl`` rows) and the checkpoint/Ctrl-C callback."""
@@ -155,6 +163,15 @@ class AnytunePlugin(BasePlugin):
         self.stop = hfglue.checkpoints_callback()
         return [Reseed(), hfglue.metrics_callback(writer, self.settings.get("order"), self.settings.get("rows")),
                 self.stop]
+
+    def pre_model_load(self, cfg):
+        """Freeze what the process holds so far (Axolotl, torch, transformers and their modules: about a million
+        objects): Axolotl's model loader calls ``gc.collect()`` three times, 0.6 s each on a CPU when it rescans
+        them all. Frozen objects are never scanned or collected (what the imports left unreachable stays: a few
+        megabytes); what the model, the data and training make later is collected as usual."""
+        import gc
+
+        gc.freeze()
 
     def pre_lora_load(self, cfg, model):
         """Seed the generators with ``train.seed`` right before the adapter's weights are initialised: Axolotl's
@@ -207,6 +224,22 @@ class AnytunePlugin(BasePlugin):
                 self.outcome.__exit__(*sys.exc_info())
             sys.exit(runproto.INTERRUPTED)
         self.outcome.__exit__(None, None, None)
+
+
+def packed_collator():
+    """Axolotl's ``DataCollatorForSeq2Seq`` for packed rows: each row is a pack of examples whose ``position_ids``
+    restart at 0; the collator is given the rows without their ``attention_mask`` (it then returns none), so
+    transformers builds a block-diagonal causal mask from the position ids (``masking_utils``,
+    ``find_packed_sequence_indices``): no token attends to another example. It pads labels with -100 and position
+    ids with a fresh ``0, 1, ...`` run (the padding is an example of its own, with no loss)."""
+    from axolotl.utils.collators import DataCollatorForSeq2Seq
+
+    class PackedCollator(DataCollatorForSeq2Seq):
+        def __call__(self, features, return_tensors=None):
+            return super().__call__([{k: v for k, v in f.items() if k != "attention_mask"} for f in features],
+                                    return_tensors)
+
+    return PackedCollator
 
 
 def accepts_loss_kwargs(trainer) -> bool:

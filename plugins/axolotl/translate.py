@@ -48,31 +48,37 @@ def load_dtype(job: Any) -> str:
     return {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[job.train.precision]
 
 
-def order_of(job: Any, rows: int) -> dict[str, Any] | None:
-    """The example order (``runproto.example_order``'s arguments) the data is written in; None when packing
-    (Axolotl packs, then orders the packs)."""
+def order_of(job: Any, rows: int) -> dict[str, Any]:
+    """The example order (``runproto.example_order``'s arguments) the data is written in.
+
+    :param rows: the training rows as Axolotl reads them: records, or packs when packing (:func:`units`).
+    """
     from core import runproto
 
     t = job.train
-    if job.method.name == "sft" and job.method.packing:
-        return None
     steps, _ = runproto.steps_and_passes(rows, t.batch_size, t.grad_accum, t.max_steps, t.epochs)
     return {"steps": steps, "batch": t.batch_size, "accum": t.grad_accum, "seed": t.seed, "shuffle": bool(t.shuffle)}
 
 
-def native_config(job: Any, data: Any, rel: Callable[[Any], str] = str, resume: str | None = None) -> dict[str, Any]:
+def packed(job: Any) -> bool:
+    """The job packs its SFT examples (``method.packing``): anytune packs them, Axolotl reads the packs."""
+    return job.method.name == "sft" and bool(job.method.packing)
+
+
+def native_config(job: Any, data: Any, rel: Callable[[Any], str] = str, resume: str | None = None,
+                  rows: int | None = None) -> dict[str, Any]:
     """The Axolotl config of the job, ``backend.native`` merged last.
 
     :param data: the prepared data (``core.DataInfo``).
     :param rel: turns a path into the form the plan names it by (relative to the run directory).
     :param resume: checkpoint folder to continue from (``Context.resume``).
+    :param rows: training rows as Axolotl reads them (what :func:`write_data` returns); default: the records.
     """
     from core import runproto
 
     t, m, p = job.train, job.method, job.peft
-    rows = int(data.stats["rows"]["train"])
-    order = order_of(job, rows)
-    steps = order["steps"] if order else (t.max_steps if t.max_steps > 0 else None)
+    order = order_of(job, int(rows if rows is not None else data.stats["rows"]["train"]))
+    steps = order["steps"]
     plan = "plan"
     cfg: dict[str, Any] = {
         "base_model": str(job.model.name_or_path),
@@ -104,7 +110,9 @@ def native_config(job: Any, data: Any, rel: Callable[[Any], str] = str, resume: 
         "dataset_exact_deduplication": False,
         "dataset_prepared_path": f"{plan}/{PREPARED}",
         "dataset_processes": 1,
-        "sample_packing": bool(m.name == "sft" and m.packing),
+        # packing: the rows come packed (input_ids, labels, position_ids restarting at 0 for each example, no
+        # attention_mask: transformers then masks attention block-diagonally); Axolotl's multipack stays off
+        "sample_packing": False,
         "plugins": [PLUGIN_NAME],
         "chat_template": "jinja" if data.template else None,
         "chat_template_jinja": rel(data.template) if data.template else None,  # a path: Axolotl reads the file
@@ -112,19 +120,11 @@ def native_config(job: Any, data: Any, rel: Callable[[Any], str] = str, resume: 
         "use_tensorboard": False,
         "save_first_step": False,
     }
-    if steps:
-        cfg["max_steps"] = int(steps)
-        # ceil(ratio * steps), as transformers rounds it on every engine (Axolotl's warmup_ratio floors it); Axolotl
-        # turns a warm-up of 1 step into 2, which the shipped plugin undoes (settings' warmup_steps)
-        cfg["warmup_steps"] = warmup_steps(job, int(steps))
-    else:  # packed: the steps are Axolotl's count of packs
-        cfg["warmup_ratio"] = float(t.warmup_ratio)
-    if order:
-        cfg["curriculum_sampling"] = True  # a SequentialSampler: the rows are already in the job's order
-    elif not t.shuffle:
-        cfg["curriculum_sampling"] = True
-    if m.name == "sft" and m.packing:
-        cfg.update(pad_to_sequence_len=True, eval_sample_packing=False)
+    cfg["max_steps"] = int(steps)
+    # ceil(ratio * steps), as transformers rounds it on every engine (Axolotl's warmup_ratio floors it); Axolotl
+    # turns a warm-up of 1 step into 2, which the shipped plugin undoes (settings' warmup_steps)
+    cfg["warmup_steps"] = warmup_steps(job, int(steps))
+    cfg["curriculum_sampling"] = True  # a SequentialSampler: the rows are already in the job's order
     if t.save_steps > 0:
         cfg["save_steps"] = int(t.save_steps)
     if data.eval is not None and t.eval_steps > 0:
@@ -165,44 +165,110 @@ def warmup_steps(job: Any, steps: int) -> int:
     return math.ceil(float(job.train.warmup_ratio) * steps)
 
 
-def settings(job: Any, data: Any) -> dict[str, Any]:
-    """What the shipped plugin reads beside the YAML (``plan/anytune_axolotl.json``)."""
-    rows = int(data.stats["rows"]["train"])
+def settings(job: Any, data: Any, rows: int | None = None) -> dict[str, Any]:
+    """What the shipped plugin reads beside the YAML (``plan/anytune_axolotl.json``).
+
+    :param rows: training rows as Axolotl reads them (:func:`write_data`'s count; packs when packing)."""
+    rows = int(rows if rows is not None else data.stats["rows"]["train"])
     order = order_of(job, rows)
     return {"order": order, "rows": rows, "adapter": job.peft.type != "none",
             "save": bool(job.train.save_artifacts), "method": job.method.name,
-            "warmup_steps": warmup_steps(job, order["steps"]) if order else None,
+            "warmup_steps": warmup_steps(job, order["steps"]), "packed": packed(job),
             "use_cpu": job.train.device == "cpu"}
 
 
 # -- the data as Axolotl reads it -------------------------------------------------------------------------
 
 
-def write_data(job: Any, data: Any, run_dir: Path, out_dir: Path) -> list[Path]:
-    """Write ``train.jsonl`` (and ``eval.jsonl``) as Axolotl reads them into ``out_dir``; returns the files.
+def write_data(job: Any, data: Any, run_dir: Path, out_dir: Path) -> int:
+    """Write ``train.jsonl`` (and ``eval.jsonl``) as Axolotl reads them into ``out_dir``; returns the number of
+    training rows before ordering (records, or packs when packing), what :func:`order_of` orders.
 
-    SFT: one tokenised row per example, in the example order; preference: prompt/chosen/rejected text.
+    SFT: one tokenised row per example (one per pack when packing, :func:`pack_rows`), in the example order;
+    preference: prompt/chosen/rejected text. Held-out rows are never packed.
     """
     from core import runproto
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    order = order_of(job, int(data.stats["rows"]["train"]))
-    written = []
+    units = int(data.stats["rows"]["train"])
     for split, path in (("train", data.train), ("eval", data.eval)):
         if path is None:
             continue
         if job.method.name == "sft":
             rows = tokenised(run_dir, split)
+            if split == "train" and packed(job):
+                rows = pack_rows(rows, int(job.train.max_length))
         else:
             rows = preference_text(runproto.read_jsonl(str(path)), data)
-        if split == "train" and order:
+        if split == "train":
+            units = len(rows)
+            order = order_of(job, units)
             idx = runproto.example_order(len(rows), order["steps"], order["batch"], order["accum"], order["seed"],
                                          order["shuffle"])
             rows = [rows[i] for i in idx]
         dest = out_dir / f"{split}.jsonl"
         runproto.atomic_write_text(str(dest), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        written.append(dest)
-    return written
+    return units
+
+
+BFD_CHUNK = 1000
+"""TRL packs in ``datasets.map(batched=True)`` batches of 1,000 rows (its default): packs never mix rows of two."""
+
+
+def bfd(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Best-fit-decreasing packing of rows of ``lengths`` into packs of at most ``capacity`` tokens: TRL's
+    (``trl.data_utils._pack_bfd``, SFTTrainer's default ``packing_strategy="bfd"``), written out so the packs are
+    TRL's: rows taken longest first (equal lengths in row order), each into the pack with the least room that
+    holds it (of packs with equal room, the one that got that room first), else a new pack; packs in the order
+    they were opened, rows in each in the order they went in. Indices into ``lengths``."""
+    import bisect
+    from collections import defaultdict, deque
+
+    out: list[list[int]] = []
+    for start in range(0, len(lengths), BFD_CHUNK):
+        ids = [i for i in range(start, min(start + BFD_CHUNK, len(lengths))) if lengths[i] > 0]
+        ids.sort(key=lambda i: -min(lengths[i], capacity))  # stable: equal lengths keep their order
+        rooms: list[int] = []  # sorted free rooms (0 < room < capacity) that some open pack has
+        by_room: dict[int, deque] = defaultdict(deque)
+        for i in ids:
+            n = min(lengths[i], capacity)
+            k = bisect.bisect_left(rooms, n)
+            if k < len(rooms):
+                room = rooms[k]
+                pack = by_room[room].popleft()
+                if not by_room[room]:
+                    rooms.pop(k)
+            else:
+                room, pack = capacity, []
+                out.append(pack)
+            pack.append(i)
+            room -= n
+            if room > 0:
+                if not by_room[room]:
+                    bisect.insort(rooms, room)
+                by_room[room].append(pack)
+    return out
+
+
+def pack_rows(rows: list[dict[str, list[int]]], capacity: int) -> list[dict[str, list[int]]]:
+    """Tokenised rows packed as TRL packs them (its BFD packs; rows with no loss token dropped first, as TRL does),
+    each pack one row: ``input_ids`` and ``labels`` joined, ``position_ids`` restarting at 0 for each example (an
+    ``attention_mask`` of ones too, without which Axolotl does not take a row as tokenised; the shipped plugin's
+    collator drops it, so transformers masks attention block-diagonally from the position ids), each example's
+    first label -100 (TRL's padding-free collator does the same: that
+    token would be predicted from the example before it)."""
+    rows = [r for r in rows if any(x != -100 for x in r["labels"])]
+    out = []
+    for pack in bfd([len(r["input_ids"]) for r in rows], capacity):
+        row: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+        for i in pack:
+            ids = rows[i]["input_ids"][:capacity]
+            row["input_ids"] += ids
+            row["labels"] += [-100, *rows[i]["labels"][1:len(ids)]]
+            row["position_ids"] += list(range(len(ids)))
+        row["attention_mask"] = [1] * len(row["input_ids"])  # how Axolotl tells tokenised rows; the plugin drops it
+        out.append(row)
+    return out
 
 
 def tokenised(run_dir: Path, split: str) -> list[dict[str, list[int]]]:

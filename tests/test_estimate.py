@@ -99,15 +99,16 @@ def test_cli_on_the_benchmarked_shape(llama1b):
     est = run_cli(f"model.name_or_path={llama1b}", "train.device=cuda", "train.precision=bf16", "method.packing=true",
                   "train.max_length=2048", "train.batch_size=8", "train.max_steps=60")
     assert est["trainable_parameters"] == 11_272_192 and est["model"]["parameters"] == 1_235_814_400
-    assert abs(est["memory"]["total"] / (41.92 * 2**30) - 1) < 0.02
+    row = next(r for r in MEASURED["memory"] if r["id"] == "h200-trl-lora-varlen")
+    assert abs(est["memory"]["total"] / peak(row) - 1) < 0.20
     assert est["steps"] == 60 and est["training_tokens"] == 60 * 8 * 2048
-    assert est["time"]["tokens_per_s"] == 13673 and est["time"]["seconds"] == round(60 * 8 * 2048 / 13673)
+    assert est["time"]["tokens_per_s"] == 48920 and est["time"]["seconds"] == round(60 * 8 * 2048 / 48920)
     assert "6N ratio" in est["time"]["how"] and "no GPU seen" in est["time"]["how"]
     half = estimate.shape({**MEASURED["models"]["llama-1b-128k"], "num_hidden_layers": 8})
     job = OmegaConf.create({"peft": {"type": "lora"}, "train": {"gradient_checkpointing": False, "devices": 1,
                                                                   "nodes": 1}})
     scaled = estimate.throughput("trl", job, half, "NVIDIA H200")
-    assert scaled["tokens_per_s"] == round(13673 * 1_235_814_400 / half["params"])
+    assert scaled["tokens_per_s"] == round(48920 * 1_235_814_400 / half["params"])
 
 
 def test_fits_the_gpu_it_sees(llama1b, monkeypatch):

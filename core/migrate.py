@@ -230,9 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     console.print(mig.table())
     counts = {s: sum(e.status == s for e in mig.entries) for s in (MAPPED, NATIVE, NONE, EMPTY)}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"\nwrote {out}")
-    run = (f"python -m core +experiment={name}" if not args.out else
-           f"python -m core 'hydra.searchpath=[file://{out.parent.parent.resolve()}]' +experiment={name}"
-           + ("" if out.parent.name == "experiment" else "  (once the file is in a folder named experiment/)"))
+    if not args.out:
+        run = f"python -m core +experiment={name}"
+    elif out.parent.name == "experiment":  # Hydra finds experiment/NAME.yaml under a search-path folder
+        run = f"python -m core 'hydra.searchpath=[file://{out.parent.parent.resolve()}]' +experiment={name}"
+    else:
+        home = out.parent.resolve()
+        run = (f"mkdir -p {home}/experiment && mv {out.resolve()} {home}/experiment/ && "
+               f"python -m core 'hydra.searchpath=[file://{home}]' +experiment={name}")
     console.print(f"run: {run}" + ("  data.train=FILE" if str(mig.fields.get("data.train", "")).startswith("SET ")
                                    else ""),
                   highlight=False, markup=False)

@@ -24,6 +24,7 @@ Anything else in ``core`` is internal and may change.
 import pluggy
 
 from core import chatrender, envs, lossmask, runproto, scores
+from core.launch import torchrun_args, world_size
 from core.capabilities import Capabilities, fields
 from core.envs import extra_requirements
 from core.errors import AnytuneError, ConfigError, did_you_mean
@@ -59,5 +60,5 @@ __all__ = ["AnytuneError", "BackendConfig", "Capabilities", "ConfigError", "Cont
            "Exporter", "MemoryProfile", "Plan", "Step", "StepConfig", "Trainer", "chatrender", "choice", "did_you_mean",
            "envs", "extra_requirements", "fields", "hookimpl", "labels", "lossmask", "migrate", "number", "runproto",
            "scores",
-           "tokenizer_files",
+           "tokenizer_files", "torchrun_args", "world_size",
            "__version__"]

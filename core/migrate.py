@@ -68,11 +68,7 @@ class Migration:
         if isinstance(value, str) and "${" in value:
             kept = value.replace("${", "\\${")
             note = note or "the interpolation is left for the engine to resolve"
-        node = self.native
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = kept
+        put(self.native, key, kept)
         self.add(key, value, NATIVE, f"backend.native.{key}", note)
 
     def overrides(self) -> list[str]:
@@ -93,11 +89,7 @@ class Migration:
 
         body: dict[str, Any] = {}
         for k, v in self.fields.items():
-            node = body
-            *parents, leaf = k.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = v
+            put(body, k, v)
         if self.native:
             body.setdefault("backend", {})["native"] = self.native
         lines = ["# @package _global_", f"# python -m core +experiment={name}   (a file elsewhere: add "
@@ -148,6 +140,14 @@ def override_value(v: Any) -> str:
     if isinstance(v, dict):
         return "{" + ",".join(f"{k}:{override_value(x)}" for k, x in v.items()) + "}"
     return json.dumps(v)
+
+
+def put(d: dict, dotted: str, value: Any) -> None:
+    """Set ``dotted`` (``a.b.c``) in the nested dict ``d``, making the dicts on the way (:func:`flatten`'s inverse)."""
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        d = d.setdefault(p, {})
+    d[leaf] = value
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -11,7 +11,6 @@ environment sets it), which also numbers the nodes. Imports no engine.
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -93,7 +92,7 @@ def follow(cfg: Any, run_dir: Path, task: Task, timeout: float | None = None) ->
         if time.time() > deadline:
             return {"status": "failed", "task": task.rank, "error": f"no plan appeared in {run_dir}"}
         time.sleep(0.5)
-    plan = json.loads(command_file.read_text())
+    plan = runproto.read_json(str(command_file))
     logs = run_dir / runproto.LOGS
     logs.mkdir(exist_ok=True)
     stem = logs / f"train.node{task.rank}"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from core import runproto
+from core.launch import world_size
 
 MEASURED = Path(__file__).parent.parent / "assets" / "measured.json"
 """Measured peaks and throughput (from docs/benchmarks.md, with date, device and section)."""
@@ -105,7 +106,7 @@ def memory(job: Any, profile: Any, s: dict, stats: dict) -> dict[str, Any]:
     load = elem if job.model.dtype == "auto" else dtype_bytes(job.model.dtype)
     adam = t.optimizer == "adamw"
     parts: dict[str, float] = {}
-    shards = t.devices * t.nodes if t.strategy in ("fsdp", "deepspeed") else 1
+    shards = world_size(job) if t.strategy in ("fsdp", "deepspeed") else 1
     if p.type == "none":
         master = 4 if profile.fp32_master else elem
         parts["weights"] = s["params"] * master
@@ -160,7 +161,7 @@ def gpus() -> list[dict[str, Any]]:
 def steps_and_tokens(job: Any, stats: dict) -> tuple[int, int, str]:
     """(optimiser steps, training tokens, how they were counted) from the prepared data."""
     t, m = job.train, job.method
-    world = t.devices * t.nodes
+    world = world_size(job)
     rows = int(stats["rows"]["train"])
     tok = (stats.get("tokens") or {}).get("train") or {}
     if m.name == "sft" and m.packing:
@@ -193,14 +194,15 @@ def throughput(backend: str, job: Any, s: dict, gpu: str | None) -> dict[str, An
 
     row = max(rows, key=score)
     n_ref = data["models"][row["model"]]["parameters"]
-    tps = row["tokens_per_s"] * n_ref / s["params"] * job.train.devices * job.train.nodes
+    world = world_size(job)
+    tps = row["tokens_per_s"] * n_ref / s["params"] * world
     differs = [w for w, same in (("PEFT " + row["peft"], row["peft"] == kind),
                                  ("checkpointing " + str(row["gradient_checkpointing"]).lower(),
                                   row["gradient_checkpointing"] == bool(job.train.gradient_checkpointing)))
                if not same]
     how = (f"{row['tokens_per_s']:,} tokens/s measured on {row['device']} ({backend}, {row['model']}, {row['shape']}, "
            f"{row['date']}) x 6N ratio {n_ref:,}/{s['params']:,}"
-           + (f" x {job.train.devices * job.train.nodes} devices" if job.train.devices * job.train.nodes > 1 else "")
+           + (f" x {world} devices" if world > 1 else "")
            + (f"; that row differs in {', '.join(differs)}" if differs else "")
            + ("" if gpu == row["device"] else f"; not scaled to {gpu or 'this machine (no GPU seen)'}"))
     return {"tokens_per_s": round(tps), "how": how}

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import core
+
 GLUE = Path(__file__).parent / "glue.py"
 """The worker-side glue module (runs in the engine's process; imports ``runproto`` and ``lossmask``)."""
 VARLEN = Path(__file__).parent / "varlen.py"
@@ -51,32 +53,18 @@ def schedule(job: Any, rows: int) -> dict[str, Any] | None:
     t = job.train
     if job.method.get("packing"):
         return None
-    batch = t.batch_size * world_size(job)  # one micro-step reads a batch per process, in turn
+    batch = t.batch_size * core.world_size(job)  # one micro-step reads a batch per process, in turn
     steps, _ = runproto.steps_and_passes(rows, batch, t.grad_accum, t.max_steps, t.epochs)
     return {"steps": steps, "batch": batch, "accum": t.grad_accum, "seed": t.seed, "shuffle": bool(t.shuffle)}
 
 
-def world_size(job: Any) -> int:
-    """Processes that train together: ``train.devices`` × ``train.nodes``."""
-    return int(job.train.get("devices", 1)) * int(job.train.get("nodes", 1))
-
-
 def command(job: Any, python: str, script: list[str]) -> list[str]:
     """argv that runs a worker ``script`` (its path and arguments): itself for one process; for several,
-    PyTorch's own launcher (``torchrun``: ``python -m torch.distributed.run``), which the Trainer (accelerate)
-    picks up from its environment: DDP over NCCL on GPUs, gloo on CPU.
-
-    Every rank's output is kept under ``logs/ranks/`` and also echoed, prefixed, into the step's log. On
-    several nodes each node runs the same plan; the scheduler gives the rendezvous endpoint and the node's
-    rank through torchrun's own variables (``PET_RDZV_ENDPOINT``, ``PET_NODE_RANK``; docs/distributed.md).
-    """
-    t = job.train
-    if world_size(job) == 1:
+    PyTorch's own launcher (``torchrun``: ``python -m torch.distributed.run``, :func:`core.torchrun_args`), which
+    the Trainer (accelerate) picks up from its environment: DDP over NCCL on GPUs, gloo on CPU."""
+    if core.world_size(job) == 1:
         return [python, *script]
-    argv = [python, "-m", "torch.distributed.run", f"--nproc-per-node={t.devices}", f"--nnodes={t.nodes}",
-            "--log-dir=logs/ranks", "--redirects=3", "--tee=3"]
-    argv += ["--standalone"] if t.nodes == 1 else ["--rdzv-backend=c10d"]
-    return argv + list(script)
+    return [python, "-m", "torch.distributed.run", *core.torchrun_args(job), *script]
 
 
 def training_args(job: Any, has_eval: bool, order: dict[str, Any] | None = None) -> dict[str, Any]:

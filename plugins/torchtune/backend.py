@@ -82,15 +82,16 @@ class TorchtuneBackend(core.Trainer):
         recipe, config = translate.native_config(ctx.job, ctx.data, ctx.rel, module, ctx.resume)
         header = (f"# torchtune {self.environment_version()} recipe config written by anytune.\n"
                   f"# Run it from the run directory (the folder holding plan/ and data/):\n"
-                  f"#   tune run {' '.join([*translate.launcher(ctx.job), recipe])} --config {config_file}\n"
+                  f"#   tune run {' '.join([*core.torchrun_args(ctx.job, joined=False), recipe])} --config {config_file}\n"
                   f"# Components named {module}.* are in {components} (tokenizer with\n"
                   f"# the chat template of record, datasets over data/*.jsonl, optimiser, schedule, metric logger\n"
                   f"# that writes metrics.jsonl, artifacts/ and the outcome file).\n")
         files = [ctx.write(translate.PLAN_FILE, header + OmegaConf.to_yaml(OmegaConf.create(config))),
                  *ctx.ship(HERE / "components.py", rename={"components.py": translate.COMPONENTS}),
                  *ctx.ship(core.runproto, core.lossmask, core.chatrender)]
-        return core.Plan(command=[self.python(), "-m", "torchtune._cli.tune", "run", *translate.launcher(ctx.job),
-                                  recipe, "--config", files[0]], files=files)
+        return core.Plan(command=[self.python(), "-m", "torchtune._cli.tune", "run",
+                                  *core.torchrun_args(ctx.job, joined=False), recipe, "--config", files[0]],
+                         files=files)
 
     def environment_version(self) -> str:
         """The pinned torchtune version."""

@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
-from core import runproto
-from core import ConfigError
+import core
+from core import ConfigError, runproto
 
 PLAN_FILE = "torchtune.yaml"
 """The recipe config, in the trainer's plan directory."""
@@ -214,24 +214,6 @@ def weight_files(path: Path) -> list[str]:
     return sorted(f.name for f in path.glob("*.safetensors")) or sorted(f.name for f in path.glob("*.bin"))
 
 
-def processes(job: Any) -> int:
-    """Processes that train together: ``train.devices`` × ``train.nodes``."""
-    return int(job.train.get("devices", 1)) * int(job.train.get("nodes", 1))
-
-
-def launcher(job: Any) -> list[str]:
-    """``tune run``'s launcher arguments (torchrun's own, which ``tune run`` takes before the recipe) for the
-    job's processes; none for one process. Every rank's output is kept under ``logs/ranks/`` and echoed,
-    prefixed, into the step's log. On several nodes the scheduler gives the rendezvous endpoint and the node's
-    rank through torchrun's variables (``PET_RDZV_ENDPOINT``, ``PET_NODE_RANK``; docs/distributed.md)."""
-    t = job.train
-    if processes(job) == 1:
-        return []
-    argv = ["--nproc_per_node", str(t.devices), "--nnodes", str(t.nodes), "--log-dir", "logs/ranks",
-            "--redirects", "3", "--tee", "3"]
-    return argv + (["--standalone"] if t.nodes == 1 else ["--rdzv-backend", "c10d"])
-
-
 def check(job: Any) -> None:
     """What the capability table cannot say: the model family, LoRA targets, method/PEFT combinations and
     dtype, before any data is read.
@@ -255,8 +237,8 @@ def check(job: Any) -> None:
                           "backend=trl (bitsandbytes)")
     if p.type != "none":
         lora_targets(list(p.target_modules), bool(hf.get("tie_word_embeddings", False)))
-    if processes(job) > 1:
-        several = f"train.devices × train.nodes = {processes(job)}"
+    if core.world_size(job) > 1:
+        several = f"train.devices × train.nodes = {core.world_size(job)}"
         if p.type != "none":
             raise ConfigError(f"peft.type={p.type} with {several}: torchtune 0.6.1's LoRA recipes "
                               "(lora_finetune_distributed, lora_dpo_distributed) start with "
@@ -293,7 +275,7 @@ def native_config(job: Any, data: Any, rel: Callable[[Any], str] = str,
     path, hf = hf_config(str(job.model.name_or_path))
     fam = family_of(hf, str(job.model.name_or_path))
     full = p.type == "none"
-    world = processes(job)
+    world = core.world_size(job)
     recipe = (DISTRIBUTED_RECIPES if world > 1 else RECIPES)[(m.name, full)]
     rows = int(data.stats["rows"]["train"])
     # one micro-step takes a batch per process, in turn (docs/distributed.md)

@@ -40,6 +40,14 @@ def tokenizer_files(name: str, offline: bool):
     return find(name, offline)
 
 
+def flatten(d: dict, empty_leaves: bool = True) -> dict:
+    """Nested dict -> dotted leaves (``core.config.flatten``: an empty dict is a leaf unless ``empty_leaves`` is
+    False)."""
+    from core.config import flatten as dotted
+
+    return dotted(d, empty_leaves=empty_leaves)
+
+
 def __getattr__(name: str):
     if name == "labels":  # the label view imports the data layer: loaded on first use only
         from core.data import labels
@@ -58,7 +66,7 @@ hookimpl = pluggy.HookimplMarker("anytune")
 
 __all__ = ["AnytuneError", "BackendConfig", "Capabilities", "ConfigError", "Context", "DataInfo", "Evaluator",
            "Exporter", "MemoryProfile", "Plan", "Step", "StepConfig", "Trainer", "chatrender", "choice", "did_you_mean",
-           "envs", "extra_requirements", "fields", "hookimpl", "labels", "lossmask", "migrate", "number", "runproto",
+           "envs", "extra_requirements", "fields", "flatten", "hookimpl", "labels", "lossmask", "migrate", "number", "runproto",
            "scores",
            "tokenizer_files", "torchrun_args", "world_size",
            "__version__"]

@@ -137,6 +137,21 @@ def compose(overrides: list[str], hydra: bool = False) -> DictConfig:
         return hydra_compose("config", overrides=open_mappings(list(overrides)), return_hydra_config=hydra)
 
 
+def flatten(d: dict, prefix: str = "", empty_leaves: bool = True) -> dict[str, Any]:
+    """Nested dict -> dotted leaves (``{"train.learning_rate": 0.0002, ...}``; lists are leaves).
+
+    :param empty_leaves: an empty dict is a leaf of its own; False: it leaves nothing.
+    """
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and (v or not empty_leaves):
+            out.update(flatten(v, key + ".", empty_leaves))
+        else:
+            out[key] = v
+    return out
+
+
 def quote(value: str) -> str:
     """``value`` quoted for Hydra's override grammar (single quotes, escaped)."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

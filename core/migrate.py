@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from core.config import flatten
+
 MAPPED, NATIVE, NONE, EMPTY = "mapped", "native", "no equivalent", "empty"
 """What became of a source key."""
 DATA_HINT = "anytune trains on local files: convert the data set to .jsonl and set data.train=FILE (docs/data.md)"
@@ -148,18 +150,6 @@ def put(d: dict, dotted: str, value: Any) -> None:
     for p in parents:
         d = d.setdefault(p, {})
     d[leaf] = value
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> dotted leaves (lists and empty dicts are leaves)."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -34,16 +34,11 @@ def enabled(name: str) -> bool:
     return name in {n.strip() for n in os.environ.get(ENV, "").split(",")}
 
 
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config -> ``{"train.learning_rate": 0.0002, ...}`` (lists as their string)."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
+def flatten(config: dict[str, Any]) -> dict[str, Any]:
+    """Nested config -> ``{"train.learning_rate": 0.0002, ...}`` (an empty section leaves nothing)."""
+    import core
+
+    return core.flatten(config, empty_leaves=False)
 
 
 def numbers(row: dict[str, Any], skip: tuple[str, ...] = ("step",)) -> dict[str, float]:

@@ -68,9 +68,7 @@ def from_axolotl(cfg: dict[str, Any], source: str = "") -> Migration:
                 mig.add(key, value, NONE, "", "no adapter in this config: has no effect")
             else:
                 mig.set(key, value, canonical, conv(value))
-        elif key == "adapter":
-            mig.set(key, value, "peft.type", peft)
-        elif key == "peft_use_dora":
+        elif key in ("adapter", "peft_use_dora"):
             mig.set(key, value, "peft.type", peft)
         elif key == "load_in_4bit" and value and peft == "qlora":
             mig.set(key, value, "peft.type", "qlora")

@@ -144,10 +144,7 @@ def from_torchtune(cfg: dict[str, Any], source: str = "") -> Migration:
             mig.add(key, value, MAPPED, "model.name_or_path", "from the model's config.json", same_key=False)
         else:
             handle(key, value)
-    if peft != "none":
-        mig.fields["peft.type"] = peft
-    else:
-        mig.fields["peft.type"] = "none"
+    mig.fields["peft.type"] = peft
     if "dataset" in cfg:
         ds = cfg["dataset"]
         mig.fields["data.train"] = api.data_placeholder([str(d.get("_component_") if isinstance(d, dict) else d)

@@ -73,3 +73,28 @@ def test_trl_plan_loads_packed_jobs_with_it(tmp_path):
         out[packing] = json.loads((run / "plan" / "trl_args.json").read_text())["model"]["attn_implementation"]
         assert (run / "plan" / "hfvarlen.py").exists()
     assert out == {True: varlen.NAME, False: "sdpa"}
+
+
+def test_the_model_trl_builds_attends_with_it(tmp_path, monkeypatch):
+    """The engine's side: the plan's own worker (``settings``) loads the model, and transformers' effective
+    config of that model names the packed-row attention (not only the plan file)."""
+    import importlib.util
+    import json
+    import subprocess
+
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "core", "offline=true", "plan_only=true", "method.packing=true",
+                    f"run_dir={run}"], check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
+    monkeypatch.chdir(run)
+    monkeypatch.syspath_prepend(str(run / "plan"))
+    spec = importlib.util.spec_from_file_location("planned_trl_worker", run / "plan" / "trl_worker.py")
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    s = worker.settings(json.loads((run / "plan" / "trl_args.json").read_text()))
+    model = AutoModelForCausalLM.from_pretrained(s["model"], **s["load"])
+    assert model.config._attn_implementation == varlen.NAME
+    # TRL then hands the model one flattened row with its boundaries: its trainer turns padding-free on for packing
+    # with best-fit-decreasing (SFTTrainer.__init__: padding_free or packing and packing_strategy in bfd, bfd_split)
+    assert s["args"].packing and s["args"].packing_strategy in ("bfd", "bfd_split")

@@ -43,20 +43,27 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISA
 
 # --- install: each engine's wheels into a site of its own; anytune (from $SRC) beside TRL's -------------
 pipi() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$@"; }
-pipi /tmp/site "$ROOT"/.whl/*.whl "$ROOT"/.whl-us/bitsandbytes-*.whl && pipi /tmp/site-us "$ROOT"/.whl-us/*.whl && pipi /tmp/site-tt "$ROOT"/.whl-tt/*.whl \
+# each wheel folder is optional (one call carries 64 MiB): .whl-core (anytune's own needs) or .whl (TRL's side too)
+have() { ls "$ROOT/$1"/*.whl > /dev/null 2>&1; }
+site=(); for d in .whl-core .whl; do have $d && site+=("$ROOT/$d"/*.whl); done
+have .whl-us && site+=("$ROOT"/.whl-us/bitsandbytes-*.whl)
+pipi /tmp/site "${site[@]}" && { ! have .whl-us || pipi /tmp/site-us "$ROOT"/.whl-us/*.whl; } \
+  && { ! have .whl-tt || pipi /tmp/site-tt "$ROOT"/.whl-tt/*.whl; } && { ! have .whl-ax || pipi /tmp/site-ax "$ROOT"/.whl-ax/*.whl; } \
   || { echo "wheel install failed"; exit 1; }
 src=$(mktemp -d); cp -r "$SRC"/pyproject.toml "$SRC"/README.md "$SRC"/core "$SRC"/plugins "$SRC"/conf "$src/"
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site "$src" \
   > "$W/install.log" 2>&1 || { cat "$W/install.log"; exit 1; }
 for e in us tt; do printf '#!/bin/sh\nPYTHONPATH=/tmp/site-%s exec python3 "$@"\n' $e > /tmp/$e-python; chmod +x /tmp/$e-python; done
+# Axolotl imports its plugin from the run directory (.); bench/stubs stands in for numba and wandb (fetch_axolotl_wheels.sh)
+printf '#!/bin/sh\nPYTHONPATH=.:/tmp/site-ax:%s exec python3 "$@"\n' "$ROOT/bench/stubs" > /tmp/ax-python; chmod +x /tmp/ax-python
 export PYTHONPATH=/tmp/site ANYTUNE_PYTHON_UNSLOTH=/tmp/us-python ANYTUNE_PYTHON_TORCHTUNE=/tmp/tt-python \
-  ANYTUNE_CREATE_ENVS=0 ANYTUNE_HOME=$W/home
+  ANYTUNE_PYTHON_AXOLOTL=/tmp/ax-python ANYTUNE_CREATE_ENVS=0 ANYTUNE_HOME=$W/home AXOLOTL_DO_NOT_TRACK=1
 say installed
 { date -u +%FT%TZ; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; python3 -V
   echo "anytune: $(cat "$SRC/COMMIT" 2>/dev/null || echo working tree)"
-  for s in site site-us site-tt; do echo "--- /tmp/$s"; PYTHONPATH=/tmp/$s python3 -c "
+  for s in site site-us site-tt site-ax; do echo "--- /tmp/$s"; PYTHONPATH=/tmp/$s python3 -c "
 import importlib.metadata as m
-for d in ('torch','transformers','peft','accelerate','trl','datasets','unsloth','unsloth_zoo','bitsandbytes','torchtune','torchao','triton'):
+for d in ('torch','transformers','peft','accelerate','trl','datasets','unsloth','unsloth_zoo','bitsandbytes','torchtune','torchao','triton','axolotl'):
     try: print(d, m.version(d))
     except m.PackageNotFoundError: pass"; done; } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
@@ -106,6 +113,15 @@ run() {
     us_bs16) anytune us_bs16 unsloth train.batch_size=16 ;;  trl_bs16) anytune trl_bs16 trl train.batch_size=16 ;;
     tt_bs16) anytune tt_bs16 torchtune train.batch_size=16 ;;  tt_qlora) anytune tt_qlora torchtune peft=qlora ;;
     trl_qlora) anytune trl_qlora trl peft=qlora ;;
+    ax_anytune) anytune ax_anytune axolotl ;;          ax_native) native ax_native ax_anytune ;;
+    ax_qlora) anytune ax_qlora axolotl peft=qlora ;;   ax_bs16) anytune ax_bs16 axolotl train.batch_size=16 ;;
+    ax_nokernel) anytune ax_nokernel axolotl +backend.native.lora_mlp_kernel=false +backend.native.lora_qkv_kernel=false \
+                   +backend.native.lora_o_kernel=false ;;
+    ax_mask) anytune ax_mask axolotl +backend.native.sdpa_varlen=false ;;
+    ax_suite) say "ax_suite"; ( cd "$SRC" && timeout -k 10 $(( $(left) - ${SUITE_LEAVES:-20} )) python3 -m pytest -v -rfE \
+             --tb=short -p no:cacheprovider -n ${SUITE_WORKERS:-4} --timeout 240 --basetemp "$W/pytest-ax" \
+             tests/test_conformance.py::TestAxolotl -k "${SUITE_K:-not field}" --junitxml="$OUT/ax-suite.xml" ) \
+             > "$W/ax_suite.log" 2>&1; say "ax_suite: exit $?"; grep -E "PASSED|FAILED|ERROR|XFAIL|passed|failed" "$W/ax_suite.log" | tail -n 60 ;;
     profile) say profile; for b in 8 16; do BATCH=$b MODEL=$W/model PYTHONPATH=/tmp/site timeout 150 python3 "$SRC/bench/gpu_profile.py" 2>&1 | grep -v Loading | tail -n 14; done ;;
     varlen) say varlen; MODEL=$W/model PYTHONPATH=/tmp/site timeout 120 python3 "$SRC/bench/gpu_varlen.py" 2>&1 | tail -n 3 ;;
     trl_plain) timed trl_plain 120 "$W" python3 "$ROOT/bench/trl_plain.py" $W/model $W/chat.jsonl $W/runs/trl_plain $BATCH $STEPS ;;

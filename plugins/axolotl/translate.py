@@ -113,6 +113,10 @@ def native_config(job: Any, data: Any, rel: Callable[[Any], str] = str, resume: 
         # packing: the rows come packed (input_ids, labels, position_ids restarting at 0 for each example, no
         # attention_mask: transformers then masks attention block-diagonally); Axolotl's multipack stays off
         "sample_packing": False,
+        # on CUDA in bf16, packed rows attend within each example through Axolotl's own varlen path (PyTorch's
+        # varlen_attn over the boundaries the position ids give) instead of SDPA over a block-diagonal mask
+        "attn_implementation": "sdpa" if t.device == "cuda" else None,
+        "sdpa_varlen": True if packed(job) and t.device == "cuda" and t.precision != "fp32" else None,
         "plugins": [PLUGIN_NAME],
         "chat_template": "jinja" if data.template else None,
         "chat_template_jinja": rel(data.template) if data.template else None,  # a path: Axolotl reads the file
@@ -134,9 +138,12 @@ def native_config(job: Any, data: Any, rel: Callable[[Any], str] = str, resume: 
     if p.type != "none":
         targets = list(p.target_modules)
         cfg.update(adapter="qlora" if p.type == "qlora" else "lora", lora_r=int(p.r), lora_alpha=int(p.alpha),
-                   lora_dropout=float(p.dropout), peft_use_dora=p.type == "dora",
-                   # Axolotl's fused LoRA kernels (on by default) are Triton kernels for CUDA only
-                   lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False, lora_embedding_kernel=False)
+                   lora_dropout=float(p.dropout), peft_use_dora=p.type == "dora")
+        if t.device != "cuda":
+            # Axolotl's fused LoRA kernels (which it turns on for SFT LoRA/QLoRA) are Triton kernels for CUDA
+            # only; on CUDA they are Axolotl's to choose (the same LoRA, computed in fewer kernels)
+            cfg.update(lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False,
+                       lora_embedding_kernel=False)
         if targets == ["all-linear"]:
             cfg.update(lora_target_linear=True)
         else:

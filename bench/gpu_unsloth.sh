@@ -54,7 +54,7 @@ src=$(mktemp -d); cp -r "$SRC"/pyproject.toml "$SRC"/README.md "$SRC"/core "$SRC
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site "$src" \
   > "$W/install.log" 2>&1 || { cat "$W/install.log"; exit 1; }
 for e in us tt; do printf '#!/bin/sh\nPYTHONPATH=/tmp/site-%s exec python3 "$@"\n' $e > /tmp/$e-python; chmod +x /tmp/$e-python; done
-# Axolotl imports its plugin from the run directory (.); bench/stubs stands in for numba and wandb (fetch_axolotl_wheels.sh)
+# Axolotl imports its plugin from the run directory (.); bench/stubs stands in for wandb (fetch_axolotl_wheels.sh)
 printf '#!/bin/sh\nPYTHONPATH=.:/tmp/site-ax:%s exec python3 "$@"\n' "$ROOT/bench/stubs" > /tmp/ax-python; chmod +x /tmp/ax-python
 export PYTHONPATH=/tmp/site ANYTUNE_PYTHON_UNSLOTH=/tmp/us-python ANYTUNE_PYTHON_TORCHTUNE=/tmp/tt-python \
   ANYTUNE_PYTHON_AXOLOTL=/tmp/ax-python ANYTUNE_CREATE_ENVS=0 ANYTUNE_HOME=$W/home AXOLOTL_DO_NOT_TRACK=1

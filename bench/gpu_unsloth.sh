@@ -35,7 +35,7 @@ STEPS=${STEPS:-60}; BATCH=${BATCH:-8}; WARMUP=${WARMUP:-10}; LIMIT=${LIMIT:-570}
 LANE0=${LANE0:-"us_anytune us_native trl_anytune trl_native us_qlora us_bs16"}
 LANE1=${LANE1:-"suite trl_plain tt_anytune tt_native us_gc trl_bs16"}
 PIN=
-mkdir -p "$OUT" "$W/runs"
+rm -rf "$W"; mkdir -p "$OUT" "$W/runs"  # a warm machine still holds the last call's runs
 T0=$(date +%s)
 say() { echo "== [$(( $(date +%s) - T0 ))s] $*"; }
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 \

@@ -154,12 +154,22 @@ def read_jsonl(path: str) -> list[dict]:
 # -- measurements ---------------------------------------------------------------------------------------
 
 
+_peak_seen = 0.0
+"""The largest peak :func:`peak_memory_mb` has read in this process."""
+
+
 def peak_memory_mb() -> float:
-    """Peak CUDA memory if torch has CUDA in use, else the process's peak RSS."""
+    """Peak CUDA memory if torch has CUDA in use, else the process's peak RSS; never below a peak read before in
+    this process, so an engine that resets CUDA's peak counter (Axolotl does at every log) does not hide it from a
+    caller that read it in time (``hfglue``'s callback reads it at each step's end)."""
+    global _peak_seen
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        value = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    else:
+        value = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    _peak_seen = max(_peak_seen, value)
+    return _peak_seen
 
 
 def versions(*dists: str) -> dict[str, str]:

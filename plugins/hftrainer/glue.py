@@ -39,6 +39,9 @@ def metrics_callback(writer: runproto.MetricsWriter, order: dict[str, Any] | Non
         def on_train_begin(self, args, state, control, **kwargs):
             writer.restart()  # the clock starts with training, not loading
 
+        def on_step_end(self, args, state, control, **kwargs):
+            runproto.peak_memory_mb()  # the step's peak, read before the log that follows (an engine may reset it)
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero:  # one row per step, from rank 0
                 return

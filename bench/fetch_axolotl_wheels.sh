@@ -16,8 +16,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   kernels_data==0.16.2 mistral_common==1.11.5 pydantic_extra_types==2.11.1 pycountry==26.2.16 \
   pydantic==2.12.5 pydantic_core==2.41.5 annotated_types==0.7.0 typing_inspection==0.4.5 \
   evaluate==0.4.1 fastcore==2.2.41 fire==0.7.1 termcolor==3.3.0 addict==2.4.0 art==6.5 \
-  posthog==6.7.11 backoff==2.2.1 distro==1.9.0 platformdirs==4.14.9 dill==0.4.1 multiprocess==0.70.19 \
-  zstandard==0.22.0
+  posthog==6.7.11 backoff==2.2.1 distro==1.9.0 platformdirs==4.14.9 dill==0.4.1 multiprocess==0.70.19
 # Axolotl's contrib packages are published as source only
 python3 -m pip wheel -q --no-deps -w "$dir" axolotl-contribs-lgpl==0.0.7 axolotl-contribs-mit==0.0.6
 # bitsandbytes: one library per CUDA release; the image runs CUDA 13, so keep cpu, cuda130, cuda132

@@ -125,6 +125,8 @@ def effective(run_dir: Path) -> dict:
             "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),
             "settings": json.loads(Path("plan/anytune_axolotl.json").read_text()),
             "device": str(next(model.parameters()).device.type),
+            "quantization": plain(q.to_dict() if hasattr(q := getattr(model.config, "quantization_config", None),
+                                                         "to_dict") else q),
         }
         del trainer, model
         return out

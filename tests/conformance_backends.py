@@ -425,9 +425,12 @@ def _ax_units(e: Mapping[str, Any]) -> int:
 
 
 def _ax_peft_type(e: Mapping[str, Any], job: DictConfig) -> str:
-    lora = e["lora"]
+    lora, quant = e["lora"], e.get("quantization") or {}
     if lora is None:
         return "none"
+    if quant.get("load_in_4bit"):  # the loaded base's bitsandbytes config: NF4, double quantisation, as TRL's
+        nf4 = (quant.get("bnb_4bit_quant_type"), quant.get("bnb_4bit_use_double_quant"))
+        return "qlora" if nf4 == ("nf4", True) else ("4-bit but not NF4 with double quantisation", nf4)
     return "dora" if lora["use_dora"] else "lora"
 
 
@@ -486,7 +489,10 @@ class AxolotlFields(FieldsReachEngine):
         "train.max_length": at("cfg.sequence_len"),
         "train.precision": _ax_precision,
         "train.gradient_checkpointing": agree(at("args.gradient_checkpointing"), at("gradient_checkpointing")),
-        "train.device": at("device"),
+        # the Trainer's use_cpu (the shipped plugin sets it for a CPU job), as TRL's is read: a CUDA plan's
+        # configuration is read on a machine without a GPU too
+        "train.device": agree(at("args.use_cpu", lambda cpu: "cpu" if cpu else "cuda"),
+                              at("settings.use_cpu", lambda cpu: "cpu" if cpu else "cuda")),
         "train.seed": _ax_seed,
         "train.shuffle": _ax_shuffle,
         "train.logging_steps": at("args.logging_steps"),

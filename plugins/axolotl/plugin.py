@@ -7,7 +7,10 @@ Through Axolotl's own plugin hooks it:
 - adds a ``TrainerCallback`` that writes ``metrics.jsonl`` rows (``add_callbacks_pre_trainer``), and one that
   marks checkpoints complete and turns Ctrl-C into a checkpoint and a clean stop;
 - at the end moves the weights Axolotl saved into ``output_dir`` to ``artifacts/adapter`` or
-  ``artifacts/model`` and writes the outcome file; exits 130 when interrupted.
+  ``artifacts/model`` and writes the outcome file; exits 130 when interrupted;
+- under torchrun (``train.devices``/``train.nodes``), on CPU puts each rank's model on the CPU and makes the
+  Trainer train DDP over gloo, and averages the loss over the loss tokens of every rank (``register``,
+  ``load_datasets``, ``get_training_args``).
 
 Imports Axolotl, transformers and the standard library, plus ``runproto``, ``lossmask`` and ``hfglue``
 shipped beside it: an ejected plan runs where anytune is not installed.
@@ -77,6 +80,25 @@ def unknown_keys(cfg: dict, known: set[str] | None = None) -> list[str]:
     return out
 
 
+def processes() -> int:
+    """The processes training together (``WORLD_SIZE``, which torchrun sets in each rank); 1 without a launcher."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def multi_cpu() -> None:
+    """Make the Trainer's accelerator a multi-process CPU one (accelerate's ``MULTI_CPU``: DDP over gloo).
+
+    accelerate makes ``MULTI_CPU`` only for a ``PartialState(cpu=True)`` (``state.py``, ``_prepare_backend``); any
+    other state under torchrun on a machine without an accelerator is ``DistributedType.NO``: no DDP wrapper, no
+    gradient averaging, each rank training alone. transformers' ``TrainingArguments._setup_devices`` makes the
+    right one (``use_cpu``), but Axolotl's trainer throws it away before building its ``Accelerator``
+    (``AxolotlTrainer.create_accelerator_and_postprocess``, ``core/trainers/base.py`` line 679:
+    ``AcceleratorState._reset_state(reset_partial_state=True)``), and ``Accelerator()`` then makes a fresh state
+    with ``cpu=False`` unless ``ACCELERATE_USE_CPU`` is set (``AcceleratorState.__init__``, ``state.py`` line
+    916). So a ``PartialState(cpu=True)`` made by a plugin hook is reset too; the variable is what survives."""
+    os.environ["ACCELERATE_USE_CPU"] = "true"
+
+
 def save_in_process() -> None:
     """Make ``datasets.Dataset.save_to_disk(num_proc=1)`` write in this process, as ``num_proc=None`` does.
 
@@ -115,19 +137,32 @@ class AnytunePlugin(BasePlugin):
 
     def register(self, cfg: dict):
         """Refuse keys Axolotl does not know (it would ignore them): before any data or model loads. Save the
-        prepared data in this process (:func:`save_in_process`)."""
+        prepared data in this process (:func:`save_in_process`). Several processes on CPU: DDP over gloo
+        (:func:`multi_cpu`)."""
         save_in_process()
+        if self.settings.get("use_cpu") and processes() > 1:
+            multi_cpu()
         problems = unknown_keys(cfg)
         if problems:
             raise ValueError(f"{cfg.get('axolotl_config_path', 'the config')}: Axolotl does not know "
                              f"{', '.join(problems)} and would silently ignore "
                              f"{'it' if len(problems) == 1 else 'them'}")
 
+    def load_datasets(self, cfg, preprocess=False):
+        """The first hook after Axolotl normalised the config (``do_train``); loads nothing (returns None, so Axolotl
+        loads the data itself). Several processes on CPU: put each rank's model on the CPU (:func:`cpu_device_map`)."""
+        if self.settings.get("use_cpu") and processes() > 1:
+            cfg.device_map = cpu_device_map(cfg.device_map)
+        return None
+
     def get_training_args(self, cfg):
         """``TrainingArguments`` Axolotl's YAML cannot set: the rows are in the job's order (read sequentially by the
         preference trainers too, whose sampler ignores ``curriculum_sampling``), the warm-up is the job's
-        (Axolotl turns 1 step into 2), a CPU job says so (transformers refuses bf16 on CPU otherwise), and the
-        preference trainers keep the job's dropout."""
+        (Axolotl turns 1 step into 2), a CPU job says so (transformers refuses bf16 on CPU otherwise), the
+        preference trainers keep the job's dropout, and with several processes the loss is averaged over the loss
+        tokens of every rank (transformers' default ``average_tokens_across_devices``, which Axolotl turns off in
+        ``core/builders/base.py`` line 678: each rank's loss would be its own token mean, and the gradient the mean
+        of those means), as on one process."""
         args = {}
         if self.settings.get("order"):
             args["train_sampling_strategy"] = "sequential"
@@ -135,6 +170,8 @@ class AnytunePlugin(BasePlugin):
             args["warmup_steps"] = self.settings["warmup_steps"]
         if self.settings.get("use_cpu"):
             args["use_cpu"] = True
+        if processes() > 1:
+            args["average_tokens_across_devices"] = True
         if self.settings.get("method") in ("dpo", "orpo"):
             args["disable_dropout"] = False  # TRL's preference configs zero every dropout, peft.dropout included
 
@@ -226,6 +263,16 @@ class AnytunePlugin(BasePlugin):
         self.outcome.__exit__(None, None, None)
 
 
+def cpu_device_map(device_map):
+    """The device map of a rank on CPU. Axolotl's ``normalize_config`` (``utils/config/__init__.py``, line 230) sets
+    ``device_map = {"": LOCAL_RANK}`` whenever ``WORLD_SIZE`` is above 1, overwriting the ``{"": "cpu"}`` its
+    ``choose_device`` chose (line 154): transformers reads an integer as an accelerator's index and stops ("Cannot
+    access accelerator device when none is available"). An integer becomes ``"cpu"``; anything else stays."""
+    if isinstance(device_map, dict) and any(isinstance(v, int) for v in device_map.values()):
+        return {k: "cpu" if isinstance(v, int) else v for k, v in device_map.items()}
+    return device_map
+
+
 def packed_collator():
     """Axolotl's ``DataCollatorForSeq2Seq`` for packed rows: each row is a pack of examples whose ``position_ids``
     restart at 0; the collator is given the rows without their ``attention_mask`` (it then returns none), so
@@ -259,8 +306,9 @@ def accepts_loss_kwargs(trainer) -> bool:
 
 def collect(output_dir: str, settings: dict) -> dict:
     """Move what Axolotl saved into ``output_dir`` (all but the ``checkpoint-*`` folders) to ``artifacts/adapter``
-    (PEFT) or ``artifacts/model``; delete it when the job keeps no artefacts. The outcome's ``artifacts``."""
-    if not os.path.isdir(output_dir):
+    (PEFT) or ``artifacts/model``; delete it when the job keeps no artefacts. The outcome's ``artifacts``. Rank 0
+    alone (Axolotl's main process saved them; another rank could find the folder half written)."""
+    if runproto.rank() != 0 or not os.path.isdir(output_dir):
         return {}
     kind = "adapter" if settings.get("adapter", True) else "model"
     dest = os.path.join(runproto.ARTIFACTS, kind)

@@ -16,6 +16,7 @@ from core import runproto
 CORE = [sys.executable, "-m", "core", "offline=true"]
 JOB = ["peft=none", "train.max_steps=4", "train.learning_rate=1e-3", "data.max_rows=24", "train.shuffle=true"]
 """A full fine-tune (every weight's gradient is averaged across ranks), shuffled: the order is anytune's."""
+AXOLOTL = ["backend=axolotl", "data.eval_fraction=0"]
 
 
 def run(tmp_path: Path, name: str, *overrides: str) -> tuple[Path, subprocess.CompletedProcess]:
@@ -45,8 +46,9 @@ def test_two_process_ddp_equals_one_process_at_the_same_effective_batch(tmp_path
     assert compare.Job.load(two).effective_batch() == compare.Job.load(one).effective_batch() == 4
 
 
-def test_two_nodes_leave_the_rendezvous_to_the_scheduler(tmp_path):
-    run_dir, p = run(tmp_path, "nodes", "train.devices=2", "train.nodes=2", "plan_only=true")
+@pytest.mark.parametrize("backend", [[], AXOLOTL])
+def test_two_nodes_leave_the_rendezvous_to_the_scheduler(tmp_path, backend):
+    run_dir, p = run(tmp_path, "nodes", *backend, "train.devices=2", "train.nodes=2", "plan_only=true")
     assert p.returncode == 0, p.stderr
     command = json.loads((run_dir / "plan" / "command.json").read_text())["command"]
     assert "--nnodes=2" in command and "--rdzv-backend=c10d" in command and "--standalone" not in command
@@ -123,12 +125,40 @@ def test_torchtune_each_process_takes_its_batch_of_each_micro_step(tmp_path, mon
         components._order(24, 4, 2, 2, 42, True, 0, processes=2)
 
 
+@pytest.mark.slow
+def test_axolotl_two_processes_equal_one_process_at_the_same_effective_batch(tmp_path):
+    """Axolotl under torchrun (``torchrun -m axolotl.cli.train``, what ``axolotl train --launcher torchrun`` runs),
+    DDP over gloo: the shipped plugin puts the ranks on the CPU, keeps the Trainer's multi-process CPU state and
+    averages the loss over every rank's tokens; each rank reads its batch of each micro-step of the job's order."""
+    one, p1 = run(tmp_path, "one", *AXOLOTL, "train.batch_size=4")
+    two, p2 = run(tmp_path, "two", *AXOLOTL, "train.batch_size=2", "train.devices=2")
+    assert p1.returncode == 0 and p2.returncode == 0, (p1.stderr[-2000:], p2.stderr[-2000:])
+    command = json.loads((two / "plan" / "command.json").read_text())["command"]
+    assert command[command.index("torch.distributed.run") + 1:][:1] == ["--nproc-per-node=2"]
+    assert command[-3:] == ["-m", "axolotl.cli.train", "plan/axolotl.yaml"]
+    assert "--launcher torchrun -- --nproc-per-node=2" in (two / "plan" / "axolotl.yaml").read_text()
+    rows = runproto.read_jsonl(str(two / runproto.METRICS_FILE))
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4], "one row per step: rank 0 alone writes"
+    want = [r["loss"] for r in runproto.read_jsonl(str(one / runproto.METRICS_FILE)) if "loss" in r]
+    got = [r["loss"] for r in rows if "loss" in r]
+    assert got == pytest.approx(want, abs=1e-5, rel=0), (got, want)
+    ranks = sorted(p.parent.name for p in (two / "logs" / "ranks").glob("*/attempt_0/*/stderr.log"))
+    assert ranks == ["0", "1"], "both ranks ran and their logs are kept"
+    result = runproto.read_json(str(two / runproto.RESULT))
+    assert result["status"] == "succeeded" and (two / result["artifacts"]["model"]["path"] / "config.json").exists()
+    assert not (two / runproto.CHECKPOINTS).exists(), "rank 0 moved what Axolotl saved into artifacts/"
+    from core import compare
+
+    assert compare.Job.load(two).effective_batch() == compare.Job.load(one).effective_batch() == 4
+
+
 @pytest.mark.parametrize("backend, overrides, field, can", [
     ("unsloth", ["train.devices=2"], "train.devices", "trl"),  # one process: names the backends that can
     ("torchtune", ["peft=lora", "train.devices=2"], "peft.type=lora", "backend=trl"),  # LoRA recipes need NCCL
     ("torchtune", ["train.devices=2", "train.save_steps=2"], "train.save_steps", None),
     ("torchtune", ["train.devices=2", "train.strategy=deepspeed"], "train.strategy", None),
     ("trl", ["train.strategy=deepspeed"], "train.strategy", None),
+    ("axolotl", ["train.devices=2", "train.strategy=fsdp"], "train.strategy", "torchtune"),
 ])
 def test_what_a_backend_cannot_launch_is_refused(tmp_path, backend, overrides, field, can):
     run_dir, p = run(tmp_path, "refused", f"backend={backend}", *overrides)

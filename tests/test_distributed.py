@@ -201,14 +201,15 @@ def test_one_task_per_node(monkeypatch):
 
 
 @pytest.mark.slow
-def test_submitit_local_executor_runs_a_two_node_job_as_two_tasks(tmp_path):
+@pytest.mark.parametrize("backend", [[], AXOLOTL], ids=["trl", "axolotl"])
+def test_submitit_local_executor_runs_a_two_node_job_as_two_tasks(tmp_path, backend):
     """hydra/launcher=submitit with train.nodes=2: a job of two tasks (submitit's local executor), task 0 runs the
     job, task 1 starts the plan's launcher too; the two torchrun agents meet at the c10d rendezvous as two
     nodes of one process each, and train the one-process curve at the same effective batch."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    one, p1 = run(tmp_path, "one", "train.batch_size=4")
+    one, p1 = run(tmp_path, "one", *backend, "train.batch_size=4")
     assert p1.returncode == 0, p1.stderr[-2000:]
-    p = subprocess.run([*CORE, "-m", "hydra/launcher=submitit", *JOB, "train.batch_size=2", "train.nodes=2"],
+    p = subprocess.run([*CORE, "-m", "hydra/launcher=submitit", *JOB, *backend, "train.batch_size=2", "train.nodes=2"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=600)
     tails = "\n".join(f"== {f.relative_to(tmp_path)}\n{f.read_text(errors='replace')[-1500:]}"
                       for f in sorted(tmp_path.glob("runs/*/*-sweep/**/*.err")) +
@@ -217,7 +218,7 @@ def test_submitit_local_executor_runs_a_two_node_job_as_two_tasks(tmp_path):
     sweep = next((tmp_path / "runs").glob("*/*-sweep"))
     logs = sorted(f.name for f in (sweep / ".submitit").glob("*/*_log.out"))
     assert [name.split("_")[1] for name in logs] == ["0", "1"], f"two tasks of one job: {logs}"
-    job = sweep / "0-trl-sft"
+    job = next(sweep.glob("0-*-sft"))
     command = json.loads((job / "plan" / "command.json").read_text())["command"]
     assert "--nnodes=2" in command and "--rdzv-backend=c10d" in command
     assert (job / "logs" / "train.node1.stderr.log").exists(), "task 1 ran the plan's launcher"

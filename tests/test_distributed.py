@@ -5,6 +5,7 @@ backend cannot launch is refused, naming the backends that can."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -129,7 +130,8 @@ def test_torchtune_each_process_takes_its_batch_of_each_micro_step(tmp_path, mon
 def test_axolotl_two_processes_equal_one_process_at_the_same_effective_batch(tmp_path):
     """Axolotl under torchrun (``torchrun -m axolotl.cli.train``, what ``axolotl train --launcher torchrun`` runs),
     DDP over gloo: the shipped plugin puts the ranks on the CPU, keeps the Trainer's multi-process CPU state and
-    averages the loss over every rank's tokens; each rank reads its batch of each micro-step of the job's order."""
+    averages the loss over every rank's tokens; each rank reads its batch of each micro-step of the job's order.
+    The plan's YAML run by hand with ``axolotl train --launcher torchrun`` (its header) trains the same curve."""
     one, p1 = run(tmp_path, "one", *AXOLOTL, "train.batch_size=4")
     two, p2 = run(tmp_path, "two", *AXOLOTL, "train.batch_size=2", "train.devices=2")
     assert p1.returncode == 0 and p2.returncode == 0, (p1.stderr[-2000:], p2.stderr[-2000:])
@@ -150,6 +152,19 @@ def test_axolotl_two_processes_equal_one_process_at_the_same_effective_batch(tmp
     from core import compare
 
     assert compare.Job.load(two).effective_batch() == compare.Job.load(one).effective_batch() == 4
+    # the YAML's header: Axolotl's own launcher runs the ejected plan to the same curve, without anytune
+    ejected, p3 = run(tmp_path, "ejected", *AXOLOTL, "train.batch_size=2", "train.devices=2", "plan_only=true")
+    assert p3.returncode == 0, p3.stderr[-2000:]
+    line = next(x for x in (ejected / "plan" / "axolotl.yaml").read_text().splitlines() if " axolotl train " in x)
+    argv = line.split("PYTHONPATH=. ", 1)[1].split()
+    assert argv[:5] == ["axolotl", "train", "plan/axolotl.yaml", "--launcher", "torchrun"], line
+    bin_dir = str(Path(command[0]).parent)  # the Axolotl environment's interpreter
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "PYTHONPATH": ".",
+           "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    p4 = subprocess.run(argv, cwd=ejected, env=env, capture_output=True, text=True, timeout=900)
+    assert p4.returncode == 0, p4.stderr[-3000:]
+    alone = [r["loss"] for r in runproto.read_jsonl(str(ejected / runproto.METRICS_FILE)) if "loss" in r]
+    assert alone == pytest.approx(got, abs=1e-6, rel=0), (alone, got)
 
 
 @pytest.mark.parametrize("backend, overrides, field, can", [

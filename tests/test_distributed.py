@@ -130,10 +130,11 @@ def test_torchtune_each_process_takes_its_batch_of_each_micro_step(tmp_path, mon
 def test_axolotl_two_processes_equal_one_process_at_the_same_effective_batch(tmp_path):
     """Axolotl under torchrun (``torchrun -m axolotl.cli.train``, what ``axolotl train --launcher torchrun`` runs),
     DDP over gloo: the shipped plugin puts the ranks on the CPU, keeps the Trainer's multi-process CPU state and
-    averages the loss over every rank's tokens; each rank reads its batch of each micro-step of the job's order.
-    The plan's YAML run by hand with ``axolotl train --launcher torchrun`` (its header) trains the same curve."""
-    one, p1 = run(tmp_path, "one", *AXOLOTL, "train.batch_size=4")
-    two, p2 = run(tmp_path, "two", *AXOLOTL, "train.batch_size=2", "train.devices=2")
+    averages the loss over every rank's tokens (the held-out loss too, whose last batch is uneven); each rank reads
+    its batch of each micro-step of the job's order. The plan's YAML run by hand with ``axolotl train --launcher torchrun`` (its header) trains the same curve."""
+    held_out = ["data.eval_fraction=0.25", "train.eval_steps=2"]  # 6 rows: the last batch is uneven
+    one, p1 = run(tmp_path, "one", *AXOLOTL, *held_out, "train.batch_size=4")
+    two, p2 = run(tmp_path, "two", *AXOLOTL, *held_out, "train.batch_size=2", "train.devices=2")
     assert p1.returncode == 0 and p2.returncode == 0, (p1.stderr[-2000:], p2.stderr[-2000:])
     command = json.loads((two / "plan" / "command.json").read_text())["command"]
     assert command[command.index("torch.distributed.run") + 1:][:1] == ["--nproc-per-node=2"]
@@ -144,6 +145,11 @@ def test_axolotl_two_processes_equal_one_process_at_the_same_effective_batch(tmp
     want = [r["loss"] for r in runproto.read_jsonl(str(one / runproto.METRICS_FILE)) if "loss" in r]
     got = [r["loss"] for r in rows if "loss" in r]
     assert got == pytest.approx(want, abs=1e-5, rel=0), (got, want)
+    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    want_evals = [(r["step"], r["eval_loss"]) for r in runproto.read_jsonl(str(one / runproto.METRICS_FILE))
+                  if "eval_loss" in r]
+    assert [s for s, _ in evals] == [s for s, _ in want_evals] and len(evals) >= 3, (evals, want_evals)
+    assert [v for _, v in evals] == pytest.approx([v for _, v in want_evals], abs=1e-5, rel=0), (evals, want_evals)
     ranks = sorted(p.parent.name for p in (two / "logs" / "ranks").glob("*/attempt_0/*/stderr.log"))
     assert ranks == ["0", "1"], "both ranks ran and their logs are kept"
     result = runproto.read_json(str(two / runproto.RESULT))
@@ -153,7 +159,8 @@ def test_axolotl_two_processes_equal_one_process_at_the_same_effective_batch(tmp
 
     assert compare.Job.load(two).effective_batch() == compare.Job.load(one).effective_batch() == 4
     # the YAML's header: Axolotl's own launcher runs the ejected plan to the same curve, without anytune
-    ejected, p3 = run(tmp_path, "ejected", *AXOLOTL, "train.batch_size=2", "train.devices=2", "plan_only=true")
+    ejected, p3 = run(tmp_path, "ejected", *AXOLOTL, *held_out, "train.batch_size=2", "train.devices=2",
+                      "plan_only=true")
     assert p3.returncode == 0, p3.stderr[-2000:]
     line = next(x for x in (ejected / "plan" / "axolotl.yaml").read_text().splitlines() if " axolotl train " in x)
     argv = line.split("PYTHONPATH=. ", 1)[1].split()

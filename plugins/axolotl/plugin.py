@@ -219,11 +219,14 @@ class AnytunePlugin(BasePlugin):
         set_seed(cfg.seed)
 
     def post_trainer_create(self, cfg, trainer):
-        """Keep the trainer; average the loss over the step's loss tokens (:func:`accepts_loss_kwargs`); count its
-        trainable parameters; start the clock."""
+        """Keep the trainer; average the loss over the step's loss tokens (:func:`accepts_loss_kwargs`), and with
+        several processes the held-out loss too (:func:`eval_step_over_ranks`); count its trainable parameters;
+        start the clock."""
         self.trainer = trainer
         if self.settings.get("method") == "sft" and getattr(trainer, "model_accepts_loss_kwargs", True) is False:
             trainer.model_accepts_loss_kwargs = accepts_loss_kwargs(trainer)
+        if self.settings.get("method") == "sft" and processes() > 1:
+            trainer.prediction_step = eval_step_over_ranks(trainer)
         self.out["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         self.started = time.time()
 
@@ -302,6 +305,39 @@ def accepts_loss_kwargs(trainer) -> bool:
         return bool(model.accepts_loss_kwargs)
     params = inspect.signature(model.forward).parameters.values()
     return any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def eval_step_over_ranks(trainer):
+    """The Trainer's ``prediction_step`` made to return, on every rank, the loss of the step's rows of all ranks (the
+    sum of their token losses over all their loss tokens), without the rows accelerate repeats to even out the last
+    batch: the held-out loss one process logs at ``batch_size × processes``.
+
+    transformers (5.16, ``Trainer.compute_loss`` and ``_get_num_items_in_batch``) gives each rank, with
+    ``average_tokens_across_devices``, its own token-loss sum divided by the loss tokens of all ranks, times the
+    number of ranks (right for the gradient, which DDP averages); the evaluation loop then averages those per-rank
+    values over the rows ``gather_for_metrics`` keeps, and at the end of an uneven held-out set it keeps only the
+    first ``remainder`` rows (rank 0's batch, part of rank 1's): the logged ``eval_loss`` was off by 0.03 on 75
+    held-out rows. Here the last batch's repeated rows carry no loss token (labels -100), and the ranks' values are
+    summed and divided by the number of ranks, so every rank holds the step's token mean."""
+    import torch
+
+    step, acc = trainer.prediction_step, trainer.accelerator
+
+    def prediction_step(model, inputs, prediction_loss_only, ignore_keys=None):
+        state, labels = acc.gradient_state, inputs.get("labels")
+        if labels is not None and state.end_of_dataloader and state.remainder > 0:
+            real = max(0, min(len(labels), state.remainder - acc.process_index * len(labels)))
+            labels = labels.clone()
+            labels[real:] = -100
+            inputs = {**inputs, "labels": labels}
+        loss, logits, out_labels = step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        if loss is not None:
+            loss = loss.detach().clone()
+            torch.distributed.all_reduce(loss)
+            loss = loss / acc.num_processes
+        return loss, logits, out_labels
+
+    return prediction_step
 
 
 def collect(output_dir: str, settings: dict) -> dict:

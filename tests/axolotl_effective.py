@@ -69,9 +69,9 @@ def shares(trainer, train, world: int) -> list[list[list[int]]]:
     from torch.utils.data import DataLoader
 
     acc = trainer.accelerator
+    drop_last = trainer.args.dataloader_drop_last
     loader = DataLoader(range(len(train)), batch_size=trainer.args.per_device_train_batch_size,
-                        sampler=trainer._get_train_sampler(train),
-                        drop_last=True if trainer.args.dataloader_drop_last is None else trainer.args.dataloader_drop_last)
+                        sampler=trainer._get_train_sampler(train), drop_last=True if drop_last is None else drop_last)
     return [[[int(i) for i in batch] for batch in prepare_data_loader(
         loader, num_processes=world, process_index=rank, split_batches=acc.split_batches, put_on_device=False,
         even_batches=acc.even_batches, use_seedable_sampler=acc.use_seedable_sampler,

@@ -131,7 +131,8 @@ def test_axolotl_two_processes_equal_one_process_at_the_same_effective_batch(tmp
     """Axolotl under torchrun (``torchrun -m axolotl.cli.train``, what ``axolotl train --launcher torchrun`` runs),
     DDP over gloo: the shipped plugin puts the ranks on the CPU, keeps the Trainer's multi-process CPU state and
     averages the loss over every rank's tokens (the held-out loss too, whose last batch is uneven); each rank reads
-    its batch of each micro-step of the job's order. The plan's YAML run by hand with ``axolotl train --launcher torchrun`` (its header) trains the same curve."""
+    its batch of each micro-step of the job's order. The plan's YAML run by hand with ``axolotl train --launcher
+    torchrun`` (its header) trains the same curve."""
     held_out = ["data.eval_fraction=0.25", "train.eval_steps=2"]  # 6 rows: the last batch is uneven
     one, p1 = run(tmp_path, "one", *AXOLOTL, *held_out, "train.batch_size=4")
     two, p2 = run(tmp_path, "two", *AXOLOTL, *held_out, "train.batch_size=2", "train.devices=2")

@@ -9,8 +9,8 @@ Through Axolotl's own plugin hooks it:
 - at the end moves the weights Axolotl saved into ``output_dir`` to ``artifacts/adapter`` or
   ``artifacts/model`` and writes the outcome file; exits 130 when interrupted;
 - under torchrun (``train.devices``/``train.nodes``), on CPU puts each rank's model on the CPU and makes the
-  Trainer train DDP over gloo, and averages the loss over the loss tokens of every rank (``register``,
-  ``load_datasets``, ``get_training_args``).
+  Trainer train DDP over gloo, and averages the loss, the held-out loss too, over the loss tokens of every rank
+  (``register``, ``load_datasets``, ``get_training_args``, ``post_trainer_create``).
 
 Imports Axolotl, transformers and the standard library, plus ``runproto``, ``lossmask`` and ``hfglue``
 shipped beside it: an ejected plan runs where anytune is not installed.

@@ -8,7 +8,9 @@ loading (``load_datasets`` / ``load_preference_datasets``) and ``setup_model_and
 adapter, reference model, the Trainer and its arguments). It then reads what those hold, not what the YAML
 says: the validated config, the ``TrainingArguments``/TRL config the Trainer runs with, peft's adapter config
 and the modules it wrapped, the dtype the weights loaded in, the tokenizer's template, the Trainer's sampler
-and the training rows (token ids and labels) in the order it reads them.
+and the training rows (token ids and labels) in the order it reads them; the processes the plan's command
+starts (torchrun's parser) and the rows each of them takes per micro-batch (accelerate's sharding of the
+Trainer's sampler).
 
 One process builds them all (about 0.5 s a plan after the first, against 10-15 s for a process of its own):
 ``gc.freeze()`` before each plan keeps Axolotl's collections from rescanning what earlier plans left, and the
@@ -47,6 +49,35 @@ def plain(value):
     return str(value)
 
 
+def launch(command: list[str]) -> dict:
+    """Processes per node and nodes the plan's command starts, as torchrun's own parser reads its options (one
+    process when the command is Axolotl's entry point alone)."""
+    if "torch.distributed.run" not in command:
+        return {"nproc_per_node": 1, "nnodes": 1, "world": 1}
+    from torch.distributed.run import get_args_parser
+
+    args = get_args_parser().parse_args(command[command.index("torch.distributed.run") + 1:])
+    nproc, nnodes = int(args.nproc_per_node), int(str(args.nnodes).split(":")[-1])
+    return {"nproc_per_node": nproc, "nnodes": nnodes, "world": nproc * nnodes}
+
+
+def shares(trainer, train, world: int) -> list[list[list[int]]]:
+    """The row indices of each micro-batch every rank of ``world`` processes trains on: the Trainer's own sampler
+    and micro-batch size, sharded by accelerate's ``prepare_data_loader`` with the Trainer's accelerator's settings,
+    as its accelerator does in each rank (``Accelerator.prepare_data_loader``)."""
+    from accelerate.data_loader import prepare_data_loader
+    from torch.utils.data import DataLoader
+
+    acc = trainer.accelerator
+    drop_last = trainer.args.dataloader_drop_last
+    loader = DataLoader(range(len(train)), batch_size=trainer.args.per_device_train_batch_size,
+                        sampler=trainer._get_train_sampler(train), drop_last=True if drop_last is None else drop_last)
+    return [[[int(i) for i in batch] for batch in prepare_data_loader(
+        loader, num_processes=world, process_index=rank, split_batches=acc.split_batches, put_on_device=False,
+        even_batches=acc.even_batches, use_seedable_sampler=acc.use_seedable_sampler,
+        data_seed=acc.dataloader_config.data_seed)] for rank in range(world)]
+
+
 def effective(run_dir: Path) -> dict:
     """What Axolotl holds for the plan in ``run_dir`` once its Trainer is built."""
     from axolotl.cli.args import TrainerCliArgs
@@ -65,6 +96,7 @@ def effective(run_dir: Path) -> dict:
         del sys.modules[name]
     try:
         t0 = time.time()
+        processes = launch(json.loads(Path("plan/command.json").read_text())["command"])
         cfg = load_cfg("plan/axolotl.yaml")
         t1 = time.time()
         cli = TrainerCliArgs()
@@ -127,6 +159,8 @@ def effective(run_dir: Path) -> dict:
             "device": str(next(model.parameters()).device.type),
             "quantization": plain(q.to_dict() if hasattr(q := getattr(model.config, "quantization_config", None),
                                                          "to_dict") else q),
+            "launch": processes,
+            "shares": shares(trainer, train, processes["world"]) if train is not None else None,
         }
         del trainer, model
         return out

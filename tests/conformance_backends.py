@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from omegaconf import DictConfig
 
@@ -270,6 +270,12 @@ AX_METHODS = {"AxolotlTrainer": "sft", "AxolotlDPOTrainer": "dpo", "AxolotlORPOT
 AX_OPTIMIZERS = {"adamw_torch": "adamw", "adamw_torch_fused": "adamw", "sgd": "sgd"}
 
 
+def _ax_batch(job: DictConfig) -> int:
+    """Rows of one micro-step: ``train.batch_size`` per process (what one process reads at the same batch × W)."""
+    t = job.train
+    return t.batch_size * t.get("devices", 1) * t.get("nodes", 1)
+
+
 def _ax_expected_rows(e: Mapping[str, Any], job: DictConfig, **change: Any) -> list[dict]:
     """The training rows the job means, in its example order: anytune's label view of the run's data
     (``core.data.labels``: the model's tokenizer, the template of record, ``core.lossmask``), passes seeded with
@@ -283,7 +289,7 @@ def _ax_expected_rows(e: Mapping[str, Any], job: DictConfig, **change: Any) -> l
         rows = [r.sequences[0] for r in labels.label_rows(e["run_dir"], "train")]
         t = job.train
         steps = steps_of(job, len(rows))
-        idx = runproto.example_order(len(rows), steps, t.batch_size, t.grad_accum, change.get("seed", t.seed),
+        idx = runproto.example_order(len(rows), steps, _ax_batch(job), t.grad_accum, change.get("seed", t.seed),
                                      change.get("shuffle", bool(t.shuffle)))
         cache[key] = [{"input_ids": rows[i].ids, "labels": [x if k else -100 for x, k in zip(rows[i].ids,
                                                                                               rows[i].mask)]}
@@ -335,7 +341,7 @@ def _ax_pack_order(e: Mapping[str, Any], job: DictConfig, seed: int, shuffle: bo
 
     rows = [tuple(r["input_ids"]) for r in e["rows"]]
     n, t = len(set(rows)), job.train
-    idx = runproto.example_order(n, len(rows) // (t.batch_size * t.grad_accum), t.batch_size, t.grad_accum, seed,
+    idx = runproto.example_order(n, len(rows) // (_ax_batch(job) * t.grad_accum), _ax_batch(job), t.grad_accum, seed,
                                  shuffle)
     base: dict[int, tuple] = {}
     for i, row in zip(idx, rows):
@@ -411,7 +417,7 @@ def _ax_packing(e: Mapping[str, Any], job: DictConfig) -> Any:
 def _ax_steps(e: Mapping[str, Any], job: DictConfig) -> Any:
     a = e["args"]
     if _ax_sft(e) and len(e["rows"]) != a["max_steps"] * a["per_device_train_batch_size"] * a[
-            "gradient_accumulation_steps"]:
+            "gradient_accumulation_steps"] * e["launch"]["world"]:
         return ("rows do not fill the steps", len(e["rows"]), a["max_steps"])
     return a["max_steps"]
 
@@ -422,6 +428,29 @@ def _ax_units(e: Mapping[str, Any]) -> int:
     if _ax_sft(e) and _ax_packed(e):
         return len({tuple(r["input_ids"]) for r in e["rows"]})
     return count_rows(Path(e["run_dir"]) / "data" / "train.jsonl")
+
+
+def _ax_launch(key: str) -> Callable[[Mapping[str, Any], DictConfig], Any]:
+    """``launch[key]``, what the plan's command starts (torchrun's parser), if the ranks' micro-batches of each
+    micro-step, joined in rank order, are the micro-batch one process reads at ``batch_size × processes``: every
+    rank trains its share of the job's order, each row once."""
+    def read(e: Mapping[str, Any], job: DictConfig) -> Any:
+        launch, shares, a = e["launch"], e["shares"], e["args"]
+        if shares is not None:
+            per_step = a["per_device_train_batch_size"] * launch["world"]
+            micro = a["max_steps"] * a["gradient_accumulation_steps"]
+            joined = [[i for rank in shares for i in rank[k]] for k in range(min(map(len, shares)))]
+            if any(len(r) != micro for r in shares) or \
+                    joined != [list(range(k * per_step, (k + 1) * per_step)) for k in range(micro)]:
+                return ("the ranks' micro-batches are not the one-process order", joined[:2])
+        return launch[key]
+
+    return read
+
+
+def _ax_strategy(e: Mapping[str, Any], job: DictConfig) -> Any:
+    a = e["args"]
+    return "fsdp" if a.get("fsdp") else "deepspeed" if a.get("deepspeed") else "ddp"
 
 
 def _ax_peft_type(e: Mapping[str, Any], job: DictConfig) -> str:
@@ -499,6 +528,9 @@ class AxolotlFields(FieldsReachEngine):
         "train.eval_steps": lambda e, job: e["args"]["eval_steps"] if e["args"]["eval_strategy"] == "steps" else 0,
         "train.save_artifacts": at("settings.save"),
         "train.save_steps": lambda e, job: e["args"]["save_steps"] if e["args"]["save_strategy"] == "steps" else 0,
+        "train.devices": _ax_launch("nproc_per_node"),
+        "train.nodes": _ax_launch("nnodes"),
+        "train.strategy": _ax_strategy,
     }
 
     def effective_configs(self, run_dirs: list[Path]) -> list[Mapping[str, Any]]:

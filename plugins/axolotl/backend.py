@@ -78,9 +78,8 @@ class AxolotlBackend(core.Trainer):
             "train.shuffle": frozenset({True, False}),
             "train.save_artifacts": frozenset({True, False}),
         },
-        reads=core.fields("model.*", "data.chat_template", "method.*", "peft.*", "train.*",
-                          # one process: Axolotl's launcher does not train DDP on CPU (docs/axolotl.md, "Not built")
-                          exclude=("train.devices", "train.nodes", "train.strategy")),
+        # train.devices/nodes: torchrun -m axolotl.cli.train, DDP (train.strategy's default, the only one supported)
+        reads=core.fields("model.*", "data.chat_template", "method.*", "peft.*", "train.*"),
         needs=frozenset({"tokenizer", "template", "weights", "device"}),
     )
 
@@ -129,7 +128,7 @@ class AxolotlBackend(core.Trainer):
         config_file = ctx.rel(ctx.plan_dir / translate.PLAN_FILE)
         header = (f"# Axolotl {self.environment_version()} config written by anytune.\n"
                   f"# Run it from the run directory (the folder holding plan/ and data/):\n"
-                  f"#   PYTHONPATH=. axolotl train {config_file} --launcher python\n"
+                  f"#   PYTHONPATH=. axolotl train {config_file} {launcher(ctx.job)}\n"
                   f"# (PYTHONPATH=. lets Axolotl import the plugin below from plan/; Axolotl skips a plugin it cannot\n"
                   f"# import with an error in its log and trains without it).\n"
                   f"# The plugin plan.anytune_axolotl.AnytunePlugin ({ctx.rel(ctx.plan_dir / translate.PLUGIN)}) writes\n"
@@ -141,8 +140,26 @@ class AxolotlBackend(core.Trainer):
         env_vars = {"AXOLOTL_DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": "."}
         if ctx.job.train.device == "cpu":
             env_vars["CUDA_VISIBLE_DEVICES"] = ""
-        return core.Plan(command=[self.python(), "-m", "axolotl.cli.train", files[0]], files=files, env=env_vars)
+        return core.Plan(command=command(ctx.job, self.python(), files[0]), files=files, env=env_vars)
 
     def environment_version(self) -> str:
         """The pinned Axolotl version."""
         return next((r.split("==", 1)[1] for r in self.environment if r.startswith("axolotl==")), "")
+
+
+def command(job, python: str, config_file: str) -> list[str]:
+    """argv of the plan: Axolotl's training entry point, ``python -m axolotl.cli.train plan/axolotl.yaml``; for
+    several processes under PyTorch's launcher, ``python -m torch.distributed.run <core.torchrun_args> -m
+    axolotl.cli.train plan/axolotl.yaml``, which is what Axolotl's own ``axolotl train --launcher torchrun``
+    executes (``cli/utils/train.py``, ``_launch_torchrun_training``) with those options after ``--``."""
+    train = ["-m", "axolotl.cli.train", config_file]
+    if core.world_size(job) == 1:
+        return [python, *train]
+    return [python, "-m", "torch.distributed.run", *core.torchrun_args(job), *train]
+
+
+def launcher(job) -> str:
+    """The ``axolotl train`` options that run the plan as its command does (the plan's header)."""
+    if core.world_size(job) == 1:
+        return "--launcher python"
+    return "--launcher torchrun -- " + " ".join(core.torchrun_args(job))

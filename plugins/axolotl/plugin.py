@@ -7,7 +7,10 @@ Through Axolotl's own plugin hooks it:
 - adds a ``TrainerCallback`` that writes ``metrics.jsonl`` rows (``add_callbacks_pre_trainer``), and one that
   marks checkpoints complete and turns Ctrl-C into a checkpoint and a clean stop;
 - at the end moves the weights Axolotl saved into ``output_dir`` to ``artifacts/adapter`` or
-  ``artifacts/model`` and writes the outcome file; exits 130 when interrupted.
+  ``artifacts/model`` and writes the outcome file; exits 130 when interrupted;
+- under torchrun (``train.devices``/``train.nodes``), on CPU puts each rank's model on the CPU and makes the
+  Trainer train DDP over gloo, and averages the loss, the held-out loss too, over the loss tokens of every rank
+  (``register``, ``load_datasets``, ``get_training_args``, ``post_trainer_create``).
 
 Imports Axolotl, transformers and the standard library, plus ``runproto``, ``lossmask`` and ``hfglue``
 shipped beside it: an ejected plan runs where anytune is not installed.
@@ -77,6 +80,25 @@ def unknown_keys(cfg: dict, known: set[str] | None = None) -> list[str]:
     return out
 
 
+def processes() -> int:
+    """The processes training together (``WORLD_SIZE``, which torchrun sets in each rank); 1 without a launcher."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def multi_cpu() -> None:
+    """Make the Trainer's accelerator a multi-process CPU one (accelerate's ``MULTI_CPU``: DDP over gloo).
+
+    accelerate makes ``MULTI_CPU`` only for a ``PartialState(cpu=True)`` (``state.py``, ``_prepare_backend``); any
+    other state under torchrun on a machine without an accelerator is ``DistributedType.NO``: no DDP wrapper, no
+    gradient averaging, each rank training alone. transformers' ``TrainingArguments._setup_devices`` makes the
+    right one (``use_cpu``), but Axolotl's trainer throws it away before building its ``Accelerator``
+    (``AxolotlTrainer.create_accelerator_and_postprocess``, ``core/trainers/base.py`` line 679:
+    ``AcceleratorState._reset_state(reset_partial_state=True)``), and ``Accelerator()`` then makes a fresh state
+    with ``cpu=False`` unless ``ACCELERATE_USE_CPU`` is set (``AcceleratorState.__init__``, ``state.py`` line
+    916). So a ``PartialState(cpu=True)`` made by a plugin hook is reset too; the variable is what survives."""
+    os.environ["ACCELERATE_USE_CPU"] = "true"
+
+
 def save_in_process() -> None:
     """Make ``datasets.Dataset.save_to_disk(num_proc=1)`` write in this process, as ``num_proc=None`` does.
 
@@ -115,19 +137,32 @@ class AnytunePlugin(BasePlugin):
 
     def register(self, cfg: dict):
         """Refuse keys Axolotl does not know (it would ignore them): before any data or model loads. Save the
-        prepared data in this process (:func:`save_in_process`)."""
+        prepared data in this process (:func:`save_in_process`). Several processes on CPU: DDP over gloo
+        (:func:`multi_cpu`)."""
         save_in_process()
+        if self.settings.get("use_cpu") and processes() > 1:
+            multi_cpu()
         problems = unknown_keys(cfg)
         if problems:
             raise ValueError(f"{cfg.get('axolotl_config_path', 'the config')}: Axolotl does not know "
                              f"{', '.join(problems)} and would silently ignore "
                              f"{'it' if len(problems) == 1 else 'them'}")
 
+    def load_datasets(self, cfg, preprocess=False):
+        """The first hook after Axolotl normalised the config (``do_train``); loads nothing (returns None, so Axolotl
+        loads the data itself). Several processes on CPU: put each rank's model on the CPU (:func:`cpu_device_map`)."""
+        if self.settings.get("use_cpu") and processes() > 1:
+            cfg.device_map = cpu_device_map(cfg.device_map)
+        return None
+
     def get_training_args(self, cfg):
         """``TrainingArguments`` Axolotl's YAML cannot set: the rows are in the job's order (read sequentially by the
         preference trainers too, whose sampler ignores ``curriculum_sampling``), the warm-up is the job's
-        (Axolotl turns 1 step into 2), a CPU job says so (transformers refuses bf16 on CPU otherwise), and the
-        preference trainers keep the job's dropout."""
+        (Axolotl turns 1 step into 2), a CPU job says so (transformers refuses bf16 on CPU otherwise), the
+        preference trainers keep the job's dropout, and with several processes the loss is averaged over the loss
+        tokens of every rank (transformers' default ``average_tokens_across_devices``, which Axolotl turns off in
+        ``core/builders/base.py`` line 678: each rank's loss would be its own token mean, and the gradient the mean
+        of those means), as on one process."""
         args = {}
         if self.settings.get("order"):
             args["train_sampling_strategy"] = "sequential"
@@ -135,6 +170,8 @@ class AnytunePlugin(BasePlugin):
             args["warmup_steps"] = self.settings["warmup_steps"]
         if self.settings.get("use_cpu"):
             args["use_cpu"] = True
+        if processes() > 1:
+            args["average_tokens_across_devices"] = True
         if self.settings.get("method") in ("dpo", "orpo"):
             args["disable_dropout"] = False  # TRL's preference configs zero every dropout, peft.dropout included
 
@@ -182,11 +219,14 @@ class AnytunePlugin(BasePlugin):
         set_seed(cfg.seed)
 
     def post_trainer_create(self, cfg, trainer):
-        """Keep the trainer; average the loss over the step's loss tokens (:func:`accepts_loss_kwargs`); count its
-        trainable parameters; start the clock."""
+        """Keep the trainer; average the loss over the step's loss tokens (:func:`accepts_loss_kwargs`), and with
+        several processes the held-out loss too (:func:`eval_step_over_ranks`); count its trainable parameters;
+        start the clock."""
         self.trainer = trainer
         if self.settings.get("method") == "sft" and getattr(trainer, "model_accepts_loss_kwargs", True) is False:
             trainer.model_accepts_loss_kwargs = accepts_loss_kwargs(trainer)
+        if self.settings.get("method") == "sft" and processes() > 1:
+            trainer.prediction_step = eval_step_over_ranks(trainer)
         self.out["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         self.started = time.time()
 
@@ -226,6 +266,16 @@ class AnytunePlugin(BasePlugin):
         self.outcome.__exit__(None, None, None)
 
 
+def cpu_device_map(device_map):
+    """The device map of a rank on CPU. Axolotl's ``normalize_config`` (``utils/config/__init__.py``, line 230) sets
+    ``device_map = {"": LOCAL_RANK}`` whenever ``WORLD_SIZE`` is above 1, overwriting the ``{"": "cpu"}`` its
+    ``choose_device`` chose (line 154): transformers reads an integer as an accelerator's index and stops ("Cannot
+    access accelerator device when none is available"). An integer becomes ``"cpu"``; anything else stays."""
+    if isinstance(device_map, dict) and any(isinstance(v, int) for v in device_map.values()):
+        return {k: "cpu" if isinstance(v, int) else v for k, v in device_map.items()}
+    return device_map
+
+
 def packed_collator():
     """Axolotl's ``DataCollatorForSeq2Seq`` for packed rows: each row is a pack of examples whose ``position_ids``
     restart at 0; the collator is given the rows without their ``attention_mask`` (it then returns none), so
@@ -257,10 +307,44 @@ def accepts_loss_kwargs(trainer) -> bool:
     return any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params)
 
 
+def eval_step_over_ranks(trainer):
+    """The Trainer's ``prediction_step`` made to return, on every rank, the loss of the step's rows of all ranks (the
+    sum of their token losses over all their loss tokens), without the rows accelerate repeats to even out the last
+    batch: the held-out loss one process logs at ``batch_size × processes``.
+
+    transformers (5.16, ``Trainer.compute_loss`` and ``_get_num_items_in_batch``) gives each rank, with
+    ``average_tokens_across_devices``, its own token-loss sum divided by the loss tokens of all ranks, times the
+    number of ranks (right for the gradient, which DDP averages); the evaluation loop then averages those per-rank
+    values over the rows ``gather_for_metrics`` keeps, and at the end of an uneven held-out set it keeps only the
+    first ``remainder`` rows (rank 0's batch, part of rank 1's): the logged ``eval_loss`` was off by 0.03 on 75
+    held-out rows. Here the last batch's repeated rows carry no loss token (labels -100), and the ranks' values are
+    summed and divided by the number of ranks, so every rank holds the step's token mean."""
+    import torch
+
+    step, acc = trainer.prediction_step, trainer.accelerator
+
+    def prediction_step(model, inputs, prediction_loss_only, ignore_keys=None):
+        state, labels = acc.gradient_state, inputs.get("labels")
+        if labels is not None and state.end_of_dataloader and state.remainder > 0:
+            real = max(0, min(len(labels), state.remainder - acc.process_index * len(labels)))
+            labels = labels.clone()
+            labels[real:] = -100
+            inputs = {**inputs, "labels": labels}
+        loss, logits, out_labels = step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        if loss is not None:
+            loss = loss.detach().clone()
+            torch.distributed.all_reduce(loss)
+            loss = loss / acc.num_processes
+        return loss, logits, out_labels
+
+    return prediction_step
+
+
 def collect(output_dir: str, settings: dict) -> dict:
     """Move what Axolotl saved into ``output_dir`` (all but the ``checkpoint-*`` folders) to ``artifacts/adapter``
-    (PEFT) or ``artifacts/model``; delete it when the job keeps no artefacts. The outcome's ``artifacts``."""
-    if not os.path.isdir(output_dir):
+    (PEFT) or ``artifacts/model``; delete it when the job keeps no artefacts. The outcome's ``artifacts``. Rank 0
+    alone (Axolotl's main process saved them; another rank could find the folder half written)."""
+    if runproto.rank() != 0 or not os.path.isdir(output_dir):
         return {}
     kind = "adapter" if settings.get("adapter", True) else "model"
     dest = os.path.join(runproto.ARTIFACTS, kind)

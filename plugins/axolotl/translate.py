@@ -51,13 +51,19 @@ def load_dtype(job: Any) -> str:
 def order_of(job: Any, rows: int) -> dict[str, Any]:
     """The example order (``runproto.example_order``'s arguments) the data is written in.
 
+    With several processes one micro-step reads ``train.batch_size`` rows per process, in turn (accelerate's
+    ``BatchSamplerShard`` hands the sequential sampler's batches to the ranks round-robin), so the order is cut into
+    batches of ``train.batch_size × processes``, as on TRL (``hftrainer.schedule``).
+
     :param rows: the training rows as Axolotl reads them: records, or packs when packing (:func:`units`).
     """
+    import core
     from core import runproto
 
     t = job.train
-    steps, _ = runproto.steps_and_passes(rows, t.batch_size, t.grad_accum, t.max_steps, t.epochs)
-    return {"steps": steps, "batch": t.batch_size, "accum": t.grad_accum, "seed": t.seed, "shuffle": bool(t.shuffle)}
+    batch = t.batch_size * core.world_size(job)
+    steps, _ = runproto.steps_and_passes(rows, batch, t.grad_accum, t.max_steps, t.epochs)
+    return {"steps": steps, "batch": batch, "accum": t.grad_accum, "seed": t.seed, "shuffle": bool(t.shuffle)}
 
 
 def packed(job: Any) -> bool:

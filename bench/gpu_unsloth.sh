@@ -11,7 +11,8 @@
 #   us_qlora, us_gc, us_bs16, trl_bs16, tt_bs16, trl_qlora, tt_qlora: QLoRA, Unsloth's checkpointing on, batch 16
 #   ax_anytune, ax_native, ax_qlora, ax_bs16: Axolotl (carry .whl-ax, bench/fetch_axolotl_wheels.sh); ax_nokernel
 #     without Axolotl's fused LoRA kernels, ax_mask without its sdpa_varlen; ax_ord, trl_ord: train.shuffle=false
-#     (the same packs in the same order on both: their losses step for step)
+#     (the same packs in the same order on both: their losses step for step); ax_dpo, trl_dpo, ax_orpo, trl_orpo:
+#     LoRA DPO/ORPO on the 200 HH-RLHF pairs of data=demo_pref, in order, 25 steps
 #   profile            bench/gpu_profile.py at batch 8 and 16: CUDA time by kind of kernel
 #   varlen             bench/gpu_varlen.py: anytune's packed-row attention against SDPA (values, milliseconds)
 #   suite              Unsloth's conformance suite and GPU tests (pytest -n 6 on one GPU: correctness only)
@@ -122,6 +123,9 @@ run() {
                    +backend.native.lora_o_kernel=false ;;
     ax_mask) anytune ax_mask axolotl +backend.native.sdpa_varlen=false ;;
     ax_ord) anytune ax_ord axolotl train.shuffle=false ;;  trl_ord) anytune trl_ord trl train.shuffle=false ;;
+    ax_dpo|trl_dpo|ax_orpo|trl_orpo) local e=${1%%_*} m=${1#*_}; [ $e = ax ] && e=axolotl
+      anytune $1 $e method=$m method.packing=false data.train=$SRC/core/assets/demo/hh_rlhf_pref.jsonl \
+        train.shuffle=false train.max_steps=25 ;;
     ax_suite) say "ax_suite"; ( cd "$SRC" && timeout -k 10 $(( $(left) - ${SUITE_LEAVES:-20} )) python3 -m pytest -v -rfE \
              --tb=short -p no:cacheprovider -n ${SUITE_WORKERS:-4} --timeout 240 --basetemp "$W/pytest-ax" \
              tests/test_conformance.py::TestAxolotl -k "${SUITE_K:-not field}" --junitxml="$OUT/ax-suite.xml" ) \

@@ -9,6 +9,7 @@ run through the same path.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -380,6 +381,8 @@ def run_step(p: Planned, cfg: DictConfig, run_dir: Path, reg: Registry, display:
         tail = MetricsTail(run_dir / runproto.METRICS_FILE, skip_existing=bool(cfg.get("resume"))) \
             if p.step.kind == "trainer" else None
         first_row: list[float] = []
+        diverged: list[str] = []
+        precision = OmegaConf.select(cfg, "train.precision")
 
         def dispatch() -> None:
             for row in tail.read() if tail else ():
@@ -388,6 +391,10 @@ def run_step(p: Planned, cfg: DictConfig, run_dir: Path, reg: Registry, display:
                 notify(reg, "on_metrics", run_dir=str(run_dir), metrics=row)
                 if display:
                     display(p.step.label, row)
+                why = None if diverged else divergence(row, precision)
+                if why:  # the weights are NaN from here on: stop now, saving nothing
+                    diverged.append(why)
+                    halt(proc)
 
         try:
             while proc.poll() is None:
@@ -403,12 +410,18 @@ def run_step(p: Planned, cfg: DictConfig, run_dir: Path, reg: Registry, display:
     redact_logs(logs, secrets or {})
     outcome = runproto.read_json(str(outcome_file)) if outcome_file.is_file() else {}
     code = proc.returncode
-    if interrupted or code in (runproto.INTERRUPTED, -signal.SIGINT):
+    if diverged:
+        status = "failed"
+    elif interrupted or code in (runproto.INTERRUPTED, -signal.SIGINT):
         status = "interrupted"
     else:
         status = "succeeded" if code == 0 else "failed"
     error = None
-    if status == "failed":
+    if diverged:
+        error = (f"{p.step.label}: training diverged ({diverged[0]}, metrics.jsonl) and was stopped; the weights "
+                 f"are not numbers from that step on. Lower train.learning_rate, or check the data and the "
+                 f"precision (train.precision={precision})")
+    elif status == "failed":
         error = (f"{p.step.label} exited with code {code}"
                  f"{': ' + outcome['error'] if outcome.get('error') else ''}\n"
                  f"--- last lines of {logs / (stem + '.stderr.log')} ---\n"
@@ -594,6 +607,30 @@ def child_env(cfg: DictConfig, plan_env: dict[str, str]) -> dict[str, str]:
     if cfg.get("offline"):
         env.update(OFFLINE_ENV)
     return env
+
+
+def divergence(row: dict[str, Any], precision: str | None) -> str | None:
+    """Why a training row of ``metrics.jsonl`` shows a diverged run: a loss, or a gradient norm, that is not a
+    finite number (under fp16 only the loss: its loss scaler skips steps whose gradients overflow, by design).
+    None when it shows none. transformers logs a NaN step's loss as the mean of the earlier ones
+    (``logging_nan_inf_filter``), so the gradient norm is often the first to tell."""
+    for key in ("loss",) if precision == "fp16" else ("loss", "grad_norm"):
+        value = row.get(key)
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            return f"{key} is {value} at step {row.get('step')}"
+    return None
+
+
+def halt(proc: subprocess.Popen) -> None:
+    """Terminate the step's process at once (no checkpoint of what is already lost), then kill."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def stop(proc: subprocess.Popen, grace: float = 60.0) -> None:

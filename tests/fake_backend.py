@@ -4,7 +4,7 @@
 its native keys, secrets resolved, to stdout and stderr),
 crash (exits 3 after printing to stderr), crash_mid (logs two steps, then raises), slow (writes rows, then
 sleeps until interrupted),
-silent (exits 0 and writes no outcome file at all).
+silent (exits 0 and writes no outcome file at all), diverge (step 2's loss is NaN, then it trains on until stopped).
 """
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ with outcome as out:
     for step in range(1, 4):
         if mode == "crash_mid" and step == 3:
             raise RuntimeError("the engine died mid-run")
-        w.write(step=step, max_steps=3, loss=2.0 / step, learning_rate=1e-3, tokens=100 * step)
-    while mode == "slow":
+        w.write(step=step, max_steps=3, loss=float("nan") if mode == "diverge" and step == 2 else 2.0 / step,
+                learning_rate=1e-3, tokens=100 * step)
+    while mode in ("slow", "diverge"):
         time.sleep(0.1)
     out["final"] = {"train_loss": 1.2, "first_loss": 99.0}  # the core computes first_loss from metrics.jsonl
     out["secret_lengths"] = {k: len(v) for k, v in spec["native"].items() if isinstance(v, str)}

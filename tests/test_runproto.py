@@ -45,6 +45,27 @@ def test_success_writes_contract_files(reg, tmp_path):
                                  "seconds": on_disk["steps"][0]["seconds"]}]
 
 
+def test_a_diverged_run_is_stopped_and_failed(reg, tmp_path):
+    """A NaN loss in metrics.jsonl: the core stops the engine (which would train on) and the run fails, naming
+    the step."""
+    started = time.time()
+    result = runner.run(compose(BASE + ["backend.native.mode=diverge"]), tmp_path, reg)
+    assert time.time() - started < 60  # the engine would have run until stopped
+    assert result["status"] == "failed", result
+    assert "training diverged (loss is nan at step 2" in result["error"]
+
+
+@pytest.mark.parametrize("row,precision,why", [
+    ({"step": 3, "loss": 1.0, "grad_norm": float("inf")}, "bf16", "grad_norm is inf at step 3"),
+    ({"step": 3, "loss": 1.0, "grad_norm": float("inf")}, "fp16", None),  # the loss scaler skips such steps
+    ({"step": 4, "loss": float("nan")}, "fp16", "loss is nan at step 4"),
+    ({"step": 1, "loss": 1.0, "grad_norm": 0.5}, "bf16", None),
+    ({"step": 1, "eval_loss": 1.0}, "fp32", None),
+])
+def test_divergence(row, precision, why):
+    assert runner.divergence(row, precision) == why
+
+
 def test_status_comes_from_the_exit_code_not_the_worker(reg, tmp_path):
     """A worker that exits 0 and writes no outcome file succeeded; it never has to write result.json."""
     result = runner.run(compose(BASE + ["backend.native.mode=silent"]), tmp_path, reg)
@@ -230,3 +251,26 @@ def test_trl_plan_names_a_secret_without_holding_it(tmp_path):
     assert [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()] == []
     args = runproto.read_json(str(tmp_path / "plan" / "trl_args.json"))["args"]
     assert args["hub_token"] == "${oc.env:ANYTUNE_SECRET_HUB_TOKEN}"
+
+
+@pytest.mark.slow
+def test_a_real_engine_that_diverges_is_stopped(reg, tmp_path):
+    """TRL training the tiny model with one weight set to NaN: its loss is NaN from step 1 (TRL would log the
+    mean of earlier losses and train on); the core stops it and the run fails."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model_dir = tmp_path / "nan-llama"
+    shutil.copytree(Path(core.__file__).parent / "assets" / "tiny-llama", model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("nan")
+    model.save_pretrained(model_dir)
+    result = runner.run(compose(["backend=trl", f"model.name_or_path={model_dir}", "train.device=cpu",
+                                 "train.precision=fp32", "data.max_rows=64", "data.eval_fraction=0",
+                                 "train.max_steps=200", "train.save_artifacts=false"]), tmp_path / "run", reg)
+    assert result["status"] == "failed", result
+    assert "training diverged" in result["error"] and "at step 1" in result["error"], result["error"]
+    assert result["final"]["steps"] < 200

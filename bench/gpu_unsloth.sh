@@ -13,6 +13,7 @@
 #     without Axolotl's fused LoRA kernels, ax_mask without its sdpa_varlen; ax_ord, trl_ord: train.shuffle=false
 #     (the same packs in the same order on both: their losses step for step); ax_dpo, trl_dpo, ax_orpo, trl_orpo:
 #     LoRA DPO/ORPO on the 200 HH-RLHF pairs of data=demo_pref, in order, 25 steps
+#   NAME=ENGINE:OVERRIDE,...  any other run: the job above with those overrides ({pref}: the preference pairs)
 #   profile            bench/gpu_profile.py at batch 8 and 16: CUDA time by kind of kernel
 #   varlen             bench/gpu_varlen.py: anytune's packed-row attention against SDPA (values, milliseconds)
 #   suite              Unsloth's conformance suite and GPU tests (pytest -n 6 on one GPU: correctness only)
@@ -130,6 +131,8 @@ run() {
              --tb=short -p no:cacheprovider -n ${SUITE_WORKERS:-4} --timeout 240 --basetemp "$W/pytest-ax" \
              tests/test_conformance.py::TestAxolotl -k "${SUITE_K:-not field}" --junitxml="$OUT/ax-suite.xml" ) \
              > "$W/ax_suite.log" 2>&1; say "ax_suite: exit $?"; grep -E "PASSED|FAILED|ERROR|XFAIL|passed|failed" "$W/ax_suite.log" | tail -n 60 ;;
+    *=*) local name=${1%%=*} spec=${1#*=} extra; IFS=, read -ra extra <<< "${spec#*:}"  # NAME=ENGINE:OVERRIDE,...
+      anytune $name ${spec%%:*} "${extra[@]//\{pref\}/$SRC/core/assets/demo/hh_rlhf_pref.jsonl}" ;;
     profile) say profile; for b in 8 16; do BATCH=$b MODEL=$W/model PYTHONPATH=/tmp/site timeout 150 python3 "$SRC/bench/gpu_profile.py" 2>&1 | grep -v Loading | tail -n 14; done ;;
     varlen) say varlen; MODEL=$W/model PYTHONPATH=/tmp/site timeout 120 python3 "$SRC/bench/gpu_varlen.py" 2>&1 | tail -n 3 ;;
     trl_plain) timed trl_plain 120 "$W" python3 "$ROOT/bench/trl_plain.py" $W/model $W/chat.jsonl $W/runs/trl_plain $BATCH $STEPS ;;

@@ -95,12 +95,12 @@ METHODS = {"sft": [], "dpo": ["method=dpo", "data=demo_pref", "data.max_rows=16"
 
 @pytest.fixture(scope="module")
 def checked(python: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    """Each of :data:`METHODS` planned, plus the SFT plan with a misspelt key added to its YAML by hand
-    (``misspelt``), all checked by :data:`CHECK` in one Axolotl process (one interpreter start, not eight)."""
+    """Each of :data:`METHODS` planned, plus the SFT plan with a misspelt key added to its YAML by hand and one
+    misspelt in its ``datasets:`` entry (``misspelt``), all checked by :data:`CHECK` in one Axolotl process (one interpreter start, not eight)."""
     dirs = {name: plan(tmp_path_factory.mktemp(name), *overrides) for name, overrides in METHODS.items()}
     misspelt = plan(tmp_path_factory.mktemp("misspelt"))
     path = misspelt / "plan" / "axolotl.yaml"
-    path.write_text(path.read_text() + "micro_batch_szie: 2\n")
+    path.write_text(path.read_text().replace("ds_type: json", "ds_tipe: json", 1) + "micro_batch_szie: 2\n")
     dirs["misspelt"] = misspelt
     proc = subprocess.run([python, "-c", CHECK, *map(str, dirs.values())], capture_output=True, text=True,
                           env=engine_env(), timeout=600)
@@ -162,11 +162,13 @@ def test_native_key_axolotl_knows_reaches_the_yaml(python: str, tmp_path: Path):
 def test_misspelt_key_in_the_yaml_stops_axolotl(checked: dict[str, dict]):
     """A user who edits the ejected YAML and misspells a key gets the plugin's error when Axolotl starts (its
     ``load_cfg``, and its training entry point ``do_cli``: what ``axolotl train`` and ``python -m axolotl.cli.train``
-    run), before any data or model loads (Axolotl itself would ignore the key); the plugin's own command names it."""
+    run), before any data or model loads (Axolotl itself would ignore the key), also inside a ``datasets:`` entry; the
+    plugin's own command names it."""
     got, run_dir = checked["misspelt"], checked["misspelt"]["run_dir"]
     assert got["unknown"]["code"] == 1 and "micro_batch_szie" in got["unknown"]["printed"], got["unknown"]
     for error in (got.get("load_error"), got.get("train_error")):
         assert error and "'micro_batch_szie' (did you mean 'micro_batch_size'?)" in error, got
+        assert "datasets[0]: 'ds_tipe' (did you mean 'ds_type'?)" in error, got
     assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "plan" / "axolotl_prepared").exists()
 
 

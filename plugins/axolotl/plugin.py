@@ -52,13 +52,9 @@ def cli_keys() -> set[str]:
             for f in dataclasses.fields(obj)}
 
 
-def known_keys() -> set[str]:
-    """Every top-level key Axolotl's config model takes: its fields, their aliases, the fields the configured
-    plugins add (``axolotl.integrations.config.merge_input_args``), and the ``axolotl`` command's options."""
-    from axolotl.integrations.config import merge_input_args
-
-    _, model = merge_input_args()
-    keys = set(CLI_KEYS) | cli_keys()
+def model_keys(model) -> set[str]:
+    """The keys a pydantic model takes: its fields and their aliases."""
+    keys = set()
     for name, field in model.model_fields.items():
         keys.add(name)
         for alias in (field.alias, getattr(field, "validation_alias", None)):
@@ -70,13 +66,41 @@ def known_keys() -> set[str]:
     return keys
 
 
+def known_keys() -> set[str]:
+    """Every top-level key Axolotl's config model takes: its fields, their aliases, the fields the configured
+    plugins add (``axolotl.integrations.config.merge_input_args``), and the ``axolotl`` command's options."""
+    from axolotl.integrations.config import merge_input_args
+
+    _, model = merge_input_args()
+    return set(CLI_KEYS) | cli_keys() | model_keys(model)
+
+
+def dataset_keys() -> set[str]:
+    """Every key an entry of ``datasets:`` or ``test_datasets:`` takes: those of Axolotl's dataset models
+    (``axolotl.utils.schemas.datasets``: SFT, DPO, KTO, pretraining ... datasets; an entry is any of them)."""
+    from pydantic import BaseModel
+
+    from axolotl.utils.schemas import datasets as schemas
+
+    return set().union(*(model_keys(m) for m in vars(schemas).values()
+                         if isinstance(m, type) and issubclass(m, BaseModel) and m.__name__.endswith("Dataset")))
+
+
 def unknown_keys(cfg: dict, known: set[str] | None = None) -> list[str]:
-    """Messages for the keys of ``cfg`` Axolotl would silently drop, each with the closest known key."""
+    """Messages for the keys of ``cfg`` Axolotl would silently drop (top-level, and inside each ``datasets:`` and
+    ``test_datasets:`` entry), each with the closest known key."""
     known = known if known is not None else known_keys()
-    out = []
-    for key in sorted(k for k in cfg if k not in known and k != "axolotl_config_path"):
-        near = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
-        out.append(f"{key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+
+    def named(key: str, among: set[str], where: str = "") -> str:
+        near = difflib.get_close_matches(key, sorted(among), n=1, cutoff=0.6)
+        return f"{where}{key!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+
+    out = [named(k, known) for k in sorted(k for k in cfg if k not in known and k != "axolotl_config_path")]
+    entries = [(f"{section}[{i}]: ", e) for section in ("datasets", "test_datasets")
+               for i, e in enumerate(cfg.get(section) or []) if isinstance(e, dict)]
+    if entries:
+        among = dataset_keys()
+        out += [named(k, among, where) for where, e in entries for k in sorted(e) if k not in among]
     return out
 
 

@@ -53,6 +53,26 @@ def test_out_of_scope_rows_say_why():
     assert sum(not r.get("fit") for r in IN_SCOPE) >= 7, "most rows covered are not the ones the profiles were fit on"
 
 
+def test_every_profile_is_fitted_on_its_own_engine():
+    """Each local backend's memory profile was fitted on in-scope peaks of its own engine, not borrowed."""
+    for name in ("trl", "torchtune", "unsloth", "axolotl"):
+        assert plugins.registry().backend(name).memory is not None, name
+        assert any(r.get("fit") for r in IN_SCOPE if r["backend"] == name), name
+
+
+def test_axolotl_with_its_kernels_off_is_the_adapter_input_copy():
+    """Axolotl's LoRA kernels off (a native key, out of scope): its profile plus peft's copy of each adapted layer's
+    input, and nothing else, is within 20 % of that peak."""
+    import dataclasses
+
+    row = next(r for r in MEASURED["memory"] if r["id"] == "h200-axolotl-lora-nokernel")
+    assert not row["in_scope"] and row["native"]["lora_mlp_kernel"] is False
+    profile = dataclasses.replace(plugins.registry().backend("axolotl").memory, adapter_input_copy=True)
+    est = estimate.memory(job_of(row), profile, estimate.shape(MEASURED["models"][row["model"]]),
+                          {"tokens": {"train": {"max": row["max_length"]}}})
+    assert abs(est["total"] / peak(row) - 1) <= 0.20, (est["total"] / 2**30, peak(row) / 2**30)
+
+
 @pytest.mark.parametrize("peft_type,targets", [("lora", ["all-linear"]), ("lora", ["q_proj", "v_proj"]),
                                                ("dora", ["o_proj", "down_proj"]), ("lora", ["lm_head", "k_proj"])])
 def test_lora_parameters_equal_peft_count(peft_type, targets):

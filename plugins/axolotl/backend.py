@@ -12,8 +12,8 @@ import yaml
 
 import core
 from plugins import hftrainer
-from plugins.hftrainer.memory import PEFT
 from plugins.axolotl import env, translate
+from plugins.axolotl.memory import AXOLOTL
 from plugins.axolotl.migrate import from_axolotl
 
 HERE = Path(__file__).parent
@@ -53,7 +53,7 @@ class AxolotlBackend(core.Trainer):
     engine_distribution: ClassVar[str] = "axolotl"
     install_hint: ClassVar[str] = "python -m core.envs create axolotl"
     description: ClassVar[str] = "Axolotl (axolotl.cli.train on an Axolotl YAML), in an environment of its own"
-    memory: ClassVar[core.MemoryProfile] = PEFT  # its Trainer + peft stack; not measured on Axolotl itself
+    memory: ClassVar[core.MemoryProfile] = AXOLOTL  # fitted on Axolotl's H200 peaks (its LoRA kernels)
     migrate = staticmethod(from_axolotl)
     environment: ClassVar[list[str]] = env.requirements()
     """The engine's environment: Axolotl and the exact versions it pins, per Python version (``env.py``)."""

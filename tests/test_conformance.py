@@ -74,8 +74,6 @@ class TestAxolotl(AxolotlFields, BackendConformance, backend="axolotl"):
         notyet("test_accepts[train.strategy=deepspeed]", reason="DeepSpeed is not installed in Axolotl's environment"),
         notimpl("test_accepts[method.name=kto]", "test_accepts[data.kind=unpaired]",
                 reason="Axolotl has rl: kto; its unpaired data path was not built or run"),
-        notimpl("test_accepts[train.precision=fp16]", "test_accepts[model.dtype=float16]",
-                reason="fp16 (a loss scaler) was not run on a GPU; bf16 and QLoRA were (docs/axolotl.md)"),
     ]
 
 

@@ -61,13 +61,13 @@ class AxolotlBackend(core.Trainer):
         supports={
             # auto, or the training precision's dtype (check() refuses the others): Axolotl loads the weights in
             # the dtype of its bf16/fp16 switches
-            "model.dtype": frozenset({"auto", "float32", "bfloat16"}),
+            "model.dtype": frozenset({"auto", "float32", "bfloat16", "float16"}),
             "model.trust_remote_code": frozenset({False, True}),
             "method.name": frozenset({"sft", "dpo", "orpo"}),
             "peft.type": frozenset({"none", "lora", "dora", "qlora"}),
             "data.kind": frozenset({"messages", "prompt_completion", "preference", "text"}),
             "train.device": frozenset({"cpu", "cuda"}),
-            "train.precision": frozenset({"fp32", "bf16"}),
+            "train.precision": frozenset({"fp32", "bf16", "fp16"}),
             "train.optimizer": frozenset(translate.OPTIMIZERS),
             "train.lr_scheduler": frozenset(translate.SCHEDULERS),
             "method.loss_type": frozenset(translate.DPO_LOSSES),

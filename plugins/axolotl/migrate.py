@@ -52,7 +52,7 @@ def from_axolotl(cfg: dict[str, Any], source: str = "") -> Migration:
         "gradient_checkpointing": ("train.gradient_checkpointing", bool),
         "seed": ("train.seed", int), "logging_steps": ("train.logging_steps", int),
         "save_steps": ("train.save_steps", int), "eval_steps": ("train.eval_steps", int),
-        "sample_packing": ("method.packing", bool), "trust_remote_code": ("model.trust_remote_code", bool),
+        "trust_remote_code": ("model.trust_remote_code", bool),
         "lora_r": ("peft.r", int), "lora_alpha": ("peft.alpha", int), "lora_dropout": ("peft.dropout", float),
     }
     for key, value in cfg.items():
@@ -84,9 +84,11 @@ def from_axolotl(cfg: dict[str, Any], source: str = "") -> Migration:
         elif key == "optimizer" and value in ax.OPTIMIZERS.values():
             mig.set(key, value, "train.optimizer", {v: k for k, v in ax.OPTIMIZERS.items()}[value])
         elif key == "warmup_ratio":
-            mig.set(key, value, "train.warmup_ratio", float(value), "unpacked jobs are planned as "
-                    "warmup_steps = ceil(ratio x steps), as transformers rounds it",
-                    same_key=bool(cfg.get("sample_packing")))
+            mig.set(key, value, "train.warmup_ratio", float(value), "planned as warmup_steps = ceil(ratio x steps), "
+                    "as transformers rounds it", same_key=False)
+        elif key == "sample_packing":
+            mig.set(key, value, "method.packing", bool(value), "anytune packs the rows itself, as TRL does (one pack "
+                    "a row); the plan keeps Axolotl's sample_packing off" if value else "", same_key=not value)
         elif key == "val_set_size":
             mig.set(key, value, "data.eval_fraction", float(value), "anytune splits the held-out rows itself; "
                     "the plan names them in test_datasets with val_set_size 0", same_key=False)

@@ -152,6 +152,18 @@ def test_misspelt_native_key_is_refused(python: str, tmp_path: Path):
     assert not (tmp_path / "run" / "data").exists() and not (tmp_path / "run" / "plan").exists()
 
 
+@pytest.mark.parametrize("native", ["+backend.native.attn_implementation=flash_attention_2",
+                                    "+backend.native.flash_attention=true"])
+def test_cuda_attention_on_cpu_is_refused(native: str):
+    """A CUDA attention kernel carried over from a GPU config (Axolotl's own examples set flash_attention_2) is refused
+    at validation on a CPU job, naming the key; without it Axolotl stops deep in transformers, trying the Hub."""
+    cfg = compose(["backend=axolotl", *BASE, native])
+    with pytest.raises(ConfigError, match=r"backend\.native\.(attn_implementation=flash_attention_2|flash_attention): "
+                                          r"a CUDA attention kernel, and train\.device=cpu"):
+        runner.check(cfg, plugins.registry())
+    runner.check(compose(["backend=axolotl", *BASE, "+backend.native.attn_implementation=eager"]), plugins.registry())
+
+
 def test_native_key_axolotl_knows_reaches_the_yaml(python: str, tmp_path: Path):
     """A native key Axolotl knows is taken and lands in the YAML as given (after the translation)."""
     run_dir = plan(tmp_path, "+backend.native.lora_fan_in_fan_out=false", "+backend.native.adam_beta2=0.95")

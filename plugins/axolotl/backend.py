@@ -17,6 +17,11 @@ from plugins.axolotl.memory import AXOLOTL
 from plugins.axolotl.migrate import from_axolotl
 
 HERE = Path(__file__).parent
+CPU_ATTENTION = frozenset({"eager", "sdpa"})
+"""``attn_implementation`` values that run on a CPU; the others Axolotl takes (flash_attention_2/3/4, xformers, sage,
+fp8, a hub kernel) are CUDA kernels."""
+CUDA_ATTENTION_FLAGS = ("flash_attention", "xformers_attention", "sage_attention")
+"""Axolotl's older switches for those CUDA kernels (it turns them into ``attn_implementation``)."""
 KEYS_FILE = "anytune-axolotl-keys.json"
 """Cache, inside the Axolotl environment, of the top-level keys its config model takes."""
 KEYS_CODE = """
@@ -84,14 +89,23 @@ class AxolotlBackend(core.Trainer):
     )
 
     def check(self) -> None:
-        """The load dtype, and every ``backend.native`` key against Axolotl's config model (when its environment
-        exists; otherwise the shipped plugin refuses it when Axolotl starts, before any data or model loads)."""
+        """The load dtype; a native CUDA attention kernel on a CPU job; and every ``backend.native`` key against
+        Axolotl's config model (when its environment exists; otherwise the shipped plugin refuses it when Axolotl
+        starts, before any data or model loads)."""
         job = self.job
         if job.model.dtype != "auto" and job.model.dtype != hftrainer.DTYPES[job.train.precision]:
             raise core.ConfigError(
                 f"model.dtype={job.model.dtype} with train.precision={job.train.precision}: Axolotl loads the weights "
                 f"in the dtype of its precision ({hftrainer.DTYPES[job.train.precision]}); set model.dtype=auto")
         native = dict(job.backend.get("native") or {})
+        attention = native.get("attn_implementation")
+        flags = [k for k in CUDA_ATTENTION_FLAGS if native.get(k)]
+        if job.train.device == "cpu" and ((attention and attention not in CPU_ATTENTION) or flags):
+            named = f"attn_implementation={attention}" if attention and attention not in CPU_ATTENTION else flags[0]
+            raise core.ConfigError(
+                f"backend.native.{named}: a CUDA attention kernel, and train.device=cpu (transformers would try to "
+                f"fetch it from the Hub and stop); on a CPU Axolotl runs {' or '.join(sorted(CPU_ATTENTION))}: leave "
+                f"the key out (anytune's plan uses SDPA) or set train.device=cuda")
         known = self.known_keys()
         if native and known:
             bad = [k for k in sorted(native) if k not in known]

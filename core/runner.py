@@ -394,7 +394,7 @@ def run_step(p: Planned, cfg: DictConfig, run_dir: Path, reg: Registry, display:
                 why = None if diverged else divergence(row, precision)
                 if why:  # the weights are NaN from here on: stop now, saving nothing
                     diverged.append(why)
-                    halt(proc)
+                    stop(proc, save=False)
 
         try:
             while proc.poll() is None:
@@ -621,22 +621,11 @@ def divergence(row: dict[str, Any], precision: str | None) -> str | None:
     return None
 
 
-def halt(proc: subprocess.Popen) -> None:
-    """Terminate the step's process at once (no checkpoint of what is already lost), then kill."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def stop(proc: subprocess.Popen, grace: float = 60.0) -> None:
+def stop(proc: subprocess.Popen, grace: float = 60.0, save: bool = True) -> None:
     """Interrupt the step's process (it finishes its step, saves a checkpoint and records ``interrupted``),
-    then terminate, then kill."""
-    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 5.0)):
+    then terminate, then kill. ``save=False`` (a diverged run: nothing worth a checkpoint) starts at terminate."""
+    interrupt = ((signal.SIGINT, grace),) if save else ()
+    for sig, wait in (*interrupt, (signal.SIGTERM, 5.0)):
         if proc.poll() is not None:
             return
         try:

@@ -259,6 +259,12 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
+def processes() -> int:
+    """The processes training together under a distributed launcher (``$WORLD_SIZE``, set by torchrun in each
+    rank); 1 alone."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
 class MetricsWriter:
     """Appends schema rows to metrics.jsonl, adding elapsed time, tokens/s and peak memory (rank 0 only)."""
 

@@ -104,11 +104,6 @@ def unknown_keys(cfg: dict, known: set[str] | None = None) -> list[str]:
     return out
 
 
-def processes() -> int:
-    """The processes training together (``WORLD_SIZE``, which torchrun sets in each rank); 1 without a launcher."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def multi_cpu() -> None:
     """Make the Trainer's accelerator a multi-process CPU one (accelerate's ``MULTI_CPU``: DDP over gloo).
 
@@ -164,7 +159,7 @@ class AnytunePlugin(BasePlugin):
         prepared data in this process (:func:`save_in_process`). Several processes on CPU: DDP over gloo
         (:func:`multi_cpu`)."""
         save_in_process()
-        if self.settings.get("use_cpu") and processes() > 1:
+        if self.settings.get("use_cpu") and runproto.processes() > 1:
             multi_cpu()
         problems = unknown_keys(cfg)
         if problems:
@@ -175,7 +170,7 @@ class AnytunePlugin(BasePlugin):
     def load_datasets(self, cfg, preprocess=False):
         """The first hook after Axolotl normalised the config (``do_train``); loads nothing (returns None, so Axolotl
         loads the data itself). Several processes on CPU: put each rank's model on the CPU (:func:`cpu_device_map`)."""
-        if self.settings.get("use_cpu") and processes() > 1:
+        if self.settings.get("use_cpu") and runproto.processes() > 1:
             cfg.device_map = cpu_device_map(cfg.device_map)
         return None
 
@@ -194,7 +189,7 @@ class AnytunePlugin(BasePlugin):
             args["warmup_steps"] = self.settings["warmup_steps"]
         if self.settings.get("use_cpu"):
             args["use_cpu"] = True
-        if processes() > 1:
+        if runproto.processes() > 1:
             args["average_tokens_across_devices"] = True
         if self.settings.get("method") in ("dpo", "orpo"):
             args["disable_dropout"] = False  # TRL's preference configs zero every dropout, peft.dropout included
@@ -249,7 +244,7 @@ class AnytunePlugin(BasePlugin):
         self.trainer = trainer
         if self.settings.get("method") == "sft" and getattr(trainer, "model_accepts_loss_kwargs", True) is False:
             trainer.model_accepts_loss_kwargs = accepts_loss_kwargs(trainer)
-        if self.settings.get("method") == "sft" and processes() > 1:
+        if self.settings.get("method") == "sft" and runproto.processes() > 1:
             trainer.prediction_step = eval_step_over_ranks(trainer)
         self.out["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         self.started = time.time()

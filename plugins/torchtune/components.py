@@ -82,7 +82,7 @@ def _distributed_on_cpu() -> None:
     training.get_memory_stats, training.cleanup_before_training = get_memory_stats, cleanup_before_training
 
 
-if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+if runproto.processes() > 1:
     _distributed_on_cpu()
 
 # -- tokenizer ----------------------------------------------------------------------------------------
@@ -186,7 +186,7 @@ def _order(n: int, steps: int, batch_size: int, grad_accum: int, seed: int, shuf
 
 def _check_world(processes: int) -> None:
     """The plan's process count is the launcher's (``tune run --nproc_per_node``; ``$WORLD_SIZE``)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    world = runproto.processes()
     if world != processes:
         raise RuntimeError(f"this plan was made for {processes} processes (train.devices × train.nodes) and "
                            f"runs in {world}: run it with its own command (plan/run.sh)")
@@ -387,7 +387,7 @@ class _Checkpointing:
         if resume:
             self._load(resume)
         STATE["stop"] = False
-        if int(os.environ.get("WORLD_SIZE", "1") or 1) == 1:  # several processes: Ctrl-C stops them unsaved
+        if runproto.processes() == 1:  # several processes: Ctrl-C stops them unsaved
             signal.signal(signal.SIGINT, lambda signum, frame: STATE.update(stop=True))
 
     def _load(self, path: str) -> None:

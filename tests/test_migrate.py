@@ -82,7 +82,9 @@ def test_round_trip(engine, path, tmp_path, nf4_model):
     assert all(e.status != migrate.NONE or e.note for e in mig.entries), "no equivalent always says what to do"
     data = "data=demo_pref" if mig.groups.get("method") == "dpo" else "data=demo_sft"
     model = f"model.name_or_path={nf4_model}" if engine == "torchtune" and mig.fields["peft.type"] == "qlora" else TINY
-    overrides = [*mig.overrides(), model, data, "offline=true", "plan_only=true", "data.max_rows=24"]
+    # Axolotl's examples are GPU configs (attn_implementation: flash_attention_2, refused on a CPU job): planned for CUDA
+    device = ["train.device=cuda"] if engine == "axolotl" else []
+    overrides = [*mig.overrides(), model, data, *device, "offline=true", "plan_only=true", "data.max_rows=24"]
     config.register()
     cfg = config.compose([o for o in overrides if not o.startswith("data.train=")])
     result = runner.run(cfg, tmp_path / "run")
